@@ -1,0 +1,53 @@
+# Two commands for a new user: `make demo` and `make test`. Each installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test lint unit integration setup mosquitto kafka-jars clean
+
+demo: $(STAMP) mosquitto
+	$(BIN)/gateway demo
+
+test: setup lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway tests benchmarks
+	$(BIN)/ruff format --check gateway tests benchmarks
+	$(BIN)/mypy gateway
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+integration: setup
+	$(BIN)/pytest -q tests/integration
+
+setup: $(STAMP) mosquitto kafka-jars
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python 3.11 or newer is needed (PYTHON=$(PYTHON))"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+# Debian's mosquitto; installed when missing and when we may (root, or password-less sudo).
+mosquitto:
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; \
+		elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+		else echo "mosquitto is missing and cannot be installed without root: apt-get install mosquitto"; exit 1; fi; \
+		$$SUDO apt-get install -y -q mosquitto >/dev/null || \
+		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q mosquitto >/dev/null; } || \
+		{ echo "could not install mosquitto with apt-get"; exit 1; }; }
+
+# The Kafka broker's jars, resolved from Maven Central into a cache outside the repository.
+kafka-jars: $(STAMP)
+	@command -v java >/dev/null || { echo "Java 17 is needed for the Kafka broker (apt-get install openjdk-17-jre-headless)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "Maven is needed to fetch the Kafka broker (apt-get install maven)"; exit 1; }
+	$(BIN)/python -m gateway.services.kafka fetch
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,268 @@
+"""Plumbing shared by the service launchers: a supervised child process in a temporary directory.
+
+Each launcher (PostgreSQL, Mosquitto, Kafka) prepares its directory once, then starts and stops
+its process as often as a test needs (a restart keeps the data), and fails fast with the tail of
+the service's own log when the process dies or does not become ready in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from gateway.errors import GatewayError
+
+__all__ = ["LocalService", "ServiceError", "free_port", "log_tail", "run_tool"]
+
+LOOPBACK = "127.0.0.1"
+
+
+class ServiceError(GatewayError):
+    """A local service could not be prepared, started or stopped; the message carries its log."""
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a log file, or a note that there is none."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def run_tool(
+    argv: Sequence[str], *, what: str, user: str | None = None, timeout: float = 120
+) -> str:
+    """Run a setup command to completion; its output goes into the error when it fails."""
+    try:
+        done = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            user=user,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise ServiceError(f"{what}: {argv[0]} is not installed") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise ServiceError(f"{what}: {argv[0]} did not finish within {timeout:.0f}s") from exc
+    if done.returncode != 0:
+        raise ServiceError(
+            f"{what} failed (exit {done.returncode}): {' '.join(argv)}\n{done.stdout}{done.stderr}"
+        )
+    return done.stdout
+
+
+def service_user(name: str) -> str | None:
+    """The unprivileged OS user to run a server as when we are root (PostgreSQL refuses root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        run_tool(["useradd", "--system", "--no-create-home", name], what=f"creating OS user {name}")
+    return name
+
+
+async def wait_for_port(port: int, *, deadline: float, alive: ServiceProcess) -> None:
+    """Poll until something accepts TCP connections on the port, or the process dies."""
+    while True:
+        alive.raise_if_exited()
+        try:
+            _, writer = await asyncio.open_connection(LOOPBACK, port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    f"{alive.name} did not listen on {LOOPBACK}:{port} in time\n{alive.tail()}"
+                ) from None
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+
+
+class ServiceProcess:
+    """One running server process, its output appended to a log file."""
+
+    def __init__(self, name: str, process: asyncio.subprocess.Process, log_path: Path) -> None:
+        self.name = name
+        self.process = process
+        self.log_path = log_path
+
+    @classmethod
+    async def spawn(
+        cls,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+        cwd: Path | None = None,
+    ) -> ServiceProcess:
+        log = log_path.open("ab")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                user=user,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise ServiceError(f"{name}: {argv[0]} is not installed") from exc
+        finally:
+            log.close()
+        return cls(name, process, log_path)
+
+    def tail(self) -> str:
+        return f"--- last lines of {self.log_path} ---\n{log_tail(self.log_path)}"
+
+    def raise_if_exited(self) -> None:
+        code = self.process.returncode
+        if code is not None:
+            raise ServiceError(f"{self.name} exited with code {code}\n{self.tail()}")
+
+    async def stop(self, timeout: float = 15, sig: int = signal.SIGTERM) -> None:
+        """Ask the process to stop; kill it when it does not within the timeout."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+                await self.process.wait()
+
+    async def kill(self) -> None:
+        """Stop abruptly, as a crash would."""
+        await self.stop(timeout=5, sig=signal.SIGKILL)
+
+
+class LocalService:
+    """A service in its own temporary directory: prepared once, started and stopped at will.
+
+    Use as an async context manager; subclasses implement `_prepare` (one-time setup of the
+    directory) and `_launch` (start the process and wait until it serves).
+    """
+
+    name = "service"
+
+    def __init__(self, *, keep_dir: bool = False) -> None:
+        self._keep_dir = keep_dir
+        self._dir: Path | None = None
+        self._process: ServiceProcess | None = None
+
+    @property
+    def directory(self) -> Path:
+        if self._dir is None:
+            raise ServiceError(f"{self.name} is not prepared; use it as an async context manager")
+        return self._dir
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.process.returncode is None
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / f"{self.name}.log"
+
+    async def __aenter__(self) -> Self:
+        self._dir = Path(tempfile.mkdtemp(prefix=f"gateway-{self.name}-"))
+        try:
+            await self._prepare()
+            await self.start()
+        except BaseException:
+            await self._cleanup()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._cleanup()
+
+    async def start(self) -> None:
+        """Start the process (again, after `stop` or `kill`) and wait until it is ready."""
+        if self.running:
+            return
+        self._process = await self._launch()
+
+    async def stop(self) -> None:
+        """Stop gracefully; the data directory stays for a later `start`."""
+        if self._process is not None:
+            await self._process.stop()
+            self._process = None
+
+    async def kill(self) -> None:
+        """Kill the process without warning; the data directory stays."""
+        if self._process is not None:
+            await self._process.kill()
+            self._process = None
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def _cleanup(self) -> None:
+        try:
+            await self.stop()
+        finally:
+            if self._dir is not None and not self._keep_dir:
+                shutil.rmtree(self._dir, ignore_errors=True)
+
+    async def _spawn_and_wait(
+        self,
+        argv: Sequence[str],
+        port: int,
+        *,
+        timeout: float,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+    ) -> ServiceProcess:
+        """Start argv, wait until it listens on port; else kill it and raise with its log."""
+        process = await ServiceProcess.spawn(
+            self.name, argv, self.log_path, env=env, user=user, cwd=self.directory
+        )
+        try:
+            await wait_for_port(port, deadline=time.monotonic() + timeout, alive=process)
+        except BaseException:
+            await process.kill()
+            raise
+        return process
+
+    async def _prepare(self) -> None:
+        raise NotImplementedError
+
+    async def _launch(self) -> ServiceProcess:
+        raise NotImplementedError

@@ -1,0 +1,139 @@
+"""A Mosquitto broker on loopback, with passwords and the ACL that makes identity broker-enforced.
+
+The ACL is the security boundary of the MQTT path: a device may publish only under
+`devices/<its user name>/`, so the identity the gateway reads from the topic was checked by the
+broker. The same rules ship in `deploy/mosquitto/aclfile` (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.services._process import (
+    LOOPBACK,
+    LocalService,
+    ServiceError,
+    ServiceProcess,
+    free_port,
+    run_tool,
+)
+
+__all__ = ["Mosquitto", "MqttUser", "acl_rules"]
+
+
+def acl_rules(gateway_user: str = "gateway") -> str:
+    """The broker ACL: devices write only their own subtree; the gateway reads all of them."""
+    return (
+        "# Every device may publish only under its own user name: the topic is its identity.\n"
+        "pattern write devices/%u/#\n"
+        "\n"
+        "# The gateway reads every device topic, directly or through shared subscriptions.\n"
+        f"user {gateway_user}\n"
+        "topic read devices/#\n"
+        "topic read $share/#\n"
+    )
+
+
+@dataclass(frozen=True)
+class MqttUser:
+    """Credentials of one broker account."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+class Mosquitto(LocalService):
+    """Debian's `mosquitto` with a generated config: no anonymous access, passwords, ACLs.
+
+    `max_queued_messages` bounds what the broker keeps for a disconnected persistent session;
+    the default here is large so that a stopped gateway loses nothing in tests and demos.
+    """
+
+    name = "mosquitto"
+
+    def __init__(
+        self,
+        *,
+        gateway_user: str = "gateway",
+        max_queued_messages: int = 1_000_000,
+        max_inflight_messages: int = 0,
+        keep_dir: bool = False,
+    ) -> None:
+        super().__init__(keep_dir=keep_dir)
+        self.host = LOOPBACK
+        self.port = free_port()
+        self.gateway = MqttUser(gateway_user, secrets.token_urlsafe(16))
+        self._max_queued = max_queued_messages
+        self._max_inflight = max_inflight_messages
+        self._binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(self._binary).exists():
+            raise ServiceError(
+                "mosquitto is not installed: run `apt-get install -y mosquitto` (or `make setup`)"
+            )
+
+    @property
+    def password_file(self) -> Path:
+        return self.directory / "passwords"
+
+    @property
+    def acl_file(self) -> Path:
+        return self.directory / "aclfile"
+
+    @property
+    def config_file(self) -> Path:
+        return self.directory / "mosquitto.conf"
+
+    def add_user(self, username: str, password: str | None = None) -> MqttUser:
+        """Create or update an account; a running broker reloads its password file at once."""
+        user = MqttUser(username, password or secrets.token_urlsafe(12))
+        self.add_users([user])
+        return user
+
+    def add_users(self, users: list[MqttUser]) -> None:
+        for user in users:
+            run_tool(
+                ["mosquitto_passwd", "-b", str(self.password_file), user.username, user.password],
+                what=f"adding MQTT user {user.username}",
+            )
+        self._reload()
+
+    def _reload(self) -> None:
+        if self.running and self._process is not None:
+            self._process.process.send_signal(signal.SIGHUP)
+
+    async def _prepare(self) -> None:
+        self.password_file.touch(mode=0o600)
+        self.add_users([self.gateway])
+        self.acl_file.write_text(acl_rules(self.gateway.username))
+        self.acl_file.chmod(0o600)
+        (self.directory / "data").mkdir()
+        self.config_file.write_text(
+            f"listener {self.port} {self.host}\n"
+            "allow_anonymous false\n"
+            f"password_file {self.password_file}\n"
+            f"acl_file {self.acl_file}\n"
+            "persistence true\n"
+            f"persistence_location {self.directory / 'data'}/\n"
+            # Root keeps root: the files above belong to whoever runs the tests.
+            "user root\n"
+            f"max_queued_messages {self._max_queued}\n"
+            f"max_inflight_messages {self._max_inflight}\n"
+            "set_tcp_nodelay true\n"
+            # A file, not stdout: stdout to a pipe is block-buffered and the tail would lag.
+            f"log_dest file {self.log_path}\n"
+            "log_type error\n"
+            "log_type warning\n"
+            "log_type notice\n"
+            "log_type information\n"
+            "connection_messages true\n"
+            "log_timestamp_format %Y-%m-%dT%H:%M:%S\n"
+        )
+
+    async def _launch(self) -> ServiceProcess:
+        return await self._spawn_and_wait(
+            [self._binary, "-c", str(self.config_file)], self.port, timeout=20
+        )

