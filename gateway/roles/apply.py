@@ -1,0 +1,75 @@
+"""Planning against the live database, and applying a plan in one transaction with its history.
+
+Apply takes an advisory lock, recomputes the plan inside its transaction (so what runs is what
+the catalog needs at that instant), refuses when it differs from the reviewed digest, runs it,
+and appends the version to `gateway.role_changes` and each change to `gateway.audit_log`.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import orjson
+
+from gateway import audit_log
+from gateway.roles.catalog import read_catalog
+from gateway.roles.declaration import Declaration, shipped_tables
+from gateway.roles.plan import Plan, PlanError, make_plan
+from gateway.roles.state import desired_state
+
+__all__ = ["apply_roles", "plan_roles"]
+
+# "gw-roles" in ASCII: shared by every process that applies roles.
+ROLES_LOCK = 0x67772D726F6C6573
+
+
+def managed_schemas(doc: Declaration) -> list[str]:
+    return sorted({table.split(".")[0] for table in shipped_tables() | set(doc.tables)})
+
+
+def read_passwords(doc: Declaration) -> dict[str, str | None]:
+    return {doc.login_role(name): spec.password.read() for name, spec in doc.roles.items()}
+
+
+async def plan_roles(conn: asyncpg.Connection, doc: Declaration) -> Plan:
+    """The plan that would make the database match `doc`, without changing anything."""
+    try:
+        live = await read_catalog(conn, desired_state(doc).roles, managed_schemas(doc))
+    except asyncpg.UndefinedTableError as exc:
+        raise PlanError(f"the control schema is missing ({exc}): run `gateway migrate` first") from exc
+    return make_plan(doc, live, passwords=read_passwords(doc))
+
+
+async def apply_roles(
+    conn: asyncpg.Connection, doc: Declaration, *, actor: str, expect: str | None = None
+) -> tuple[Plan, int | None]:
+    """Apply the plan; returns it and the new version number (None when nothing changed)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", ROLES_LOCK)
+        plan = await plan_roles(conn, doc)
+        if expect is not None and plan.digest != expect:
+            raise PlanError(
+                f"the plan changed since it was reviewed (expected {expect}, now {plan.digest}); "
+                "run `gateway roles plan` again"
+            )
+        if plan.empty:
+            return plan, None
+        for change in plan.changes:
+            for statement in change.executable:
+                await conn.execute(statement)
+        version: int = await conn.fetchval(
+            "INSERT INTO gateway.role_changes (document_hash, diff, statements, applied_by) "
+            "VALUES ($1, $2::jsonb, $3, $4) RETURNING version",
+            doc.digest,
+            orjson.dumps(plan.as_json()).decode(),
+            [statement for change in plan.changes for statement in change.sql],
+            actor,
+        )
+        await audit_log.record_many(
+            conn,
+            actor,
+            [
+                (f"role.{change.kind}", change.subject, None, {**change.as_json(), "version": version})
+                for change in plan.changes
+            ],
+        )
+    return plan, version

@@ -1,0 +1,267 @@
+"""The roles declaration (`config/roles.toml`): what each PostgreSQL role may do, as code.
+
+Each declared role becomes a NOLOGIN group role holding its privileges plus a LOGIN member role
+(`<name>_login`) that exactly one gateway pool uses. Credentials are never in the declaration,
+only where to find them (an environment variable or a file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from gateway.migrate import migrations
+from gateway.validation import ConfigError, from_pydantic
+
+__all__ = [
+    "Credential",
+    "Declaration",
+    "Grant",
+    "Privilege",
+    "RoleSpec",
+    "Tier",
+    "load_declaration",
+    "parse_declaration",
+    "shipped_tables",
+]
+
+LOGIN_SUFFIX = "_login"
+
+RoleName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,56}$")]
+RoleId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
+TableName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")]
+Duration = Annotated[str, StringConstraints(pattern=r"^\d+\s*(ms|s|min|h)$")]
+
+
+class Tier(StrEnum):
+    INGEST = "ingest"
+    TRANSACTIONAL = "transactional"
+    READER = "reader"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+class Privilege(StrEnum):
+    SELECT = "SELECT"
+    INSERT = "INSERT"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+    TRUNCATE = "TRUNCATE"
+    REFERENCES = "REFERENCES"
+    TRIGGER = "TRIGGER"
+
+
+# What each tier may ever be granted: the declaration is refused otherwise, so a typo cannot
+# quietly give an ingest role the right to read or rewrite what it writes.
+TIER_PRIVILEGES: dict[Tier, frozenset[Privilege]] = {
+    Tier.INGEST: frozenset({Privilege.INSERT}),
+    Tier.TRANSACTIONAL: frozenset(
+        {Privilege.SELECT, Privilege.INSERT, Privilege.UPDATE, Privilege.DELETE}
+    ),
+    Tier.READER: frozenset({Privilege.SELECT}),
+    Tier.AUDITOR: frozenset({Privilege.SELECT}),
+    Tier.ADMIN: frozenset(Privilege),
+}
+COLUMN_PRIVILEGES = frozenset(
+    {Privilege.SELECT, Privilege.INSERT, Privilege.UPDATE, Privilege.REFERENCES}
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Grant(Strict):
+    """Privileges on one table, optionally on some of its columns only."""
+
+    table: TableName
+    privileges: list[Privilege] = Field(min_length=1)
+    columns: list[Identifier] | None = None
+
+
+class Pool(Strict):
+    min: int = Field(default=1, ge=0)
+    max: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> Pool:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class Credential(Strict):
+    """Where the LOGIN role's password comes from: exactly one of an env variable or a file."""
+
+    env: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Credential:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of `env` or `file`")
+        return self
+
+    def describe(self) -> str:
+        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+
+    def read(self) -> str | None:
+        """The password, or None when its source is not there."""
+        if self.env is not None:
+            return os.environ.get(self.env) or None
+        assert self.file is not None
+        try:
+            return self.file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+
+class RoleSpec(Strict):
+    id: RoleId
+    tier: Tier
+    description: str = ""
+    inherits: list[RoleName] = []
+    grants: list[Grant] = []
+    connection_limit: int = Field(ge=1)
+    statement_timeout: Duration = "30s"
+    pool: Pool | None = None
+    password: Credential
+
+    @property
+    def pool_size(self) -> Pool:
+        """The declared pool, or one to four connections within the connection limit."""
+        return self.pool or Pool(min=1, max=min(4, self.connection_limit))
+
+    @property
+    def statement_timeout_ms(self) -> int:
+        match = re.fullmatch(r"(\d+)\s*(ms|s|min|h)", self.statement_timeout)
+        assert match is not None
+        scale = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000}[match[2]]
+        return int(match[1]) * scale
+
+    @model_validator(mode="after")
+    def _pool_within_limit(self) -> RoleSpec:
+        if self.pool is not None and self.pool.max > self.connection_limit:
+            raise ValueError(
+                f"pool.max ({self.pool.max}) exceeds connection_limit ({self.connection_limit})"
+            )
+        return self
+
+
+class Declaration(Strict):
+    """The whole roles document; `digest` identifies this exact version in the role history."""
+
+    version: Literal[1] = 1
+    tables: list[TableName] = []
+    roles: dict[RoleName, RoleSpec]
+    digest: str = Field(default="", exclude=True)
+
+    def login_role(self, name: str) -> str:
+        return f"{name}{LOGIN_SUFFIX}"
+
+    def by_id(self) -> dict[str, str]:
+        return {spec.id: name for name, spec in self.roles.items()}
+
+
+@cache
+def shipped_tables() -> frozenset[str]:
+    """Tables created by the shipped migrations: the ones a declaration may name by default."""
+    found = set()
+    for migration in migrations():
+        found.update(re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+\.\w+)", migration.sql))
+    return frozenset(found)
+
+
+def semantic_problems(doc: Declaration) -> list[tuple[str, str]]:
+    """What pydantic cannot see alone: references between roles and tier rules."""
+    problems: list[tuple[str, str]] = []
+    known_tables = shipped_tables() | set(doc.tables)
+    ids: dict[str, str] = {}
+    for name, spec in doc.roles.items():
+        where = f"roles.{name}"
+        if spec.id in ids:
+            problems.append((f"{where}.id", f"duplicate id {spec.id!r}, also roles.{ids[spec.id]}"))
+        ids.setdefault(spec.id, name)
+        if name.endswith(LOGIN_SUFFIX):
+            problems.append((where, f"names ending in {LOGIN_SUFFIX!r} are kept for LOGIN roles"))
+        for i, parent in enumerate(spec.inherits):
+            if parent not in doc.roles:
+                problems.append((f"{where}.inherits[{i}]", f"unknown role {parent!r}"))
+        for i, grant in enumerate(spec.grants):
+            at = f"{where}.grants[{i}]"
+            if grant.table not in known_tables:
+                problems.append(
+                    (f"{at}.table", f"unknown table {grant.table!r} (known: {sorted(known_tables)})")
+                )
+            allowed = TIER_PRIVILEGES[spec.tier]
+            for j, privilege in enumerate(grant.privileges):
+                if privilege not in allowed:
+                    problems.append(
+                        (
+                            f"{at}.privileges[{j}]",
+                            f"a role of tier {spec.tier.value} may only be granted "
+                            f"{', '.join(sorted(allowed))}, not {privilege.value}",
+                        )
+                    )
+                if grant.columns is not None and privilege not in COLUMN_PRIVILEGES:
+                    problems.append(
+                        (f"{at}.columns", f"{privilege.value} cannot be granted on columns")
+                    )
+    problems.extend(_cycles(doc))
+    return problems
+
+
+def _cycles(doc: Declaration) -> list[tuple[str, str]]:
+    """An inheritance cycle would be refused by PostgreSQL halfway through an apply."""
+    problems = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for parent in doc.roles[name].inherits:
+            if parent not in doc.roles:
+                continue
+            if state.get(parent) == 1:
+                cycle = " -> ".join([*path[path.index(parent) :], parent])
+                problems.append((f"roles.{name}.inherits", f"inheritance cycle: {cycle}"))
+            elif parent not in state:
+                visit(parent, [*path, parent])
+        state[name] = 2
+
+    for name in doc.roles:
+        if name not in state:
+            visit(name, [name])
+    return problems
+
+
+def parse_declaration(text: str, source: str = "roles declaration") -> Declaration:
+    """Validate a TOML roles document; every problem is reported, each with its path."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [("(file)", f"not valid TOML: {exc}")]) from exc
+    try:
+        doc = Declaration.model_validate(raw)
+    except ValidationError as exc:
+        raise from_pydantic(source, exc) from exc
+    problems = semantic_problems(doc)
+    if problems:
+        raise ConfigError(source, problems)
+    return doc.model_copy(update={"digest": hashlib.sha256(text.encode()).hexdigest()})
+
+
+def load_declaration(path: Path) -> Declaration:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), [("(file)", f"cannot read: {exc.strerror}")]) from exc
+    return parse_declaration(text, str(path))

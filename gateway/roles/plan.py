@@ -1,0 +1,387 @@
+"""The difference between the declared roles and the live catalog, as ordered SQL changes.
+
+A plan is computed, shown, and applied as the very same list of changes; its digest lets an
+operator apply exactly the plan they reviewed (`gateway roles apply --expect DIGEST`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.errors import GatewayError
+from gateway.roles.catalog import managed_ids
+from gateway.roles.declaration import Declaration
+from gateway.roles.passwords import scram_verifier, verifier_matches
+from gateway.roles.state import Grant, Membership, RoleState, State, desired_state, parse_marker
+
+__all__ = ["Change", "Plan", "PlanError", "make_plan"]
+
+
+class PlanError(GatewayError):
+    """The declaration cannot be reconciled with the database as it is."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One step of a plan: what it does, to what, and the SQL that does it."""
+
+    kind: str
+    subject: str
+    summary: str
+    sql: tuple[str, ...]
+    # The statements actually run when they differ from `sql` (a password's verifier is never
+    # shown or stored; `sql` names its source instead).
+    secret_sql: tuple[str, ...] | None = field(default=None, compare=False)
+
+    @property
+    def executable(self) -> tuple[str, ...]:
+        return self.secret_sql or self.sql
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "subject": self.subject, "summary": self.summary, "sql": self.sql}
+
+
+@dataclass(frozen=True)
+class Plan:
+    changes: tuple[Change, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    @property
+    def digest(self) -> str:
+        body = orjson.dumps([c.as_json() for c in self.changes], option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(body).hexdigest()[:16]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "digest": self.digest,
+            "changes": [c.as_json() for c in self.changes],
+            "notes": list(self.notes),
+        }
+
+    def render(self) -> str:
+        if self.empty:
+            lines = ["No changes: the database matches the declaration."]
+        else:
+            lines = [f"{len(self.changes)} change(s), plan {self.digest}:"]
+            lines += [f"  {SIGNS.get(c.kind.split('_')[0], '~')} {c.summary}" for c in self.changes]
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+SIGNS = {"create": "+", "grant": "+", "register": "+", "drop": "-", "revoke": "-", "retire": "-"}
+
+
+def ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def grantee_sql(name: str) -> str:
+    return "PUBLIC" if name == "PUBLIC" else ident(name)
+
+
+def table_sql(target: str) -> str:
+    return ".".join(ident(part) for part in target.split("."))
+
+
+def role_options(role: RoleState) -> str:
+    return " ".join(
+        [
+            "LOGIN" if role.login else "NOLOGIN",
+            "CREATEROLE" if role.createrole else "NOCREATEROLE",
+            "NOSUPERUSER NOCREATEDB NOREPLICATION NOBYPASSRLS INHERIT",
+            f"CONNECTION LIMIT {role.connection_limit}",
+        ]
+    )
+
+
+def grant_sql(grant: Grant, verb: str) -> str:
+    direction = "TO" if verb == "GRANT" else "FROM"
+    who = grantee_sql(grant.grantee)
+    if grant.kind == "schema":
+        return f"{verb} {grant.privilege} ON SCHEMA {ident(grant.target)} {direction} {who}"
+    if grant.kind == "default":
+        owner, schema, objtype = grant.target.split(":")
+        objects = {"r": "TABLES", "S": "SEQUENCES", "f": "FUNCTIONS", "T": "TYPES", "n": "SCHEMAS"}
+        in_schema = f" IN SCHEMA {ident(schema)}" if schema else ""
+        return (
+            f"ALTER DEFAULT PRIVILEGES FOR ROLE {ident(owner)}{in_schema} "
+            f"{verb} {grant.privilege} ON {objects[objtype]} {direction} {who}"
+        )
+    column = f" ({ident(grant.column)})" if grant.kind == "column" else ""
+    return f"{verb} {grant.privilege}{column} ON TABLE {table_sql(grant.target)} {direction} {who}"
+
+
+def describe_grant(grant: Grant) -> str:
+    if grant.kind == "default":
+        owner, schema, objtype = grant.target.split(":")
+        where = f"future {objtype!r} objects of {owner}" + (f" in schema {schema}" if schema else "")
+    else:
+        where = f"{grant.kind} {grant.target}" + (f"({grant.column})" if grant.column else "")
+    return f"{grant.privilege} on {where} for {grant.grantee}"
+
+
+def make_plan(doc: Declaration, live: State, *, passwords: dict[str, str | None]) -> Plan:
+    """The changes that turn `live` into what `doc` declares.
+
+    `passwords` maps each login role to its password from its credential source (None when the
+    source is empty); `live` is modified as renames are planned.
+    """
+    want = desired_state(doc)
+    changes: list[Change] = []
+    notes: list[str] = []
+    _check_ids(doc, live)
+
+    # Renames first: every later comparison is by name, and a renamed role keeps its grants.
+    managed = managed_ids(live)
+    for name, spec in doc.roles.items():
+        for part, wanted in (("group", name), ("login", doc.login_role(name))):
+            current = managed.get((spec.id, part))
+            if current is not None and current != wanted and wanted not in live.roles:
+                changes.append(
+                    Change(
+                        "rename_role",
+                        wanted,
+                        f"rename role {current} to {wanted} (id {spec.id})",
+                        (f"ALTER ROLE {ident(current)} RENAME TO {ident(wanted)}",),
+                    )
+                )
+                live.rename(current, wanted)
+
+    for name, role in sorted(want.roles.items()):
+        have = live.roles.get(name)
+        if have is None:
+            changes.append(
+                Change(
+                    "create_role",
+                    name,
+                    f"create role {name} ({'LOGIN' if role.login else 'NOLOGIN'})",
+                    (f"CREATE ROLE {ident(name)} {role_options(role)}",),
+                )
+            )
+        elif (have.login, have.createrole, have.connection_limit) != (
+            role.login,
+            role.createrole,
+            role.connection_limit,
+        ):
+            changes.append(
+                Change(
+                    "alter_role",
+                    name,
+                    f"alter role {name}: {_attribute_diff(have, role)}",
+                    (f"ALTER ROLE {ident(name)} {role_options(role)}",),
+                )
+            )
+        if have is None or have.comment != role.comment:
+            changes.append(
+                Change(
+                    "mark_role",
+                    name,
+                    f"mark role {name} as managed ({role.comment})",
+                    (f"COMMENT ON ROLE {ident(name)} IS {literal(role.comment or '')}",),
+                )
+            )
+        changes.extend(_settings(name, have, role))
+        if role.login:
+            changes.extend(_password(doc, name, have, live, passwords, notes))
+
+    changes.extend(_memberships(want.memberships, live.memberships))
+    changes.extend(_grants(want.grants, live.grants))
+
+    wanted_names = set(want.roles)
+    orphans = sorted(
+        (name for name, role in live.roles.items() if parse_marker(role.comment)),
+        key=lambda n: (not live.roles[n].login, n),  # login roles before their groups
+    )
+    for name in orphans:
+        if name not in wanted_names:
+            changes.append(
+                Change(
+                    "drop_role",
+                    name,
+                    f"drop role {name} (managed, no longer declared)",
+                    (f"DROP OWNED BY {ident(name)}", f"DROP ROLE {ident(name)}"),
+                )
+            )
+
+    changes.extend(_registry(want, live))
+    return Plan(tuple(changes), tuple(notes))
+
+
+def _check_ids(doc: Declaration, live: State) -> None:
+    """A declared role whose id changed would orphan its identities: refuse, say how to rename."""
+    declared_ids = doc.by_id()
+    problems = []
+    for row in live.registry.values():
+        spec = doc.roles.get(row.name)
+        if not row.removed and spec is not None and spec.id != row.id:
+            if row.id not in declared_ids:
+                problems.append(
+                    f"roles.{row.name}.id: changed from {row.id!r} to {spec.id!r}; ids are "
+                    "immutable (to rename a role keep its id and change its name)"
+                )
+    if problems:
+        raise PlanError("\n".join(problems))
+
+
+def _attribute_diff(have: RoleState, want: RoleState) -> str:
+    parts = []
+    if have.login != want.login:
+        parts.append(f"login {have.login} -> {want.login}")
+    if have.createrole != want.createrole:
+        parts.append(f"createrole {have.createrole} -> {want.createrole}")
+    if have.connection_limit != want.connection_limit:
+        parts.append(f"connection limit {have.connection_limit} -> {want.connection_limit}")
+    return ", ".join(parts)
+
+
+def _settings(name: str, have: RoleState | None, want: RoleState) -> list[Change]:
+    current = dict(have.settings) if have else {}
+    wanted = dict(want.settings)
+    changes = []
+    for key, value in sorted(wanted.items()):
+        if current.get(key) != value:
+            changes.append(
+                Change(
+                    "set_setting",
+                    name,
+                    f"set {key} = {value} for {name} (was {current.get(key, 'unset')})",
+                    (f"ALTER ROLE {ident(name)} SET {key} = {literal(value)}",),
+                )
+            )
+    for key in sorted(set(current) - set(wanted)):
+        changes.append(
+            Change(
+                "reset_setting",
+                name,
+                f"reset {key} for {name} (undeclared value {current[key]})",
+                (f"ALTER ROLE {ident(name)} RESET {key}",),
+            )
+        )
+    return changes
+
+
+def _password(
+    doc: Declaration,
+    login: str,
+    have: RoleState | None,
+    live: State,
+    passwords: dict[str, str | None],
+    notes: list[str],
+) -> list[Change]:
+    group = login.removesuffix("_login")
+    source = doc.roles[group].password.describe()
+    password = passwords.get(login)
+    if password is None:
+        if have is None:
+            raise PlanError(f"role {login} must be created but its password ({source}) is not set")
+        notes.append(f"password of {login} not checked: {source} is not set")
+        return []
+    if have is not None:
+        if login not in live.verifiers:
+            return []  # not readable without superuser: only set at creation
+        if verifier_matches(live.verifiers[login], password):
+            return []
+    reason = "initial password" if have is None else "password differs from its source"
+    shown = f"ALTER ROLE {ident(login)} PASSWORD '<{source}>'"
+    return [
+        Change(
+            "set_password",
+            login,
+            f"set password of {login} from {source} ({reason})",
+            (shown,),
+            (f"ALTER ROLE {ident(login)} PASSWORD {literal(scram_verifier(password))}",),
+        )
+    ]
+
+
+def _memberships(want: set[Membership], have: set[Membership]) -> list[Change]:
+    changes = []
+    for m in sorted(have - want):
+        changes.append(
+            Change(
+                "revoke_membership",
+                m.member,
+                f"revoke membership of {m.member} in {m.role} (undeclared)",
+                (f"REVOKE {ident(m.role)} FROM {ident(m.member)} GRANTED BY {ident(m.grantor)}",),
+            )
+        )
+    for m in sorted(want - have):
+        changes.append(
+            Change(
+                "grant_membership",
+                m.member,
+                f"grant {m.role} to {m.member} (inherit, no SET ROLE)",
+                (f"GRANT {ident(m.role)} TO {ident(m.member)} WITH INHERIT TRUE, SET FALSE",),
+            )
+        )
+    return changes
+
+
+def _grants(want: set[Grant], have: set[Grant]) -> list[Change]:
+    changes = []
+    for grant in sorted(have - want):
+        changes.append(
+            Change(
+                "revoke_privilege",
+                grant.grantee,
+                f"revoke {describe_grant(grant)} (undeclared)",
+                (grant_sql(grant, "REVOKE"),),
+            )
+        )
+    for grant in sorted(want - have):
+        changes.append(
+            Change(
+                "grant_privilege",
+                grant.grantee,
+                f"grant {describe_grant(grant)}",
+                (grant_sql(grant, "GRANT"),),
+            )
+        )
+    return changes
+
+
+def _registry(want: State, live: State) -> list[Change]:
+    changes = []
+    for role_id, row in sorted(want.registry.items()):
+        current = live.registry.get(role_id)
+        if current == row:
+            continue
+        values = ", ".join(literal(v) for v in (row.id, row.name, row.tier, row.login_role))
+        changes.append(
+            Change(
+                "register_role",
+                row.name,
+                f"register role {row.name} (id {row.id}, tier {row.tier}) in gateway.roles",
+                (
+                    "INSERT INTO gateway.roles (id, name, tier, login_role) "
+                    f"VALUES ({values}) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                    "tier = excluded.tier, login_role = excluded.login_role, removed_at = NULL",
+                ),
+            )
+        )
+    for role_id, current in sorted(live.registry.items()):
+        if role_id not in want.registry and not current.removed:
+            changes.append(
+                Change(
+                    "retire_role",
+                    current.name,
+                    f"mark role {current.name} (id {role_id}) removed in gateway.roles",
+                    (
+                        "UPDATE gateway.roles SET removed_at = now() "
+                        f"WHERE id = {literal(role_id)}",
+                    ),
+                )
+            )
+    return changes
