@@ -1,0 +1,436 @@
+"""A real Apache Kafka broker (KRaft, one node) on loopback, with SCRAM users and ACLs.
+
+The broker is the `kafka_2.13` artifact from Maven Central, resolved once into a cache outside
+the repository, so it needs only Maven and a Java 17+ runtime: no Docker, no tarball.
+
+It listens three times on 127.0.0.1: SASL_PLAINTEXT with SCRAM-SHA-256 is the port clients and
+authorization tests use; PLAINTEXT carries inter-broker traffic and this module's own admin
+helpers (its anonymous principal must be a superuser for that); CONTROLLER is the KRaft quorum.
+
+Run `python -m gateway.services.kafka fetch` to resolve the jars ahead of the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import fcntl
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+from aiokafka import AIOKafkaClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import for_code
+from aiokafka.protocol.admin import CreateAclsRequest, DescribeAclsRequest
+
+from gateway.services._process import (
+    LOOPBACK,
+    LocalService,
+    ServiceError,
+    ServiceProcess,
+    free_port,
+    run_tool,
+)
+
+__all__ = ["KAFKA_VERSION", "Kafka", "cache_dir", "kafka_jars", "main"]
+
+KAFKA_VERSION = "3.9.1"
+POM = Path(__file__).with_name("kafka-pom.xml")
+SCRAM = "SCRAM-SHA-256"
+ADMIN = "admin"
+
+# Sized for tests on a small machine: a bounded heap and the serial collector (no GC threads
+# competing for two cores); tools run briefly, so the quick C1 compiler is enough for them.
+BROKER_JVM = ("-Xmx512m", "-XX:+UseSerialGC", "-Djava.awt.headless=true")
+TOOL_JVM = ("-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
+
+PROPAGATION_TIMEOUT = 15.0
+
+INSTALL_HINT = "install Maven and a Java 17+ runtime (Debian: apt-get install maven default-jre)"
+
+# Kafka's wire codes (org.apache.kafka.common.acl / resource), as CreateAcls expects them.
+_RESOURCE_TOPIC = 2
+_RESOURCE_GROUP = 3
+_PATTERN_LITERAL = 3
+_PERMISSION_ALLOW = 3
+_OPERATIONS = {
+    "all": 2,
+    "read": 3,
+    "write": 4,
+    "create": 5,
+    "delete": 6,
+    "alter": 7,
+    "describe": 8,
+    "describeconfigs": 10,
+    "alterconfigs": 11,
+}
+
+# Names end up in `User:<name>` principals, and both names and passwords in StorageTool's
+# `[name=...,password=...]` syntax, which has no escaping (even quotes do not protect a comma).
+_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_PASSWORD = re.compile(r'[^\s",=\[\]\\]+')
+
+
+def cache_dir() -> Path:
+    """Where the jars of this Kafka version live: `$GATEWAY_CACHE_DIR` or the XDG cache."""
+    root = os.environ.get("GATEWAY_CACHE_DIR")
+    if root:
+        base = Path(root)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = (Path(xdg) if xdg else Path.home() / ".cache") / "m2m-gateway"
+    return base / f"kafka-{KAFKA_VERSION}"
+
+
+def kafka_jars() -> Path:
+    """The folder of broker jars, resolved with Maven on first use and reused afterwards.
+
+    A marker holding the POM's digest is written only after Maven succeeds, so an interrupted
+    download, or an edited POM, is resolved again; a file lock keeps concurrent runs apart.
+    """
+    folder = cache_dir()
+    lib = folder / "lib"
+    marker = folder / "complete"
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()
+    if _marked(marker, digest):
+        return lib
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _marked(marker, digest):
+            return lib
+        for tool in ("mvn", "java"):
+            if shutil.which(tool) is None:
+                raise ServiceError(f"resolving Kafka jars needs `{tool}`: {INSTALL_HINT}")
+        marker.unlink(missing_ok=True)
+        shutil.rmtree(lib, ignore_errors=True)
+        run_tool(
+            [
+                "mvn",
+                "-B",
+                "-q",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={lib}",
+            ],
+            what=f"resolving Kafka {KAFKA_VERSION} jars from Maven Central",
+            timeout=900,
+        )
+        marker.write_text(digest)
+    return lib
+
+
+def _marked(marker: Path, digest: str) -> bool:
+    try:
+        return marker.read_text() == digest
+    except FileNotFoundError:
+        return False
+
+
+def _java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if java is None or not os.access(java, os.X_OK):
+        raise ServiceError(f"running Kafka needs `java` (17+): {INSTALL_HINT}")
+    return java
+
+
+def _cluster_id() -> str:
+    """A KRaft cluster id without spawning a JVM for `StorageTool random-uuid`."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        # StorageTool would read a leading dash as an option.
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def _distinct_ports(count: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll until the broker reflects a change the controller has already committed."""
+    deadline = time.monotonic() + PROPAGATION_TIMEOUT
+    while not await check():
+        if time.monotonic() > deadline:
+            raise ServiceError(f"kafka: {what} did not happen within {PROPAGATION_TIMEOUT:.0f}s")
+        await asyncio.sleep(0.05)
+
+
+def _raise_for(code: int, message: str | None, what: str) -> None:
+    if code != 0:
+        raise ServiceError(f"kafka: {what} failed: {for_code(code).__name__} {message or ''}")
+
+
+class Kafka(LocalService):
+    """One KRaft node (broker and controller) with SCRAM users, an ACL authorizer and no ACLs.
+
+    Every SCRAM user but `admin` (a superuser with a generated password) starts with no
+    permissions; grant them with `allow`. Storage is formatted once, so `stop`/`kill` followed by
+    `start` keeps topics, records, users and ACLs.
+    """
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        *,
+        users: Mapping[str, str] | None = None,
+        start_timeout: float = 90,
+        keep_dir: bool = False,
+    ) -> None:
+        super().__init__(keep_dir=keep_dir)
+        users = dict(users or {})
+        if ADMIN in users:
+            raise ValueError(f"{ADMIN!r} is the broker's own superuser; choose another name")
+        for user, password in users.items():
+            if not _USER_NAME.fullmatch(user):
+                raise ValueError(f"Kafka user name {user!r} must match {_USER_NAME.pattern}")
+            if not _PASSWORD.fullmatch(password):
+                raise ValueError(f"the password of {user!r} must match {_PASSWORD.pattern}")
+        self.admin_password = secrets.token_urlsafe(18)
+        self.users: dict[str, str] = {ADMIN: self.admin_password, **users}
+        self.host = LOOPBACK
+        self.port, self.sasl_port, self.controller_port = _distinct_ports(3)
+        self._start_timeout = start_timeout
+        self._lib: Path | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """The PLAINTEXT listener, where the anonymous principal is a superuser."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """The SASL_PLAINTEXT (SCRAM-SHA-256) listener, where ACLs apply."""
+        return f"{self.host}:{self.sasl_port}"
+
+    def client_kwargs(self, user: str) -> dict[str, str]:
+        """Keyword arguments for an aiokafka client that logs in as `user` on the SASL port."""
+        try:
+            password = self.users[user]
+        except KeyError:
+            raise ValueError(f"no Kafka user {user!r}; pass it in Kafka(users=...)") from None
+        return {
+            "bootstrap_servers": self.sasl_bootstrap,
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": SCRAM,
+            "sasl_plain_username": user,
+            "sasl_plain_password": password,
+        }
+
+    async def create_topic(self, name: str, partitions: int = 1) -> None:
+        """Create a topic and return once the broker serves its metadata."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            response = await admin.create_topics([NewTopic(name, partitions, 1)])
+            for error in response.to_object()["topic_errors"]:
+                what = f"creating topic {error['topic']!r}"
+                _raise_for(error["error_code"], error.get("error_message"), what)
+
+            async def known() -> bool:
+                (topic,) = await admin.describe_topics([name])
+                return bool(topic["error_code"] == 0 and len(topic["partitions"]) == partitions)
+
+            await _until(known, f"topic {name!r} appearing in the broker's metadata")
+        finally:
+            await admin.close()
+
+    async def allow(
+        self,
+        user: str,
+        operations: Iterable[str],
+        *,
+        topic: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        """Grant `user` each operation (e.g. "Read", "Write") on the named topic and/or group.
+
+        aiokafka's admin client has no ACL calls (aio-libs/aiokafka#955), so this sends Kafka's
+        CreateAcls request itself rather than pay seconds of JVM start for `AclCommand`.
+        Returns once the broker's authorizer, not only the controller, holds the ACLs.
+        """
+        resources = [
+            (kind, name)
+            for kind, name in ((_RESOURCE_TOPIC, topic), (_RESOURCE_GROUP, group))
+            if name
+        ]
+        if not resources:
+            raise ValueError("allow() needs a topic, a group or both")
+        codes = []
+        for operation in operations:
+            try:
+                codes.append(_OPERATIONS[operation.lower()])
+            except KeyError:
+                raise ValueError(f"unknown ACL operation {operation!r}") from None
+        bindings = [
+            (kind, name, f"User:{user}", code) for kind, name in resources for code in codes
+        ]
+        client = AIOKafkaClient(bootstrap_servers=self.bootstrap)
+        await client.bootstrap()
+        try:
+            node = client.get_random_node()
+            for kind, name, principal, code in bindings:
+                request = CreateAclsRequest(
+                    kind, name, _PATTERN_LITERAL, principal, "*", code, _PERMISSION_ALLOW
+                )
+                response = await client.send(node, request)
+                for result in response.to_object()["creation_responses"]:
+                    what = f"granting {principal} operation {code} on {name!r}"
+                    _raise_for(result["error_code"], result["error_message"], what)
+
+            async def visible() -> bool:
+                for kind, name, principal, code in bindings:
+                    request = DescribeAclsRequest(
+                        kind, name, _PATTERN_LITERAL, principal, "*", code, _PERMISSION_ALLOW
+                    )
+                    found = (await client.send(node, request)).to_object()
+                    _raise_for(found["error_code"], found["error_message"], "describing ACLs")
+                    if not found["resources"]:
+                        return False
+                return True
+
+            await _until(visible, f"ACLs of {user!r} reaching the broker")
+        finally:
+            await client.close()
+
+    @property
+    def _server_properties(self) -> Path:
+        return self.directory / "server.properties"
+
+    def _classpath(self) -> str:
+        if self._lib is None:
+            raise ServiceError(
+                "kafka: jars are not resolved; use Kafka as an async context manager"
+            )
+        # The JVM expands the wildcard itself; no shell is involved.
+        return f"{self._lib}/*"
+
+    async def _prepare(self) -> None:
+        self._lib = await asyncio.to_thread(kafka_jars)
+        java = _java()
+        self._write_config()
+        argv = [
+            java,
+            *TOOL_JVM,
+            f"-Dlog4j.configuration=file:{self.directory / 'tools-log4j.properties'}",
+            "-cp",
+            self._classpath(),
+            "kafka.tools.StorageTool",
+            "format",
+            "--cluster-id",
+            _cluster_id(),
+            "--config",
+            str(self._server_properties),
+        ]
+        for user, password in self.users.items():
+            argv += ["--add-scram", f"{SCRAM}=[name={user},password={password}]"]
+        await asyncio.to_thread(run_tool, argv, what="formatting Kafka storage")
+
+    async def _launch(self) -> ServiceProcess:
+        argv = [
+            _java(),
+            *BROKER_JVM,
+            f"-Dlog4j.configuration=file:{self.directory / 'log4j.properties'}",
+            "-cp",
+            self._classpath(),
+            "kafka.Kafka",
+            str(self._server_properties),
+        ]
+        # Both client listeners open together, once the broker has caught up with the metadata
+        # log, so the SASL port accepting means the broker serves (the controller port opens
+        # earlier and would not).
+        return await self._spawn_and_wait(argv, self.sasl_port, timeout=self._start_timeout)
+
+    def _write_config(self) -> None:
+        host = self.host
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{host}:{self.controller_port}",
+            "controller.listener.names": "CONTROLLER",
+            "listeners": (
+                f"PLAINTEXT://{host}:{self.port},SASL_PLAINTEXT://{host}:{self.sasl_port},"
+                f"CONTROLLER://{host}:{self.controller_port}"
+            ),
+            "advertised.listeners": (
+                f"PLAINTEXT://{host}:{self.port},SASL_PLAINTEXT://{host}:{self.sasl_port}"
+            ),
+            "listener.security.protocol.map": (
+                "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT"
+            ),
+            "inter.broker.listener.name": "PLAINTEXT",
+            "sasl.enabled.mechanisms": SCRAM,
+            "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            # The PLAINTEXT and CONTROLLER listeners authenticate nobody, so the broker talks to
+            # itself as ANONYMOUS; without superuser rights it would lock itself out.
+            "super.users": f"User:{ADMIN};User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found": "false",
+            "auto.create.topics.enable": "false",
+            "log.dirs": str(self.directory / "data"),
+            "num.partitions": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # The 128 MiB default is allocated on the heap, a quarter of what the broker gets.
+            "log.cleaner.dedupe.buffer.size": str(2 * 1024 * 1024),
+            # After a kill, the restarted controller refuses the broker's new registration until
+            # the old one's session expires: 9 s by default, which every kill/start would wait.
+            # Six heartbeats per session still keep a busy machine from fencing the broker.
+            "broker.heartbeat.interval.ms": "500",
+            "broker.session.timeout.ms": "3000",
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+        }
+        self._server_properties.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        appender = (
+            "log4j.appender.out=org.apache.log4j.ConsoleAppender\n"
+            "log4j.appender.out.layout=org.apache.log4j.PatternLayout\n"
+            "log4j.appender.out.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+        )
+        # The broker's INFO lines are what the failure tail shows; the tools only need errors.
+        (self.directory / "log4j.properties").write_text("log4j.rootLogger=INFO, out\n" + appender)
+        (self.directory / "tools-log4j.properties").write_text(
+            "log4j.rootLogger=WARN, out\n" + appender
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`fetch`: resolve the broker jars now (e.g. before tests) and print their folder."""
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.services.kafka",
+        description=f"Manage the local Apache Kafka {KAFKA_VERSION} used by tests and demos.",
+    )
+    parser.add_argument("command", choices=["fetch"], help="resolve the jars and print where")
+    parser.parse_args(argv)
+    try:
+        print(kafka_jars())
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
