@@ -1,0 +1,194 @@
+"""`gateway migrate` and `gateway roles plan|apply|show`: the schema and roles as code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.audit_log import default_actor
+from gateway.db import admin_dsn, connect
+from gateway.migrate import migrate
+from gateway.roles.apply import apply_roles, plan_roles
+from gateway.roles.catalog import read_catalog
+from gateway.roles.declaration import load_declaration
+from gateway.roles.plan import PlanError
+from gateway.roles.state import desired_state
+
+__all__ = ["register"]
+
+ROLES_ENV = "GATEWAY_ROLES_FILE"
+EXIT_CHANGES_PENDING = 2
+
+
+def add_database_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dsn", help="admin DSN (default: $GATEWAY_ADMIN_DSN)")
+
+
+def add_roles_options(parser: argparse.ArgumentParser) -> None:
+    add_database_options(parser)
+    parser.add_argument(
+        "--roles",
+        type=Path,
+        default=Path(os.environ.get(ROLES_ENV, "config/roles.toml")),
+        help="roles declaration (default: $GATEWAY_ROLES_FILE or config/roles.toml)",
+    )
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+
+
+async def run_migrate(args: argparse.Namespace) -> int:
+    conn = await connect(admin_dsn(args.dsn))
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    if applied:
+        for migration in applied:
+            print(f"applied {migration.version:03d} {migration.name}")
+    else:
+        print("schema is up to date")
+    return 0
+
+
+async def run_plan(args: argparse.Namespace) -> int:
+    doc = load_declaration(args.roles)
+    conn = await connect(admin_dsn(args.dsn))
+    try:
+        plan = await plan_roles(conn, doc)
+    finally:
+        await conn.close()
+    if args.json:
+        emit_json(plan.as_json())
+    else:
+        print(plan.render())
+        if not plan.empty:
+            print(f"\nApply exactly this plan with: gateway roles apply --expect {plan.digest}")
+    return 0 if plan.empty else EXIT_CHANGES_PENDING
+
+
+async def run_apply(args: argparse.Namespace) -> int:
+    doc = load_declaration(args.roles)
+    conn = await connect(admin_dsn(args.dsn))
+    try:
+        plan, version = await apply_roles(conn, doc, actor=args.actor, expect=args.expect)
+    finally:
+        await conn.close()
+    if args.json:
+        emit_json({**plan.as_json(), "version": version})
+    elif version is None:
+        print(plan.render())
+    else:
+        print(plan.render())
+        print(f"\nApplied as version {version} of the roles (gateway.role_changes).")
+    return 0
+
+
+async def run_show(args: argparse.Namespace) -> int:
+    doc = load_declaration(args.roles)
+    if args.role is not None and args.role not in doc.roles:
+        raise PlanError(f"role {args.role!r} is not declared (declared: {', '.join(doc.roles)})")
+    names = [args.role] if args.role else list(doc.roles)
+    want = desired_state(doc)
+    conn = await connect(admin_dsn(args.dsn))
+    try:
+        live = await read_catalog(conn, want.roles, ["gateway", "ingest"])
+        counts = {
+            row["role_id"]: (row["active"], row["retired"])
+            for row in await conn.fetch(
+                "SELECT role_id, count(*) FILTER (WHERE status = 'active') AS active, "
+                "count(*) FILTER (WHERE status = 'retired') AS retired "
+                "FROM gateway.identities WHERE role_id = ANY($1::text[]) GROUP BY role_id",
+                [doc.roles[n].id for n in names],
+            )
+        }
+    finally:
+        await conn.close()
+    shown: list[dict[str, Any]] = []
+    for name in names:
+        spec = doc.roles[name]
+        login = doc.login_role(name)
+        role_live = live.roles.get(login)
+        active, retired = counts.get(spec.id, (0, 0))
+        shown.append(
+            {
+                "name": name,
+                "id": spec.id,
+                "tier": spec.tier.value,
+                "login_role": login,
+                "declared": {
+                    "inherits": spec.inherits,
+                    "grants": [g.model_dump(mode="json", exclude_none=True) for g in spec.grants],
+                    "connection_limit": spec.connection_limit,
+                    "statement_timeout": spec.statement_timeout,
+                    "pool": spec.pool_size.model_dump(),
+                },
+                "live": {
+                    "exists": role_live is not None,
+                    "connection_limit": role_live.connection_limit if role_live else None,
+                    "settings": dict(role_live.settings) if role_live else {},
+                    "grants": sorted(
+                        f"{g.privilege} {g.target}" + (f"({g.column})" if g.column else "")
+                        for g in live.grants
+                        if g.grantee == name and g.kind != "schema"
+                    ),
+                    "member_of": sorted(m.role for m in live.memberships if m.member == name),
+                },
+                "identities": {"active": active, "retired": retired},
+            }
+        )
+    if args.json:
+        emit_json(shown)
+        return 0
+    for item in shown:
+        live_part = item["live"]
+        print(f"{item['name']}  (id {item['id']}, tier {item['tier']}, login {item['login_role']})")
+        print(f"  declared: {', '.join(_grant_text(g) for g in item['declared']['grants']) or '-'}")
+        state = "exists" if live_part["exists"] else "MISSING"
+        print(f"  live:     {state}; grants {', '.join(live_part['grants']) or '-'}")
+        print(
+            f"  limits:   connections {item['declared']['connection_limit']}, "
+            f"statement timeout {item['declared']['statement_timeout']}, "
+            f"pool {item['declared']['pool']['min']}-{item['declared']['pool']['max']}"
+        )
+        ids = item["identities"]
+        print(f"  identities: {ids['active']} active, {ids['retired']} retired")
+    return 0
+
+
+def _grant_text(grant: dict[str, Any]) -> str:
+    columns = f"({', '.join(grant['columns'])})" if grant.get("columns") else ""
+    return f"{'/'.join(grant['privileges'])} {grant['table']}{columns}"
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    migrate_cmd = commands.add_parser("migrate", help="create or upgrade the gateway's schemas")
+    add_database_options(migrate_cmd)
+    migrate_cmd.set_defaults(handler=run_migrate)
+
+    roles = commands.add_parser("roles", help="PostgreSQL roles as code").add_subparsers(
+        dest="roles_command", required=True, metavar="ACTION"
+    )
+    plan = roles.add_parser("plan", help="show what apply would change (exit 2 if anything)")
+    add_roles_options(plan)
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.set_defaults(handler=run_plan)
+
+    apply = roles.add_parser("apply", help="apply the plan in one transaction and record it")
+    add_roles_options(apply)
+    apply.add_argument("--expect", metavar="DIGEST", help="refuse unless the plan has this digest")
+    apply.add_argument("--actor", default=default_actor(), help="who applies (audit trail)")
+    apply.add_argument("--json", action="store_true", help="machine-readable output")
+    apply.set_defaults(handler=run_apply)
+
+    show = roles.add_parser("show", help="declared and live state of roles, and their identities")
+    add_roles_options(show)
+    show.add_argument("role", nargs="?", help="one declared role (default: all)")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(handler=run_show)
