@@ -1,4 +1,4 @@
-"""`gateway migrate` and `gateway roles plan|apply|show`: the schema and roles as code."""
+"""`gateway migrate`, `roles plan|apply|show` and `audit`: the schema and roles as code."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from gateway.audit import Severity, run_audit
 from gateway.audit_log import default_actor
 from gateway.db import admin_dsn, connect
 from gateway.migrate import migrate
@@ -23,6 +24,7 @@ __all__ = ["register"]
 
 ROLES_ENV = "GATEWAY_ROLES_FILE"
 EXIT_CHANGES_PENDING = 2
+EXIT_FINDINGS = 3
 
 
 def add_database_options(parser: argparse.ArgumentParser) -> None:
@@ -162,6 +164,32 @@ async def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_audit_command(args: argparse.Namespace) -> int:
+    doc = load_declaration(args.roles)
+    conn = await connect(admin_dsn(args.dsn))
+    try:
+        findings = await run_audit(conn, doc, stale_after_days=args.stale_after)
+    finally:
+        await conn.close()
+    threshold = Severity[args.fail_on.upper()]
+    failing = [f for f in findings if f.severity >= threshold]
+    if args.json:
+        emit_json(
+            {
+                "findings": [f.as_json() for f in findings],
+                "fail_on": args.fail_on,
+                "failed": bool(failing),
+            }
+        )
+    elif not findings:
+        print("No findings.")
+    else:
+        for finding in findings:
+            print(f"{str(finding.severity).upper():<6} {finding.check:<28} {finding.message}")
+        print(f"\n{len(findings)} finding(s), {len(failing)} at or above {args.fail_on}.")
+    return EXIT_FINDINGS if failing else 0
+
+
 def _grant_text(grant: dict[str, Any]) -> str:
     columns = f"({', '.join(grant['columns'])})" if grant.get("columns") else ""
     return f"{'/'.join(grant['privileges'])} {grant['table']}{columns}"
@@ -186,6 +214,26 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     apply.add_argument("--actor", default=default_actor(), help="who applies (audit trail)")
     apply.add_argument("--json", action="store_true", help="machine-readable output")
     apply.set_defaults(handler=run_apply)
+
+    audit = commands.add_parser(
+        "audit", help=f"report drift and identity problems (exit {EXIT_FINDINGS} on findings)"
+    )
+    add_roles_options(audit)
+    audit.add_argument(
+        "--stale-after",
+        type=float,
+        default=30,
+        metavar="DAYS",
+        help="active write identities unseen this long are findings (default 30)",
+    )
+    audit.add_argument(
+        "--fail-on",
+        choices=[str(s) for s in Severity],
+        default="low",
+        help="lowest severity that makes the exit code non-zero (default low)",
+    )
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
+    audit.set_defaults(handler=run_audit_command)
 
     show = roles.add_parser("show", help="declared and live state of roles, and their identities")
     add_roles_options(show)

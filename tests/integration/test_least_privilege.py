@@ -21,7 +21,9 @@ async def login(governed: Postgres, role_passwords: dict[str, str]) -> AsyncIter
 
     async def connect(role: str) -> asyncpg.Connection:
         login_role = f"{role}_login"
-        conn = await asyncpg.connect(governed.address.dsn_for(login_role, role_passwords[login_role]))
+        conn = await asyncpg.connect(
+            governed.address.dsn_for(login_role, role_passwords[login_role])
+        )
         opened.append(conn)
         return conn
 

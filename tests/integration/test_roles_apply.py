@@ -152,9 +152,9 @@ async def test_rename_keeps_id_identities_and_password(
     assert row is not None and row["name"] == "telemetry_writer"
     password = role_passwords["telemetry_ingest_login"]
     conn = await asyncpg.connect(fresh.address.dsn_for("telemetry_writer_login", password))
-    assert await conn.fetchval(
-        "SELECT has_table_privilege('ingest.telemetry', 'INSERT')"
-    ), "the renamed role keeps its grants"
+    assert await conn.fetchval("SELECT has_table_privilege('ingest.telemetry', 'INSERT')"), (
+        "the renamed role keeps its grants"
+    )
     await conn.close()
 
 
@@ -176,7 +176,9 @@ async def test_password_drift_is_detected_and_reset(
     plan = await plan_roles(admin, doc)
     assert [c.kind for c in plan.changes] == ["set_password"]
     await apply_roles(admin, doc, actor="tests")
-    conn = await asyncpg.connect(fresh.address.dsn_for("auditor_login", role_passwords["auditor_login"]))
+    conn = await asyncpg.connect(
+        fresh.address.dsn_for("auditor_login", role_passwords["auditor_login"])
+    )
     await conn.close()
 
 

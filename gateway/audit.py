@@ -1,0 +1,155 @@
+"""`gateway audit`: what is wrong with roles and identities right now, each with a severity.
+
+Drift comes from the same plan `roles apply` would run (one source of truth for "different from
+the declaration"); identity findings come from the registry; the findings are meant for a
+scheduled job that fails when something needs a person.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import IntEnum
+from typing import Any
+
+import asyncpg
+
+from gateway.roles.apply import plan_roles
+from gateway.roles.declaration import Declaration, Tier
+from gateway.roles.plan import Change
+
+__all__ = ["Finding", "Severity", "run_audit"]
+
+
+class Severity(IntEnum):
+    INFO = 0
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: Severity
+    check: str
+    subject: str
+    message: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "severity": str(self.severity)}
+
+
+# How much each kind of plan change matters when it shows up as drift. Anything granting more
+# than declared is high: it is a way in. Anything missing is medium: something will fail.
+DRIFT: dict[str, tuple[Severity, str]] = {
+    "revoke_privilege": (Severity.HIGH, "undeclared_grant"),
+    "revoke_membership": (Severity.HIGH, "undeclared_membership"),
+    "drop_role": (Severity.MEDIUM, "orphaned_role"),
+    "alter_role": (Severity.MEDIUM, "role_attributes"),
+    "reset_setting": (Severity.LOW, "undeclared_setting"),
+    "set_setting": (Severity.MEDIUM, "role_setting"),
+    "set_password": (Severity.MEDIUM, "password_mismatch"),
+    "grant_privilege": (Severity.MEDIUM, "missing_grant"),
+    "grant_membership": (Severity.MEDIUM, "missing_membership"),
+    "create_role": (Severity.MEDIUM, "missing_role"),
+    "rename_role": (Severity.LOW, "pending_rename"),
+    "mark_role": (Severity.LOW, "unmarked_role"),
+    "register_role": (Severity.LOW, "unregistered_role"),
+    "retire_role": (Severity.LOW, "unregistered_role"),
+}
+
+WRITE_TIERS = [Tier.INGEST.value, Tier.TRANSACTIONAL.value]
+
+
+def drift_finding(change: Change) -> Finding:
+    severity, check = DRIFT.get(change.kind, (Severity.MEDIUM, change.kind))
+    return Finding(severity, check, change.subject, change.summary)
+
+
+async def run_audit(
+    conn: asyncpg.Connection, doc: Declaration, *, stale_after_days: float
+) -> list[Finding]:
+    plan = await plan_roles(conn, doc)
+    findings = [drift_finding(change) for change in plan.changes]
+    findings += await _identities_on_missing_roles(conn, doc)
+    findings += await _stale_identities(conn, stale_after_days)
+    findings += await _unlimited_logins(conn)
+    return sorted(findings, key=lambda f: (-f.severity, f.check, f.subject))
+
+
+async def _identities_on_missing_roles(conn: asyncpg.Connection, doc: Declaration) -> list[Finding]:
+    """Active identities whose role is undeclared, removed, or has no LOGIN role in the cluster."""
+    rows = await conn.fetch(
+        """
+        SELECT i.role_id, r.name, count(*) AS identities,
+               r.removed_at IS NOT NULL AS removed,
+               NOT EXISTS (SELECT 1 FROM pg_roles p WHERE p.rolname = r.login_role) AS no_login
+        FROM gateway.identities i JOIN gateway.roles r ON r.id = i.role_id
+        WHERE i.status = 'active'
+        GROUP BY i.role_id, r.name, r.removed_at, r.login_role
+        """
+    )
+    declared = doc.by_id()
+    findings = []
+    for row in rows:
+        why = None
+        if row["role_id"] not in declared or row["removed"]:
+            why = "is no longer declared"
+        elif row["no_login"]:
+            why = "has no LOGIN role in the database"
+        if why:
+            findings.append(
+                Finding(
+                    Severity.HIGH,
+                    "identities_on_missing_role",
+                    row["name"],
+                    f"{row['identities']} active identities are on role {row['name']} "
+                    f"(id {row['role_id']}), which {why}",
+                )
+            )
+    return findings
+
+
+async def _stale_identities(conn: asyncpg.Connection, days: float) -> list[Finding]:
+    """Active identities with write roles that have not been seen for too long."""
+    rows = await conn.fetch(
+        """
+        SELECT i.name, r.name AS role, i.last_seen, i.created_at
+        FROM gateway.identities i JOIN gateway.roles r ON r.id = i.role_id
+        WHERE i.status = 'active' AND r.tier = ANY($1::text[])
+          AND coalesce(i.last_seen, i.created_at) < now() - make_interval(secs => $2)
+        ORDER BY i.name
+        LIMIT 1000
+        """,
+        WRITE_TIERS,
+        days * 86400,
+    )
+    return [
+        Finding(
+            Severity.LOW,
+            "stale_identity",
+            row["name"],
+            f"active on write role {row['role']} but "
+            + (f"last seen {row['last_seen']:%Y-%m-%d %H:%M}" if row["last_seen"] else "never seen")
+            + f" (older than {days:g} days); retire it if it is gone",
+        )
+        for row in rows
+    ]
+
+
+async def _unlimited_logins(conn: asyncpg.Connection) -> list[Finding]:
+    rows = await conn.fetch(
+        "SELECT rolname FROM pg_roles WHERE rolcanlogin AND NOT rolsuper AND rolconnlimit = -1 "
+        "ORDER BY rolname"
+    )
+    return [
+        Finding(
+            Severity.MEDIUM,
+            "unlimited_login",
+            row["rolname"],
+            f"LOGIN role {row['rolname']} has no connection limit: it can exhaust the database",
+        )
+        for row in rows
+    ]
