@@ -36,7 +36,16 @@ async def audit(server: Postgres, *args: str) -> tuple[int, dict[str, Any]]:
     """Run the command as a scheduled job would; a later `--roles` overrides the example."""
     done = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "gateway.cli", "audit", "--json", "--roles", str(roles), *args],
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "audit",
+            "--json",
+            "--roles",
+            str(EXAMPLE_ROLES),
+            *args,
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "GATEWAY_ADMIN_DSN": server.dsn},
