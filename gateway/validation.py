@@ -36,5 +36,8 @@ def from_pydantic(source: str, error: pydantic.ValidationError) -> ConfigError:
         message = item["msg"]
         if isinstance(item.get("input"), str | int | float | bool):
             message += f" (got {item['input']!r})"
-        problems.append((path_of(item["loc"]), message))
+        location = item["loc"]
+        if location and location[-1] == "[key]":  # the key itself is wrong, e.g. a role name
+            location, message = location[:-1], f"name: {message}"
+        problems.append((path_of(location), message))
     return ConfigError(source, problems)
