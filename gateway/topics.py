@@ -1,0 +1,67 @@
+"""Topic templates such as `devices/{identity}/{stream}`: where the identity claim sits in a topic.
+
+On MQTT the broker's ACL guarantees the `{identity}` level (`pattern write devices/%u/#`), so
+parsing the topic is the identity check; anything that does not fit the template is rejected.
+"""
+
+from __future__ import annotations
+
+from gateway.validation import ConfigError
+
+__all__ = ["TopicTemplate"]
+
+
+class TopicTemplate:
+    """A compiled template: fixed levels, one `{identity}` level and an optional `{stream}`."""
+
+    __slots__ = (
+        "_fixed",
+        "_identity",
+        "_levels",
+        "_separator",
+        "_stream",
+        "default_stream",
+        "template",
+    )
+
+    def __init__(
+        self, template: str, *, default_stream: str = "telemetry", separator: str = "/"
+    ) -> None:
+        self.template = template
+        self.default_stream = default_stream
+        parts = template.split(separator)
+        problems = []
+        if parts.count("{identity}") != 1:
+            problems.append("must contain `{identity}` exactly once as a whole level")
+        if parts.count("{stream}") > 1:
+            problems.append("may contain `{stream}` at most once")
+        for part in parts:
+            if part not in ("{identity}", "{stream}") and (
+                "{" in part or "+" in part or "#" in part
+            ):
+                problems.append(f"level {part!r} must be literal, `{{identity}}` or `{{stream}}`")
+        if problems:
+            raise ConfigError(f"topic template {template!r}", [("template", p) for p in problems])
+        self._levels = len(parts)
+        self._identity = parts.index("{identity}")
+        self._stream = parts.index("{stream}") if "{stream}" in parts else -1
+        self._fixed = [(i, p) for i, p in enumerate(parts) if p not in ("{identity}", "{stream}")]
+        self._separator = separator
+
+    def parse(self, topic: str) -> tuple[str, str] | None:
+        """(identity, stream) of a topic, or None when it does not fit the template."""
+        parts = topic.split(self._separator)
+        if len(parts) != self._levels:
+            return None
+        for index, literal in self._fixed:
+            if parts[index] != literal:
+                return None
+        identity = parts[self._identity]
+        if not identity:
+            return None
+        stream = parts[self._stream] if self._stream >= 0 else self.default_stream
+        return identity, stream
+
+    def subscription(self) -> str:
+        """The MQTT filter that covers the template: placeholders become `+`."""
+        return self.template.replace("{identity}", "+").replace("{stream}", "+")
