@@ -7,15 +7,18 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.logs import setup_logging
 from gateway.services.mosquitto import Mosquitto
 from gateway.services.postgres import Postgres
 
 __all__ = ["Handler", "main"]
 
-Handler = Callable[[argparse.Namespace], Awaitable[int]]
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 async def demo(args: argparse.Namespace) -> int:
@@ -24,7 +27,9 @@ async def demo(args: argparse.Namespace) -> int:
         address = postgres.address
         print("Embedded services are up:")
         print(f"  PostgreSQL {address.host}:{address.port}  (superuser DSN: {postgres.dsn})")
-        print(f"  Mosquitto  {broker.host}:{broker.port}  (gateway user: {broker.gateway.username})")
+        print(
+            f"  Mosquitto  {broker.host}:{broker.port}  (gateway user: {broker.gateway.username})"
+        )
         if args.duration is None:
             print("Press Ctrl-C to stop them.")
         await wait_for_stop(args.duration)
@@ -42,6 +47,15 @@ async def wait_for_stop(duration: float | None) -> None:
         await asyncio.wait_for(stop.wait(), duration)
 
 
+async def run(args: argparse.Namespace) -> int:
+    """Run the gateway until SIGTERM or SIGINT, then drain and exit."""
+    from gateway.app import Gateway
+    from gateway.config import load_config
+
+    await Gateway(load_config(args.config)).run()
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     from gateway import cli_identities, cli_roles
 
@@ -52,6 +66,10 @@ def parser() -> argparse.ArgumentParser:
         "--for", dest="duration", type=float, default=None, help="stop after SECONDS"
     )
     run_demo.set_defaults(handler=demo)
+    run_gateway = commands.add_parser("run", help="run the gateway until SIGTERM")
+    run_gateway.add_argument("--config", type=Path, help="TOML configuration file")
+    run_gateway.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    run_gateway.set_defaults(handler=run)
     cli_roles.register(commands)
     cli_identities.register(commands)
     return root
@@ -61,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     handler: Handler = args.handler
     try:
+        if handler is run:
+            import uvloop
+
+            setup_logging(args.verbose)
+            return uvloop.run(handler(args))
         return asyncio.run(handler(args))
     except GatewayError as exc:
         print(f"gateway: {exc}", file=sys.stderr)

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from gateway.errors import GatewayError
 
-__all__ = ["ADMIN_DSN_ENV", "DatabaseError", "admin_dsn", "connect"]
+__all__ = ["ADMIN_DSN_ENV", "Conn", "DatabaseError", "admin_dsn", "connect"]
 
 ADMIN_DSN_ENV = "GATEWAY_ADMIN_DSN"
+
+# A connection of one's own or one borrowed from a pool: both answer the same calls.
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 
 class DatabaseError(GatewayError):

@@ -63,5 +63,8 @@ class TopicTemplate:
         return identity, stream
 
     def subscription(self) -> str:
-        """The MQTT filter that covers the template: placeholders become `+`."""
-        return self.template.replace("{identity}", "+").replace("{stream}", "+")
+        """The MQTT filter to subscribe: everything under the identity level, so that topics
+        with extra or missing levels arrive too and are rejected with a record, not ignored."""
+        levels = self.template.split(self._separator)[: self._identity + 1]
+        prefix = self._separator.join("+" if level.startswith("{") else level for level in levels)
+        return f"{prefix}{self._separator}#"

@@ -16,7 +16,14 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from gateway.migrate import migrations
 from gateway.validation import ConfigError, from_pydantic
@@ -171,6 +178,26 @@ class Declaration(Strict):
     def by_id(self) -> dict[str, str]:
         return {spec.id: name for name, spec in self.roles.items()}
 
+    def may_insert(self, role: str, table: str) -> bool:
+        """Whether the role, or a role it inherits, is granted INSERT on the whole table."""
+        seen: set[str] = set()
+        todo = [role]
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in self.roles:
+                continue
+            seen.add(name)
+            spec = self.roles[name]
+            if any(
+                grant.table == table
+                and grant.columns is None
+                and Privilege.INSERT in grant.privileges
+                for grant in spec.grants
+            ):
+                return True
+            todo.extend(spec.inherits)
+        return False
+
 
 @cache
 def shipped_tables() -> frozenset[str]:
@@ -200,7 +227,10 @@ def semantic_problems(doc: Declaration) -> list[tuple[str, str]]:
             at = f"{where}.grants[{i}]"
             if grant.table not in known_tables:
                 problems.append(
-                    (f"{at}.table", f"unknown table {grant.table!r} (known: {sorted(known_tables)})")
+                    (
+                        f"{at}.table",
+                        f"unknown table {grant.table!r} (known: {sorted(known_tables)})",
+                    )
                 )
             allowed = TIER_PRIVILEGES[spec.tier]
             for j, privilege in enumerate(grant.privileges):

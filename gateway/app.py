@@ -1,0 +1,252 @@
+"""A running gateway: start everything in order, serve, and on SIGTERM drain and stop.
+
+Start: pools (one per role), identity cache, pipeline, HTTP, then sources last, so nothing is
+taken in before it can be written. Stop: readiness goes false, intake stops, open batches are
+flushed and committed, their messages acknowledged, sources disconnect (their sessions keep
+whatever was not acknowledged), pools close, all within the shutdown timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, cast
+
+import asyncpg
+
+from gateway.activity import Activity
+from gateway.batching import BatchPolicy
+from gateway.config import GatewayConfig
+from gateway.decoder import COLUMNS, DecodeLimits
+from gateway.http import HttpServer
+from gateway.identity_cache import CachedIdentity, IdentityCache
+from gateway.metrics import Metrics
+from gateway.pg_errors import FailureKind
+from gateway.pipeline import Pipeline, Route, Sink
+from gateway.pools import RolePools
+from gateway.provisioning import ProvisionRule
+from gateway.registry import Registry
+from gateway.roles.declaration import Declaration, load_declaration
+from gateway.sinks.postgres import CopyTarget, PostgresSink
+from gateway.sources.mqtt.source import MqttSource
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger(__name__)
+
+REJECT_COLUMNS = ("at", "source", "reason", "identity", "topic", "payload_prefix", "detail")
+
+
+def writer_roles(doc: Declaration, config: GatewayConfig) -> dict[str, list[str]]:
+    """For each declared role, the route tables it may write (roles with none are left out)."""
+    found: dict[str, list[str]] = {}
+    for role in doc.roles:
+        tables = [r.table for r in config.routes if doc.may_insert(role, r.table)]
+        if tables:
+            found[role] = tables
+    return found
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, actor: str = "gateway") -> None:
+        self.config = config
+        self.actor = actor
+        self.metrics = Metrics()
+        self.activity = Activity()
+        self.sources: list[MqttSource] = []
+        self.pipeline: Pipeline | None = None
+        self.http: HttpServer | None = None
+        self._pools: RolePools | None = None
+        self._cache: IdentityCache | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._pumps: list[asyncio.Task[None]] = []
+        self._draining = False
+        self._stopped = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        doc = load_declaration(config.database.roles_file)
+        writers = writer_roles(doc, config)
+        control, rejects = config.database.control_role, config.database.rejects_role
+        self._pools = pools = RolePools(config.database, doc, [*writers, control, rejects])
+        await pools.open()
+
+        async def control_connection() -> asyncpg.Connection:
+            conn: asyncpg.Connection = await asyncpg.connect(pools.dsn(control), timeout=10)
+            return conn
+
+        self._cache = IdentityCache(
+            control_connection, on_entries=self.metrics.identity_cache_entries.set
+        )
+        await self._cache.start()
+        self.pipeline = self._build_pipeline(doc, writers)
+
+        self.http = HttpServer(
+            config.http.host,
+            config.http.port,
+            registry=self.metrics.registry,
+            readiness=self.readiness,
+            before_scrape=self._before_scrape,
+        )
+        await self.http.start()
+        self._tasks.append(asyncio.create_task(self._record_activity(), name="activity"))
+        for source_config in config.sources.mqtt:
+            source = MqttSource(source_config)
+            await source.start()
+            self.sources.append(source)
+            self._pumps.append(asyncio.create_task(self._pump(source), name=f"pump-{source.name}"))
+        log.info(
+            "gateway started: %d source(s), roles %s, http port %d",
+            len(self.sources),
+            ", ".join(sorted(writers)),
+            self.http.port,
+        )
+
+    def _build_pipeline(self, doc: Declaration, writers: dict[str, list[str]]) -> Pipeline:
+        config, pools = self.config, self._pools
+        assert pools is not None
+        routes: dict[tuple[str, str], Route] = {}
+        sinks: dict[tuple[str, str], Sink] = {}
+        for role, tables in writers.items():
+            for route in config.routes:
+                if route.table in tables:
+                    routes[(role, route.stream)] = Route(role, route.table)
+                    schema, table = route.table.split(".")
+                    sinks[(role, route.table)] = PostgresSink(
+                        role,
+                        CopyTarget(schema, table, COLUMNS),
+                        pools[role],
+                        on_failure=self._failure_counter(role, route.table),
+                    )
+        rejects_role = config.database.rejects_role
+        rejects = PostgresSink(
+            rejects_role,
+            CopyTarget("ingest", "rejects", REJECT_COLUMNS, None, None, write_log=False),
+            pools[rejects_role],
+            on_failure=self._failure_counter(rejects_role, "ingest.rejects"),
+        )
+        batching, limits = config.batching, config.limits
+        return Pipeline(
+            lookup=self._lookup,
+            routes=routes,
+            sinks=sinks,
+            rejects=rejects,
+            metrics=self.metrics,
+            activity=self.activity,
+            policy=BatchPolicy(batching.max_rows, batching.max_bytes, batching.max_delay_ms / 1000),
+            limits=DecodeLimits(
+                max_payload_bytes=limits.max_payload_bytes,
+                max_age=timedelta(seconds=limits.max_age_seconds),
+                max_ahead=timedelta(seconds=limits.max_ahead_seconds),
+            ),
+            max_buffered_rows=batching.max_buffered_rows,
+            unknown=config.identities.unknown,
+            provision_rules=config.identities.provision,
+            provision=self._provision,
+        )
+
+    def _failure_counter(self, role: str, table: str) -> Callable[[FailureKind], None]:
+        counter = self.metrics.flush_failures
+        return lambda kind: counter.labels(role, table, kind.value).inc()
+
+    def _lookup(self, name: str) -> CachedIdentity | None:
+        assert self._cache is not None
+        return self._cache.get(name)
+
+    async def _provision(self, name: str, rule: ProvisionRule) -> None:
+        assert self._pools is not None and self._cache is not None
+        async with self._pools[self.config.database.control_role].acquire() as conn:
+            await Registry(cast(asyncpg.Connection, conn), self.actor).provision(name, rule)
+        # The cache learns of it through NOTIFY; wait for that, briefly.
+        for _ in range(200):
+            if self._cache.get(name) is not None:
+                return
+            await asyncio.sleep(0.01)
+
+    async def _pump(self, source: MqttSource) -> None:
+        pipeline = self.pipeline
+        assert pipeline is not None
+        while True:
+            await pipeline.wait_for_capacity()
+            messages = await source.receive()
+            pipeline.submit(source, messages)
+
+    async def _record_activity(self) -> None:
+        assert self._pools is not None
+        pool = self._pools[self.config.database.control_role]
+        while True:
+            await asyncio.sleep(self.config.activity_interval)
+            await self._flush_activity(pool)
+
+    async def _flush_activity(self, pool: asyncpg.Pool) -> None:
+        try:
+            async with pool.acquire() as conn:
+                await self.activity.flush(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("activity not recorded yet (kept for the next round): %s", exc)
+
+    def readiness(self) -> dict[str, bool]:
+        checks = {f"source:{s.name}": s.connected for s in self.sources}
+        checks["identity_cache"] = self._cache is not None and self._cache.connected
+        checks["pools"] = self._pools is not None and bool(self._pools.roles)
+        checks["not_draining"] = not self._draining
+        return checks
+
+    def _before_scrape(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.report_buffers()
+        if self._pools is not None:
+            for role, (busy, idle) in self._pools.usage().items():
+                self.metrics.pool_connections.labels(role, "busy").set(busy)
+                self.metrics.pool_connections.labels(role, "idle").set(idle)
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopped.set)
+        await self.start()
+        try:
+            await self._stopped.wait()
+        finally:
+            await self.stop()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def stop(self) -> None:
+        """Drain: stop intake, commit and acknowledge what is buffered, then close everything."""
+        self._draining = True
+        for pump in self._pumps:
+            pump.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        if self.pipeline is not None:
+            try:
+                await asyncio.wait_for(self.pipeline.flush(), self.config.shutdown_timeout)
+            except TimeoutError:
+                log.error(
+                    "shutdown timeout: %d rows not committed; their messages will be redelivered",
+                    self.pipeline.buffered_rows,
+                )
+                await self.pipeline.abandon()
+        for source in self.sources:
+            await source.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pools is not None:
+            with contextlib.suppress(KeyError):
+                await self._flush_activity(self._pools[self.config.database.control_role])
+        if self.http is not None:
+            await self.http.close()
+        if self._cache is not None:
+            await self._cache.close()
+        if self._pools is not None:
+            await self._pools.close()
+        log.info("gateway stopped")

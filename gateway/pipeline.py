@@ -1,0 +1,347 @@
+"""The engine: identity -> role -> route -> decode -> batch -> write -> acknowledge.
+
+Sources hand over lists of messages; `submit` resolves and decodes each one synchronously (no
+per-message task, database round trip or model), appends its rows to the batcher of its (role,
+table), and remembers its acknowledgement token there. A message is acknowledged only when the
+batch holding its rows, or the reject record saying why it has none, is committed. Buffered rows
+are bounded: when the bound is reached, the source pumps stop asking for more, so the brokers'
+own flow control (MQTT receive maximum, Kafka pause) holds everything else upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from gateway.activity import Activity
+from gateway.batching import Batch, Batcher, BatchPolicy
+from gateway.decoder import DecodeLimits, Reject, decode
+from gateway.identity_cache import CachedIdentity
+from gateway.metrics import Metrics
+from gateway.provisioning import ProvisionRule, match_rule
+from gateway.sinks.postgres import WriteOutcome
+
+__all__ = ["Pipeline", "Route", "Sink", "Source"]
+
+log = logging.getLogger(__name__)
+
+REJECTS_KEY = ("rejects", "ingest.rejects")
+PAYLOAD_PREFIX = 256
+MAX_PENDING_PROVISION = 10_000
+
+
+class Message(Protocol):
+    topic: str
+    payload: bytes
+
+
+class Source(Protocol):
+    """What the engine needs of a source; MQTT and Kafka adapters implement it."""
+
+    name: str
+
+    def claim(self, message: Any) -> tuple[str, str] | None:
+        """(identity, stream) from the message, or None when it carries no usable claim."""
+
+    def position(self, message: Any) -> Any:
+        """Where the message sits in its source (packet id, partition/offset) for the audit."""
+
+    def ack(self, messages: Sequence[Any]) -> None:
+        """The messages are committed (or rejected for good): the source may forget them."""
+
+
+class Sink(Protocol):
+    async def write(
+        self, rows: Sequence[tuple[Any, ...]], positions: dict[str, Any]
+    ) -> WriteOutcome:
+        """Commit the rows; return how many landed and which were refused for data reasons."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a role's readings of one stream go."""
+
+    role: str
+    table: str
+
+
+Lookup = Callable[[str], CachedIdentity | None]
+Provision = Callable[[str, ProvisionRule], Awaitable[None]]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        lookup: Lookup,
+        routes: dict[tuple[str, str], Route],
+        sinks: dict[tuple[str, str], Sink],
+        rejects: Sink,
+        metrics: Metrics,
+        activity: Activity,
+        policy: BatchPolicy,
+        limits: DecodeLimits,
+        max_buffered_rows: int,
+        unknown: str = "reject",
+        provision_rules: Sequence[ProvisionRule] = (),
+        provision: Provision | None = None,
+    ) -> None:
+        self._lookup = lookup
+        self._routes = routes
+        self._sinks = sinks
+        self._rejects_sink = rejects
+        self.metrics = metrics
+        self.activity = activity
+        self._limits = limits
+        self._max_buffered = max_buffered_rows
+        self._unknown = unknown
+        self._rules = list(provision_rules)
+        self._provision = provision
+        self._streams = {stream for _, stream in routes}
+        self._batchers: dict[tuple[str, str], Batcher] = {
+            key: Batcher(key, policy, self._flush_soon) for key in sinks
+        }
+        self._rejects = Batcher(REJECTS_KEY, policy, self._flush_soon)
+        self._flushing: set[asyncio.Task[None]] = set()
+        self._buffered = 0
+        self._capacity = asyncio.Event()
+        self._capacity.set()
+        self._pending: dict[str, list[tuple[Source, Any]]] = {}
+        self._pending_count = 0
+
+    # -- intake ----------------------------------------------------------------------------
+
+    @property
+    def buffered_rows(self) -> int:
+        return self._buffered
+
+    async def wait_for_capacity(self) -> None:
+        """Return when buffered rows are under the bound; sources call it before receiving."""
+        await self._capacity.wait()
+
+    def submit(self, source: Source, messages: Iterable[Any]) -> None:
+        """Route, decode and buffer each message; bad ones become reject records."""
+        received_at = datetime.now(UTC)
+        count = 0
+        claim, lookup, routes, limits = source.claim, self._lookup, self._routes, self._limits
+        batchers = self._batchers
+        for message in messages:
+            count += 1
+            claimed = claim(message)
+            if claimed is None:
+                self._reject(
+                    source, message, "topic_mismatch", None, "no identity claim", received_at
+                )
+                continue
+            identity, stream = claimed
+            entry = lookup(identity)
+            if entry is None:
+                self._unknown_identity(source, message, identity, received_at)
+                continue
+            if not entry.active:
+                self._reject(source, message, "retired_identity", identity, "retired", received_at)
+                continue
+            route = routes.get((entry.role, stream))
+            if route is None:
+                reason = "unknown_stream" if stream not in self._streams else "not_permitted"
+                detail = f"role {entry.role} may not write stream {stream!r}"
+                self._reject(source, message, reason, identity, detail, received_at)
+                continue
+            payload = message.payload
+            try:
+                rows = decode(payload, identity, received_at, limits)
+            except Reject as reject:
+                self._reject(source, message, reject.reason, identity, reject.detail, received_at)
+                continue
+            self._buffered += len(rows)
+            batchers[(route.role, route.table)].add(rows, len(payload), (source, message))
+        self.metrics.messages_received.labels(source.name).inc(count)
+        if self._buffered >= self._max_buffered:
+            self._capacity.clear()
+
+    def _unknown_identity(
+        self, source: Source, message: Any, identity: str, received_at: datetime
+    ) -> None:
+        if self._unknown == "quarantine":
+            self._reject(source, message, "quarantined", identity, "unknown identity", received_at)
+            return
+        rule = match_rule(self._rules, identity) if self._unknown == "provision" else None
+        if rule is None or self._provision is None:
+            self._reject(
+                source, message, "unknown_identity", identity, "not registered", received_at
+            )
+            return
+        if self._pending_count >= MAX_PENDING_PROVISION:
+            self._reject(
+                source, message, "provisioning_backlog", identity, "too many pending", received_at
+            )
+            return
+        waiting = self._pending.get(identity)
+        self._pending_count += 1
+        if waiting is not None:
+            waiting.append((source, message))
+            return
+        self._pending[identity] = [(source, message)]
+        self._spawn(self._provision_then_resubmit(identity, rule))
+
+    async def _provision_then_resubmit(self, identity: str, rule: ProvisionRule) -> None:
+        assert self._provision is not None
+        try:
+            await self._provision(identity, rule)
+        except Exception as exc:
+            log.warning("provisioning %s failed: %s", identity, exc, extra={"identity": identity})
+        waiting = self._pending.pop(identity, [])
+        self._pending_count -= len(waiting)
+        by_source: dict[int, tuple[Source, list[Any]]] = {}
+        for source, message in waiting:
+            by_source.setdefault(id(source), (source, []))[1].append(message)
+        # Resubmitted messages are counted again as received; reject a provisioning failure
+        # rather than loop: the lookup now answers None only if the insert really failed.
+        for source, messages in by_source.values():
+            if self._lookup(identity) is None:
+                for message in messages:
+                    self._reject(
+                        source,
+                        message,
+                        "unknown_identity",
+                        identity,
+                        "provisioning failed",
+                        datetime.now(UTC),
+                    )
+            else:
+                self.submit(source, messages)
+
+    def _reject(
+        self,
+        source: Source,
+        message: Any,
+        reason: str,
+        identity: str | None,
+        detail: str,
+        at: datetime,
+    ) -> None:
+        self.metrics.messages_rejected.labels(source.name, reason).inc()
+        if identity is not None:
+            self.activity.rejected(identity)
+        payload = bytes(message.payload[:PAYLOAD_PREFIX])
+        row = (at, source.name, reason, identity, message.topic, payload, detail[:1000])
+        self._buffered += 1
+        self._rejects.add((row,), len(payload), (source, message))
+        if self._buffered >= self._max_buffered:
+            self._capacity.clear()
+
+    # -- flushing --------------------------------------------------------------------------
+
+    def _flush_soon(self, batcher: Batcher) -> None:
+        batch = batcher.take()
+        if batch is not None:
+            self._spawn(self._write(batcher.key, batch))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _write(self, key: tuple[str, str], batch: Batch) -> None:
+        started = time.monotonic()
+        sink = self._rejects_sink if key == REJECTS_KEY else self._sinks[key]
+        outcome = await sink.write(batch.rows, self._positions(batch))
+        if outcome.bad_rows:
+            self._refused_by_database(key, outcome.bad_rows)
+        role, table = key
+        now = time.monotonic()
+        if key != REJECTS_KEY:
+            self.metrics.rows_written.labels(role, table).inc(outcome.written)
+            self.metrics.batch_rows.observe(outcome.written)
+            self.metrics.flush_duration.labels(role, table).observe(now - started)
+            self.activity.wrote(Counter(row[1] for row in batch.rows))
+            newest = max(row[0] for row in batch.rows)
+            self.metrics.end_to_end_latency.observe(
+                max(0.0, (datetime.now(UTC) - newest).total_seconds())
+            )
+        self._acknowledge(batch)
+        self.metrics.ack_latency.observe(now - batch.started)
+        self._buffered -= len(batch.rows)
+        if self._buffered < self._max_buffered:
+            self._capacity.set()
+
+    def _refused_by_database(
+        self, key: tuple[str, str], bad_rows: list[tuple[tuple[Any, ...], str]]
+    ) -> None:
+        """Rows the database refused go to rejects, tied to their identity, payload rebuilt."""
+        if key == REJECTS_KEY:
+            for row, error in bad_rows:
+                log.error("reject record refused by the database: %s (%r)", error, row[:5])
+            return
+        for row, error in bad_rows:
+            identity = row[1]
+            self.metrics.messages_rejected.labels("database", "database_refused").inc()
+            self.activity.rejected(identity)
+            payload = repr(row[2:5]).encode()[:PAYLOAD_PREFIX]
+            record = (
+                datetime.now(UTC),
+                "database",
+                "database_refused",
+                identity,
+                key[1],
+                payload,
+                error,
+            )
+            # No token: the message is acknowledged with its batch; its rows' fate is recorded.
+            self._buffered += 1
+            self._rejects.add((record,), len(payload), None)
+
+    def _acknowledge(self, batch: Batch) -> None:
+        groups: dict[int, tuple[Source, list[Any]]] = {}
+        for token in batch.tokens:
+            if token is None:
+                continue
+            source, message = token
+            group = groups.get(id(source))
+            if group is None:
+                groups[id(source)] = (source, [message])
+            else:
+                group[1].append(message)
+        for source, messages in groups.values():
+            source.ack(messages)
+
+    @staticmethod
+    def _positions(batch: Batch) -> dict[str, Any]:
+        tokens = [token for token in batch.tokens if token is not None]
+        if not tokens:
+            return {}
+        first_source, first = tokens[0]
+        last_source, last = tokens[-1]
+        return {
+            "messages": len(tokens),
+            "first": [first_source.name, first_source.position(first)],
+            "last": [last_source.name, last_source.position(last)],
+        }
+
+    def report_buffers(self) -> None:
+        """Refresh the buffered-rows gauge (called by the metrics endpoint, not per message)."""
+        for (role, table), batcher in self._batchers.items():
+            self.metrics.buffered_rows.labels(role, table).set(len(batcher))
+
+    async def flush(self) -> None:
+        """Cut every open batch now and wait until everything in flight is committed."""
+        for batcher in [*self._batchers.values(), self._rejects]:
+            self._flush_soon(batcher)
+        while self._flushing or self._pending:
+            await asyncio.gather(*list(self._flushing), return_exceptions=True)
+            if self._pending and not self._flushing:
+                await asyncio.sleep(0.01)
+            for batcher in [*self._batchers.values(), self._rejects]:
+                self._flush_soon(batcher)
+
+    async def abandon(self) -> None:
+        """Cancel writes still in flight: their messages stay unacknowledged and come again."""
+        for task in list(self._flushing):
+            task.cancel()
+        await asyncio.gather(*list(self._flushing), return_exceptions=True)

@@ -1,0 +1,96 @@
+"""One asyncpg pool per declared role, each logging in as that role's own LOGIN member.
+
+Separate pools rather than `SET ROLE` on a shared one: the database itself then enforces each
+role's privileges and connection limit, and heavy writers can never take a reader's connections.
+Per-role session settings live in the role (`ALTER ROLE ... SET`, applied by `roles apply`) and
+in `server_settings`, because asyncpg resets the session when a connection returns to its pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+import asyncpg
+
+from gateway.config import DatabaseConfig
+from gateway.roles.declaration import Declaration
+from gateway.services.postgres import PostgresAddress
+from gateway.validation import ConfigError
+
+__all__ = ["RolePools"]
+
+log = logging.getLogger(__name__)
+
+
+class RolePools:
+    def __init__(self, database: DatabaseConfig, doc: Declaration, roles: Iterable[str]) -> None:
+        self._database = database
+        self._doc = doc
+        self._roles = sorted(set(roles))
+        unknown = [role for role in self._roles if role not in doc.roles]
+        if unknown:
+            raise ConfigError(
+                "gateway configuration",
+                [(f"role {role}", f"is not declared in {database.roles_file}") for role in unknown],
+            )
+        self._pools: dict[str, asyncpg.Pool] = {}
+
+    def __getitem__(self, role: str) -> asyncpg.Pool:
+        return self._pools[role]
+
+    def __contains__(self, role: str) -> bool:
+        return role in self._pools
+
+    @property
+    def roles(self) -> list[str]:
+        return list(self._roles)
+
+    def dsn(self, role: str) -> str:
+        """The DSN of a role's LOGIN member, password from its declared credential source."""
+        spec = self._doc.roles[role]
+        password = spec.password.read()
+        if password is None:
+            raise ConfigError(
+                "roles declaration",
+                [(f"roles.{role}.password", f"{spec.password.describe()} is not set")],
+            )
+        db = self._database
+        user = self._doc.login_role(role)
+        address = PostgresAddress(db.host, db.port, user, password, db.dbname)
+        return f"{address.dsn}?sslmode={db.sslmode}"
+
+    async def open(self) -> None:
+        """Create every pool; waits (with backoff) while the database is unreachable."""
+        for role in self._roles:
+            spec = self._doc.roles[role]
+            size = spec.pool_size
+            dsn = self.dsn(role)
+            delay = 0.2
+            while True:
+                try:
+                    self._pools[role] = await asyncpg.create_pool(
+                        dsn,
+                        min_size=size.min,
+                        max_size=size.max,
+                        timeout=self._database.connect_timeout,
+                        server_settings={"application_name": f"m2m-gateway/{role}"},
+                    )
+                    break
+                except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
+                    log.warning("pool %s: database unreachable (%s); retrying", role, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """(busy, idle) connections per role, for the pool metrics."""
+        found = {}
+        for role, pool in self._pools.items():
+            idle = pool.get_idle_size()
+            found[role] = (pool.get_size() - idle, idle)
+        return found
+
+    async def close(self) -> None:
+        await asyncio.gather(*(pool.close() for pool in self._pools.values()))
+        self._pools.clear()
