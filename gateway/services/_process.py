@@ -174,6 +174,8 @@ class LocalService:
     """
 
     name = "service"
+    # The signal for a graceful stop; PostgreSQL's SIGTERM waits for clients, SIGINT does not.
+    stop_signal = signal.SIGTERM
 
     def __init__(self, *, keep_dir: bool = False) -> None:
         self._keep_dir = keep_dir
@@ -221,7 +223,7 @@ class LocalService:
     async def stop(self) -> None:
         """Stop gracefully; the data directory stays for a later `start`."""
         if self._process is not None:
-            await self._process.stop()
+            await self._process.stop(sig=self.stop_signal)
             self._process = None
 
     async def kill(self) -> None:

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import secrets
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,7 @@ class Postgres(LocalService):
     """A throwaway PostgreSQL 18 on a free loopback port; `address` says how to reach it."""
 
     name = "postgres"
+    stop_signal = signal.SIGINT  # "fast" shutdown: disconnect clients, then stop cleanly
 
     def __init__(self, *, settings: dict[str, str] | None = None, keep_dir: bool = False) -> None:
         super().__init__(keep_dir=keep_dir)

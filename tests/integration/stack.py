@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,6 +35,7 @@ from gateway.migrate import migrate
 from gateway.registry import Registry
 from gateway.roles.apply import apply_roles
 from gateway.roles.declaration import load_declaration
+from gateway.services._process import free_port
 from gateway.services.mosquitto import Mosquitto, MqttUser
 from gateway.services.postgres import Postgres
 
@@ -150,3 +155,101 @@ async def stack(passwords: dict[str, str]) -> AsyncIterator[Stack]:
         finally:
             await conn.close()
         yield Stack(postgres, broker)
+
+
+def config_environment(config: GatewayConfig) -> dict[str, str]:
+    """The configuration as `GATEWAY_*` variables, the way a container would be configured."""
+    return {
+        f"GATEWAY_{key.upper()}": orjson.dumps(value).decode()
+        for key, value in config.model_dump(mode="json").items()
+    }
+
+
+class GatewayProcess:
+    """`gateway run` in a child process, configured through its environment."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.port = free_port()
+        self.config = config.model_copy(
+            update={"http": HttpConfig(host="127.0.0.1", port=self.port)}
+        )
+        self.process: asyncio.subprocess.Process | None = None
+        self.log = b""
+
+    async def start(self) -> None:
+        env = {**os.environ, **config_environment(self.config)}
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "run",
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self._reader = asyncio.create_task(self._read_log())
+        deadline = time.monotonic() + 60
+        while not await asyncio.to_thread(self.ready):
+            if self.process.returncode is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gateway did not become ready:\n{self.log.decode()[-3000:]}")
+            await asyncio.sleep(0.1)
+
+    async def _read_log(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        async for line in self.process.stderr:
+            self.log += line
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
+                return bool(r.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    async def signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    async def wait(self, timeout: float = 60) -> int:
+        assert self.process is not None
+        code = await asyncio.wait_for(self.process.wait(), timeout)
+        await self._reader
+        return code
+
+    async def kill(self) -> None:
+        await self.signal(signal.SIGKILL)
+        await self.wait()
+
+
+class Publisher:
+    """A device publishing numbered readings at a steady pace until stopped; counts the acked."""
+
+    def __init__(self, stack: Stack, device: str, rate: float = 500) -> None:
+        self.stack, self.device, self.rate = stack, device, rate
+        self.acked = 0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        topic = f"devices/{self.device}/telemetry"
+        async with self.stack.device(self.device) as client:
+            n = 0
+            while not self._stop.is_set():
+                burst = [reading(value=n + i, id=f"{self.device}-{n + i}") for i in range(50)]
+                await publish(client, topic, burst)
+                n += len(burst)
+                self.acked = n
+                await asyncio.sleep(len(burst) / self.rate)
+
+    async def stop(self) -> int:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+        return self.acked
