@@ -1,0 +1,307 @@
+"""`gateway identities ...`: manage machine identities from the command line.
+
+Tables for people by default, `--json` for scripts. Every change is audited under `--actor`
+(default: GATEWAY_ACTOR or the OS user).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import asyncpg
+import orjson
+
+from gateway.audit_log import default_actor
+from gateway.db import admin_dsn, connect
+from gateway.identity import KINDS, STATUSES, Identity, InvalidIdentityError
+from gateway.identity_import import import_file
+from gateway.registry import IdentityDetails, Registry
+
+__all__ = ["ProgressLine", "parse_attributes", "register"]
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `identities` and its subcommands to the `gateway` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dsn", help="admin database DSN (default: $GATEWAY_ADMIN_DSN)")
+    common.add_argument(
+        "--actor", default=None, help="who the audit log names (default: $GATEWAY_ACTOR or user)"
+    )
+    identities = commands.add_parser(
+        "identities", help="manage machine identities", description=__doc__
+    )
+    actions = identities.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    add = actions.add_parser("add", parents=[common], help="register one identity")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, help="declared role name")
+    add.add_argument("--kind", choices=KINDS, default="device")
+    add.add_argument(
+        "--attr",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="attribute with a string value, or KEY:=JSON for any JSON value (repeatable)",
+    )
+    add.set_defaults(handler=_add)
+
+    imp = actions.add_parser(
+        "import", parents=[common], help="register many identities from CSV or JSON Lines"
+    )
+    imp.add_argument("file", type=Path, help="CSV (name,role[,kind][,attributes]) or JSON Lines")
+    imp.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip names already registered (left unchanged) instead of refusing the file",
+    )
+    imp.set_defaults(handler=_import)
+
+    lst = actions.add_parser("list", parents=[common], help="list identities, by name")
+    lst.add_argument("--role", help="only this role")
+    lst.add_argument("--status", choices=STATUSES, help="only this status")
+    lst.add_argument("--limit", type=_positive, default=100, help="page size (default 100)")
+    lst.add_argument("--after", metavar="NAME", help="start after this name (next page)")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.set_defaults(handler=_list)
+
+    show = actions.add_parser("show", parents=[common], help="one identity and its history")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=_show)
+
+    assign = actions.add_parser("assign", parents=[common], help="give an identity another role")
+    assign.add_argument("name")
+    assign.add_argument("--role", required=True, help="declared role name")
+    assign.set_defaults(handler=_assign)
+
+    retire = actions.add_parser("retire", parents=[common], help="retire an identity for good")
+    retire.add_argument("name")
+    retire.set_defaults(handler=_retire)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def parse_attributes(pairs: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` gives a string, `KEY:=JSON` any JSON value (as in httpie)."""
+    attributes: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or key == ":":
+            raise InvalidIdentityError(f"--attr {pair!r}: expected KEY=VALUE or KEY:=JSON")
+        if key.endswith(":"):
+            try:
+                attributes[key[:-1]] = orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidIdentityError(f"--attr {pair!r}: not valid JSON ({exc})") from exc
+        else:
+            attributes[key] = value
+    return attributes
+
+
+async def _with_registry(
+    args: argparse.Namespace, work: Callable[[Registry, asyncpg.Connection], Awaitable[int]]
+) -> int:
+    conn = await connect(admin_dsn(args.dsn))
+    try:
+        return await work(Registry(conn, args.actor or default_actor()), conn)
+    finally:
+        await conn.close()
+
+
+async def _add(args: argparse.Namespace) -> int:
+    attributes = parse_attributes(args.attr)
+
+    async def work(registry: Registry, conn: asyncpg.Connection) -> int:
+        identity = await registry.add(args.name, args.role, args.kind, attributes)
+        print(f"added {identity.name} ({identity.kind}) with role {identity.role}")
+        return 0
+
+    return await _with_registry(args, work)
+
+
+async def _import(args: argparse.Namespace) -> int:
+    async def work(registry: Registry, conn: asyncpg.Connection) -> int:
+        progress = ProgressLine(sys.stderr)
+        try:
+            result = await import_file(
+                conn,
+                registry.actor,
+                args.file,
+                skip_existing=args.skip_existing,
+                progress=progress,
+            )
+        finally:
+            progress.finish()
+        skipped = f" ({result.skipped} already registered, skipped)" if result.skipped else ""
+        print(f"imported {result.imported} identities from {args.file}{skipped}")
+        return 0
+
+    return await _with_registry(args, work)
+
+
+async def _list(args: argparse.Namespace) -> int:
+    async def work(registry: Registry, conn: asyncpg.Connection) -> int:
+        page = await registry.list(args.role, args.status, args.limit, args.after)
+        total = await registry.count(args.role, args.status)
+        next_after = page[-1].name if len(page) == args.limit else None
+        if args.json:
+            document = {
+                "total": total,
+                "identities": [identity.to_json() for identity in page],
+                "next_after": next_after,
+            }
+            print(orjson.dumps(document).decode())
+            return 0
+        print_table(
+            ["NAME", "KIND", "ROLE", "STATUS", "CREATED", "LAST SEEN"],
+            [_list_row(identity) for identity in page],
+        )
+        print(f"{len(page)} shown, {total} in total")
+        if next_after is not None:
+            print(f"next page: --after {next_after}")
+        return 0
+
+    return await _with_registry(args, work)
+
+
+async def _show(args: argparse.Namespace) -> int:
+    async def work(registry: Registry, conn: asyncpg.Connection) -> int:
+        details = await registry.show(args.name)
+        if args.json:
+            document = {
+                **details.identity.to_json(),
+                "history": [record.to_json() for record in details.history],
+            }
+            print(orjson.dumps(document, default=str).decode())
+        else:
+            print_details(details)
+        return 0
+
+    return await _with_registry(args, work)
+
+
+async def _assign(args: argparse.Namespace) -> int:
+    async def work(registry: Registry, conn: asyncpg.Connection) -> int:
+        before = await registry.get(args.name)
+        identity = await registry.assign(args.name, args.role)
+        if before.role == identity.role:
+            print(f"{identity.name} already has role {identity.role}; nothing changed")
+        else:
+            print(f"{identity.name}: role {before.role} -> {identity.role}")
+        return 0
+
+    return await _with_registry(args, work)
+
+
+async def _retire(args: argparse.Namespace) -> int:
+    async def work(registry: Registry, conn: asyncpg.Connection) -> int:
+        identity = await registry.retire(args.name)
+        print(f"retired {identity.name} at {_when(identity.retired_at)}")
+        return 0
+
+    return await _with_registry(args, work)
+
+
+def _when(value: Any) -> str:
+    return "-" if value is None else value.isoformat(timespec="seconds")
+
+
+def _list_row(identity: Identity) -> list[str]:
+    return [
+        identity.name,
+        identity.kind,
+        identity.role,
+        identity.status,
+        _when(identity.created_at),
+        _when(identity.last_seen),
+    ]
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Columns padded to their widest cell; the last column is not padded."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
+        print("  ".join([*cells, row[-1]]))
+
+
+def print_details(details: IdentityDetails) -> None:
+    identity = details.identity
+    fields = [
+        ("name", identity.name),
+        ("kind", identity.kind),
+        ("role", identity.role),
+        ("status", identity.status),
+        ("attributes", orjson.dumps(dict(identity.attributes)).decode()),
+        ("created", _when(identity.created_at)),
+        ("retired", _when(identity.retired_at)),
+        ("last seen", _when(identity.last_seen)),
+    ]
+    for label, value in fields:
+        print(f"{label + ':':<12}{value}")
+    if not details.history:
+        return
+    print("\nhistory (newest first):")
+    print_table(
+        ["AT", "ACTION", "ACTOR", "DB USER", "CHANGE"],
+        [
+            [
+                _when(record.at),
+                record.action,
+                record.actor,
+                record.db_user,
+                _change(record.before, record.after),
+            ]
+            for record in details.history
+        ],
+    )
+
+
+def _change(before: Any, after: Any) -> str:
+    def show(value: Any) -> str:
+        return "-" if value is None else orjson.dumps(value).decode()
+
+    return f"{show(before)} -> {show(after)}"
+
+
+class ProgressLine:
+    """Import progress on a stream: a redrawn bar on a terminal, else a line every 10 %.
+
+    Redraws only when the whole percentage changes, so it costs nothing next to the work.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._last: tuple[str, int] | None = None
+        self._drawn = False
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        percent = 100 * done // total if total else 100
+        step = percent if self._tty else percent - percent % 10
+        if self._last == (phase, step):
+            return
+        self._last = (phase, step)
+        if self._tty:
+            bar = "#" * (percent // 4)
+            self._stream.write(f"\r{phase:<9} [{bar:<25}] {percent:3d}%  {done}/{total}")
+            self._drawn = True
+        else:
+            self._stream.write(f"{phase} {step}%\n")
+        self._stream.flush()
+
+    def finish(self) -> None:
+        """End the bar's line, so what follows starts on its own."""
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._drawn = False
