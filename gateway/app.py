@@ -21,7 +21,7 @@ import asyncpg
 from gateway.activity import Activity
 from gateway.batching import BatchPolicy
 from gateway.config import GatewayConfig
-from gateway.decoder import COLUMNS, DecodeLimits
+from gateway.decoder import COLUMNS, DEDUP_COLUMNS, DecodeLimits
 from gateway.http import HttpServer
 from gateway.identity_cache import CachedIdentity, IdentityCache
 from gateway.metrics import Metrics
@@ -116,11 +116,12 @@ class Gateway:
         for role, tables in writers.items():
             for route in config.routes:
                 if route.table in tables:
-                    routes[(role, route.stream)] = Route(role, route.table)
+                    routes[(role, route.stream)] = Route(role, route.table, route.dedup)
                     schema, table = route.table.split(".")
+                    columns = DEDUP_COLUMNS if route.dedup else COLUMNS
                     sinks[(role, route.table)] = PostgresSink(
                         role,
-                        CopyTarget(schema, table, COLUMNS),
+                        CopyTarget(schema, table, columns, dedup=route.dedup),
                         pools[role],
                         on_failure=self._failure_counter(role, route.table),
                     )

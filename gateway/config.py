@@ -117,6 +117,11 @@ class RouteConfig(Section):
 
     stream: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     table: str = Field(pattern=r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
+    dedup: bool = Field(
+        default=False,
+        description="one row per message id even after redelivery (needs a message_id column "
+        "with a unique index, see migration 005)",
+    )
 
 
 class BatchingConfig(Section):

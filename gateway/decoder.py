@@ -21,10 +21,11 @@ import orjson
 
 from gateway.errors import GatewayError
 
-__all__ = ["COLUMNS", "DecodeLimits", "Reject", "Row", "decode"]
+__all__ = ["COLUMNS", "DEDUP_COLUMNS", "DecodeLimits", "Reject", "Row", "decode"]
 
 COLUMNS = ("ts", "identity", "metric", "value", "tags", "received_at")
-Row = tuple[datetime, str, str, float, str | None, datetime]
+DEDUP_COLUMNS = (*COLUMNS, "message_id")
+Row = tuple[Any, ...]
 
 MAX_METRIC_LENGTH = 200
 NON_FINITE = (b"NaN", b"Infinity")
@@ -49,8 +50,18 @@ class DecodeLimits:
     max_ahead: timedelta = timedelta(minutes=5)
 
 
-def decode(payload: bytes, identity: str, received_at: datetime, limits: DecodeLimits) -> list[Row]:
-    """The rows of one message, all or nothing; raises `Reject` saying why not."""
+def decode(
+    payload: bytes,
+    identity: str,
+    received_at: datetime,
+    limits: DecodeLimits,
+    dedup: bool = False,
+) -> list[Row]:
+    """The rows of one message, all or nothing; raises `Reject` saying why not.
+
+    With `dedup`, each row ends with a message id: the payload's `id` (plus the reading's
+    index in a batch), or else the reading's own `ts` and `metric`, unique per identity.
+    """
     if len(payload) > limits.max_payload_bytes:
         raise Reject("payload_too_large", f"{len(payload)} bytes, limit {limits.max_payload_bytes}")
     try:
@@ -65,7 +76,8 @@ def decode(payload: bytes, identity: str, received_at: datetime, limits: DecodeL
     earliest, latest = received_at - limits.max_age, received_at + limits.max_ahead
     readings = body.get("readings")
     if readings is None:
-        return [_row(body, None, identity, received_at, earliest, latest, "")]
+        row = _row(body, None, identity, received_at, earliest, latest, "")
+        return [(*row, _message_id(body.get("id"), row, None))] if dedup else [row]
     if not isinstance(readings, list) or not readings:
         raise Reject("invalid_reading", "`readings` must be a non-empty list")
     if len(readings) > limits.max_readings:
@@ -77,7 +89,16 @@ def decode(payload: bytes, identity: str, received_at: datetime, limits: DecodeL
             raise Reject("invalid_reading", f"readings[{index}]: expected an object")
         where = f"readings[{index}]."
         rows.append(_row(reading, default_ts, identity, received_at, earliest, latest, where))
+    if dedup:
+        batch_id = body.get("id")
+        return [(*row, _message_id(batch_id, row, index)) for index, row in enumerate(rows)]
     return rows
+
+
+def _message_id(given: Any, row: Row, index: int | None) -> str:
+    if isinstance(given, str | int) and not isinstance(given, bool):
+        return f"{given}" if index is None else f"{given}#{index}"
+    return f"{row[0].isoformat()}|{row[2]}"
 
 
 def _row(

@@ -69,6 +69,7 @@ class Route:
 
     role: str
     table: str
+    dedup: bool = False
 
 
 Lookup = Callable[[str], CachedIdentity | None]
@@ -155,7 +156,7 @@ class Pipeline:
                 continue
             payload = message.payload
             try:
-                rows = decode(payload, identity, received_at, limits)
+                rows = decode(payload, identity, received_at, limits, route.dedup)
             except Reject as reject:
                 self._reject(source, message, reject.reason, identity, reject.detail, received_at)
                 continue

@@ -11,12 +11,15 @@ import asyncpg
 import orjson
 
 from gateway import audit_log
+from gateway.identity_cache import CHANNEL
 from gateway.roles.catalog import read_catalog
 from gateway.roles.declaration import Declaration, shipped_tables
 from gateway.roles.plan import Plan, PlanError, make_plan
 from gateway.roles.state import desired_state
 
 __all__ = ["apply_roles", "plan_roles"]
+
+RELOADS_CACHES = frozenset({"rename_role", "register_role", "retire_role"})
 
 # "gw-roles" in ASCII: shared by every process that applies roles.
 ROLES_LOCK = 0x67772D726F6C6573
@@ -35,7 +38,9 @@ async def plan_roles(conn: asyncpg.Connection, doc: Declaration) -> Plan:
     try:
         live = await read_catalog(conn, desired_state(doc).roles, managed_schemas(doc))
     except asyncpg.UndefinedTableError as exc:
-        raise PlanError(f"the control schema is missing ({exc}): run `gateway migrate` first") from exc
+        raise PlanError(
+            f"the control schema is missing ({exc}): run `gateway migrate` first"
+        ) from exc
     return make_plan(doc, live, passwords=read_passwords(doc))
 
 
@@ -56,6 +61,10 @@ async def apply_roles(
         for change in plan.changes:
             for statement in change.executable:
                 await conn.execute(statement)
+        if any(change.kind in RELOADS_CACHES for change in plan.changes):
+            # Identity caches hold role names; a renamed or removed role touches no identity
+            # row, so no trigger tells them: ask every gateway to reload.
+            await conn.execute("SELECT pg_notify($1, '*')", CHANNEL)
         version: int = await conn.fetchval(
             "INSERT INTO gateway.role_changes (document_hash, diff, statements, applied_by) "
             "VALUES ($1, $2::jsonb, $3, $4) RETURNING version",
@@ -68,7 +77,12 @@ async def apply_roles(
             conn,
             actor,
             [
-                (f"role.{change.kind}", change.subject, None, {**change.as_json(), "version": version})
+                (
+                    f"role.{change.kind}",
+                    change.subject,
+                    None,
+                    {**change.as_json(), "version": version},
+                )
                 for change in plan.changes
             ],
         )

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from gateway.db import Conn
 from gateway.pg_errors import FailureKind, classify
 
 __all__ = ["CopyTarget", "PostgresSink", "WriteOutcome"]
@@ -22,6 +23,18 @@ __all__ = ["CopyTarget", "PostgresSink", "WriteOutcome"]
 log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
+
+# Column types of the telemetry shape, for the staging table of deduplicated routes (typing it
+# from the target with `LIKE` would need SELECT on the target, which an ingest role lacks).
+STAGING_TYPES = {
+    "ts": "timestamptz",
+    "identity": "text",
+    "metric": "text",
+    "value": "double precision",
+    "tags": "jsonb",
+    "received_at": "timestamptz",
+    "message_id": "text",
+}
 
 WRITE_LOG = (
     "INSERT INTO gateway.write_log "
@@ -40,6 +53,10 @@ class CopyTarget:
     ts_column: int | None = 0
     identity_column: int | None = 1
     write_log: bool = True
+    # Rows go through a temporary staging table and `INSERT ... ON CONFLICT DO NOTHING`, so a
+    # redelivered message adds nothing. Needs only INSERT on the table (and TEMP, which every
+    # role has by default): no conflict target is named, so no SELECT is required.
+    dedup: bool = False
 
     @property
     def name(self) -> str:
@@ -75,24 +92,24 @@ class PostgresSink:
 
     async def write(self, rows: Sequence[Row], positions: dict[str, Any]) -> WriteOutcome:
         """Commit the rows; returns how many landed and the rows refused for data reasons."""
-        kind = await self._attempt(rows, positions)
-        if kind is None:
-            return WriteOutcome(len(rows), [])
+        inserted = await self._attempt(rows, positions)
+        if inserted is not None:
+            return WriteOutcome(inserted, [])
         return await self._split(rows, positions)
 
-    async def _attempt(self, rows: Sequence[Row], positions: dict[str, Any]) -> FailureKind | None:
-        """Write until committed (None) or refused for data reasons (DATA); waits out the rest."""
+    async def _attempt(self, rows: Sequence[Row], positions: dict[str, Any]) -> int | None:
+        """Write until committed (rows inserted) or refused for data reasons (None); waits out
+        everything else, however long it takes: the batch is never dropped."""
         attempt = 0
         while True:
             try:
-                await self._copy(rows, positions)
-                return None
+                return await self._copy(rows, positions)
             except Exception as exc:
                 kind = classify(exc)
                 self._on_failure(kind)
                 if kind is FailureKind.DATA:
                     self._last_error = f"{type(exc).__name__}: {exc}"
-                    return kind
+                    return None
                 delay = self._delay(kind, attempt)
                 attempt += 1
                 log.warning(
@@ -118,24 +135,49 @@ class PostgresSink:
         middle = len(rows) // 2
         written, bad = 0, []
         for part in (rows[:middle], rows[middle:]):
-            if await self._attempt(part, positions) is None:
-                written += len(part)
+            inserted = await self._attempt(part, positions)
+            if inserted is not None:
+                written += inserted
             else:
                 outcome = await self._split(part, positions)
                 written += outcome.written
                 bad += outcome.bad_rows
         return WriteOutcome(written, bad)
 
-    async def _copy(self, rows: Sequence[Row], positions: dict[str, Any]) -> None:
+    async def _copy(self, rows: Sequence[Row], positions: dict[str, Any]) -> int:
+        """One transaction: the rows and their write-log entry; returns the rows inserted."""
         target = self.target
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.copy_records_to_table(
-                target.table, schema_name=target.schema, columns=target.columns, records=rows
-            )
+            if target.dedup:
+                inserted = await self._copy_deduplicated(conn, rows)
+            else:
+                await conn.copy_records_to_table(
+                    target.table, schema_name=target.schema, columns=target.columns, records=rows
+                )
+                inserted = len(rows)
             if target.write_log:
-                await conn.execute(WRITE_LOG, *self._log_entry(rows, positions))
+                await conn.execute(WRITE_LOG, *self._log_entry(rows, positions, inserted))
+        return inserted
 
-    def _log_entry(self, rows: Sequence[Row], positions: dict[str, Any]) -> tuple[Any, ...]:
+    async def _copy_deduplicated(self, conn: Conn, rows: Sequence[Row]) -> int:
+        """COPY into a session-private staging table, then insert what is not there yet."""
+        target = self.target
+        staging = f"gateway_staging_{target.table}"
+        columns = ", ".join(f'"{column}"' for column in target.columns)
+        definition = ", ".join(f'"{c}" {STAGING_TYPES[c]}' for c in target.columns)
+        await conn.execute(
+            f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" ({definition}) ON COMMIT DELETE ROWS'
+        )
+        await conn.copy_records_to_table(staging, columns=target.columns, records=rows)
+        status = await conn.execute(
+            f'INSERT INTO "{target.schema}"."{target.table}" ({columns}) '
+            f'SELECT {columns} FROM "{staging}" ON CONFLICT DO NOTHING'
+        )
+        return int(status.rsplit(" ", 1)[1])
+
+    def _log_entry(
+        self, rows: Sequence[Row], positions: dict[str, Any], inserted: int
+    ) -> tuple[Any, ...]:
         target = self.target
         first_ts = last_ts = None
         if target.ts_column is not None:
@@ -148,7 +190,7 @@ class PostgresSink:
         return (
             self.role,
             target.name,
-            len(rows),
+            inserted,
             identities,
             orjson.dumps(positions).decode(),
             first_ts,
