@@ -101,16 +101,14 @@ async def read_catalog(
     """The live state of the roles in scope (declared `names` and anything managed)."""
     state = State()
     for row in await conn.fetch(ROLES, list(names), "managed by m2m-gateway%"):
-        settings = frozenset(
-            tuple(item.split("=", 1)) for item in row["settings"] if "=" in item
-        )
+        settings = frozenset(tuple(item.split("=", 1)) for item in row["settings"] if "=" in item)
         state.roles[row["rolname"]] = RoleState(
             name=row["rolname"],
             login=row["rolcanlogin"],
             createrole=row["rolcreaterole"],
             connection_limit=row["rolconnlimit"],
             comment=row["comment"],
-            settings=settings,  # type: ignore[arg-type]
+            settings=settings,
         )
     scope = sorted(state.roles)
     schema_list = sorted(set(schemas))

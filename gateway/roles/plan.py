@@ -42,7 +42,12 @@ class Change:
         return self.secret_sql or self.sql
 
     def as_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "subject": self.subject, "summary": self.summary, "sql": self.sql}
+        return {
+            "kind": self.kind,
+            "subject": self.subject,
+            "summary": self.summary,
+            "sql": self.sql,
+        }
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,9 @@ def grant_sql(grant: Grant, verb: str) -> str:
 def describe_grant(grant: Grant) -> str:
     if grant.kind == "default":
         owner, schema, objtype = grant.target.split(":")
-        where = f"future {objtype!r} objects of {owner}" + (f" in schema {schema}" if schema else "")
+        where = f"future {objtype!r} objects of {owner}" + (
+            f" in schema {schema}" if schema else ""
+        )
     else:
         where = f"{grant.kind} {grant.target}" + (f"({grant.column})" if grant.column else "")
     return f"{grant.privilege} on {where} for {grant.grantee}"
@@ -225,12 +232,12 @@ def _check_ids(doc: Declaration, live: State) -> None:
     problems = []
     for row in live.registry.values():
         spec = doc.roles.get(row.name)
-        if not row.removed and spec is not None and spec.id != row.id:
-            if row.id not in declared_ids:
-                problems.append(
-                    f"roles.{row.name}.id: changed from {row.id!r} to {spec.id!r}; ids are "
-                    "immutable (to rename a role keep its id and change its name)"
-                )
+        renamed_elsewhere = row.id in declared_ids
+        if not row.removed and spec is not None and spec.id != row.id and not renamed_elsewhere:
+            problems.append(
+                f"roles.{row.name}.id: changed from {row.id!r} to {spec.id!r}; ids are "
+                "immutable (to rename a role keep its id and change its name)"
+            )
     if problems:
         raise PlanError("\n".join(problems))
 
@@ -378,10 +385,7 @@ def _registry(want: State, live: State) -> list[Change]:
                     "retire_role",
                     current.name,
                     f"mark role {current.name} (id {role_id}) removed in gateway.roles",
-                    (
-                        "UPDATE gateway.roles SET removed_at = now() "
-                        f"WHERE id = {literal(role_id)}",
-                    ),
+                    (f"UPDATE gateway.roles SET removed_at = now() WHERE id = {literal(role_id)}",),
                 )
             )
     return changes
