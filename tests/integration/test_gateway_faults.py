@@ -147,3 +147,35 @@ async def test_sigkill_with_dedup_gives_exactly_one_row_per_reading(env: Stack) 
     finally:
         await final.signal(signal.SIGTERM)
         assert await final.wait() == 0
+
+
+def received(gateway: GatewayProcess) -> float:
+    for line in gateway.metrics().splitlines():
+        if line.startswith('gateway_messages_received_total{source="mosquitto"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_two_gateways_share_the_load_and_a_killed_one_loses_nothing(env: Stack) -> None:
+    configs = [env.config(client_id=f"gw-share-{i}", share_group="gateways") for i in range(2)]
+    first, second = GatewayProcess(configs[0]), GatewayProcess(configs[1])
+    await first.start()
+    await second.start()
+    publisher = Publisher(env, "sensor-f5", rate=1500)
+    publisher.start()
+    await asyncio.sleep(2)
+    assert received(first) > 0 and received(second) > 0  # the broker splits the stream
+    await second.kill()
+    await asyncio.sleep(1.5)
+    published = await publisher.stop()
+    # The killed pod's persistent session keeps what it had not acknowledged; its replacement
+    # (same client id) picks it up.
+    replacement = GatewayProcess(configs[1])
+    await replacement.start()
+    try:
+        await wait_complete(env, "sensor-f5", published)
+        assert await rows_of(env, "sensor-f5") >= published
+    finally:
+        for gateway in (first, replacement):
+            await gateway.signal(signal.SIGTERM)
+            assert await gateway.wait() == 0

@@ -11,6 +11,8 @@ import orjson
 import pytest
 
 from gateway.app import Gateway
+from gateway.config import IdentitiesConfig
+from gateway.provisioning import ProvisionRule
 from gateway.registry import Registry
 
 from .stack import Stack, publish, reading, stack
@@ -200,3 +202,96 @@ async def test_activity_is_recorded_per_identity(env: Stack, gateway: Gateway) -
         "SELECT count(*) FROM gateway.identities WHERE name = 'sensor-c' AND last_seen IS NOT NULL"
     )
     assert seen == 1
+
+
+async def test_rows_the_database_refuses_are_isolated(env: Stack, gateway: Gateway) -> None:
+    # JSON allows \u0000; PostgreSQL text does not. The decoder cannot know every rule of the
+    # database, so the batch is split until the refused row stands alone.
+    before = await env.count()
+    async with env.device("sensor-a") as device:
+        good = [reading(value=i) for i in range(20)]
+        poisoned = orjson.dumps(
+            {"ts": orjson.loads(good[0])["ts"], "metric": "a\u0000b", "value": 1}
+        )
+        await publish(device, "devices/sensor-a/telemetry", [*good[:10], poisoned, *good[10:]])
+    await env.wait_rows(before + 20)
+
+    async def isolated() -> bool:
+        return (
+            await env.count(
+                "SELECT count(*) FROM ingest.rejects WHERE reason = 'database_refused' "
+                "AND identity = 'sensor-a'"
+            )
+            == 1
+        )
+
+    await env.wait_for(isolated, what="the refused row in rejects")
+    assert await env.count() == before + 20
+
+
+async def test_unknown_identities_can_be_provisioned_by_rule(env: Stack) -> None:
+    config = env.config(
+        identities=IdentitiesConfig(
+            unknown="provision",
+            provision=[ProvisionRule(pattern="sensor-auto-*", role="telemetry_ingest")],
+        )
+    )
+    running = Gateway(config)
+    await running.start()
+    try:
+        for name in ("sensor-auto-1", "stranger-1"):
+            env.devices[name] = env.broker.add_user(name)
+            async with env.device(name) as device:
+                await publish(device, f"devices/{name}/telemetry", [reading(), reading()])
+
+        async def provisioned() -> bool:
+            return (
+                await env.count(
+                    "SELECT count(*) FROM ingest.telemetry WHERE identity = 'sensor-auto-1'"
+                )
+                == 2
+            )
+
+        await env.wait_for(provisioned, what="rows of the provisioned identity")
+        assert (
+            await env.count(
+                "SELECT count(*) FROM gateway.audit_log WHERE action = 'identity.provision' "
+                "AND subject = 'sensor-auto-1'"
+            )
+            == 1
+        )
+
+        async def stranger_rejected() -> bool:
+            return (
+                await env.count(
+                    "SELECT count(*) FROM ingest.rejects WHERE identity = 'stranger-1' "
+                    "AND reason = 'unknown_identity'"
+                )
+                == 2
+            )
+
+        await env.wait_for(stranger_rejected, what="the unmatched identity rejected")
+    finally:
+        await running.stop()
+
+
+async def test_unknown_identities_can_be_quarantined(env: Stack) -> None:
+    running = Gateway(env.config(identities=IdentitiesConfig(unknown="quarantine")))
+    await running.start()
+    try:
+        env.devices["sensor-q"] = env.broker.add_user("sensor-q")
+        async with env.device("sensor-q") as device:
+            await publish(device, "devices/sensor-q/telemetry", [reading()])
+
+        async def quarantined() -> bool:
+            return (
+                await env.count(
+                    "SELECT count(*) FROM ingest.rejects WHERE identity = 'sensor-q' "
+                    "AND reason = 'quarantined'"
+                )
+                == 1
+            )
+
+        await env.wait_for(quarantined, what="quarantined message")
+    finally:
+        await running.stop()
