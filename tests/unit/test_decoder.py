@@ -1,0 +1,118 @@
+"""Payloads become rows, or a reject with a stable reason; a message is taken or refused whole."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.decoder import DecodeLimits, Reject, decode
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+LIMITS = DecodeLimits()
+MS = int(NOW.timestamp() * 1000)
+
+
+def rejected(payload: bytes, limits: DecodeLimits = LIMITS) -> str:
+    with pytest.raises(Reject) as caught:
+        decode(payload, "sensor-1", NOW, limits)
+    return caught.value.reason
+
+
+def test_single_reading_with_epoch_ms() -> None:
+    (row,) = decode(
+        orjson.dumps({"ts": MS, "metric": "temp", "value": 21, "tags": {"b": 1, "a": "x"}}),
+        "sensor-1",
+        NOW,
+        LIMITS,
+    )
+    assert row == (NOW, "sensor-1", "temp", 21.0, '{"b":1,"a":"x"}', NOW)
+
+
+def test_batch_with_rfc3339_and_per_reading_timestamps() -> None:
+    payload = orjson.dumps(
+        {
+            "ts": "2026-11-25T11:59:00+00:00",
+            "readings": [
+                {"metric": "a", "value": 1.5},
+                {"metric": "b", "value": 2, "ts": "2026-11-25T11:58:00Z"},
+            ],
+        }
+    )
+    rows = decode(payload, "sensor-1", NOW, LIMITS)
+    assert [(r[0], r[2], r[3], r[4]) for r in rows] == [
+        (NOW - timedelta(minutes=1), "a", 1.5, None),
+        (NOW - timedelta(minutes=2), "b", 2.0, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"{not json", "malformed_json"),
+        (b'{"ts": 1, "metric": "t", "value": NaN}', "non_finite_value"),
+        (b'{"ts": 1, "metric": "t", "value": 1e999}', "non_finite_value"),
+        (b"[1, 2]", "invalid_reading"),
+        (b'{"metric": "t", "value": 1}', "invalid_reading"),
+        (orjson.dumps({"ts": MS, "metric": "", "value": 1}), "invalid_reading"),
+        (orjson.dumps({"ts": MS, "metric": "t", "value": "1"}), "invalid_reading"),
+        (orjson.dumps({"ts": MS, "metric": "t", "value": True}), "invalid_reading"),
+        (orjson.dumps({"ts": MS, "metric": "t", "value": 1, "tags": [1]}), "invalid_reading"),
+        (orjson.dumps({"ts": "2026-11-25 12:00", "metric": "t", "value": 1}), "invalid_reading"),
+        (
+            orjson.dumps({"ts": MS - 8 * 86_400_000, "metric": "t", "value": 1}),
+            "timestamp_out_of_window",
+        ),
+        (
+            orjson.dumps({"ts": MS + 3_600_000, "metric": "t", "value": 1}),
+            "timestamp_out_of_window",
+        ),
+        (orjson.dumps({"ts": MS, "readings": []}), "invalid_reading"),
+        (orjson.dumps({"ts": MS, "readings": [{"metric": "a", "value": 1}, 5]}), "invalid_reading"),
+    ],
+)
+def test_rejects_say_why(payload: bytes, reason: str) -> None:
+    assert rejected(payload) == reason
+
+
+def test_size_limits() -> None:
+    small = DecodeLimits(max_payload_bytes=64, max_readings=2)
+    assert rejected(b" " * 65, small) == "payload_too_large"
+    many = orjson.dumps({"ts": MS, "readings": [{"metric": "a", "value": 1}] * 3})
+    assert rejected(many, DecodeLimits(max_readings=2)) == "payload_too_large"
+
+
+def test_a_bad_reading_refuses_its_whole_batch() -> None:
+    payload = orjson.dumps(
+        {"ts": MS, "readings": [{"metric": "a", "value": 1}, {"metric": "b", "value": None}]}
+    )
+    with pytest.raises(Reject, match=r"readings\[1\]\.value"):
+        decode(payload, "sensor-1", NOW, LIMITS)
+
+
+def test_dedup_ids_come_from_the_payload_or_the_reading() -> None:
+    single = orjson.dumps({"id": "m-7", "ts": MS, "metric": "t", "value": 1})
+    assert decode(single, "s", NOW, LIMITS, dedup=True)[0][-1] == "m-7"
+    batch = orjson.dumps({"id": 9, "ts": MS, "readings": [{"metric": "a", "value": 1}] * 2})
+    assert [r[-1] for r in decode(batch, "s", NOW, LIMITS, dedup=True)] == ["9#0", "9#1"]
+    anonymous = orjson.dumps({"ts": MS, "metric": "t", "value": 1})
+    assert decode(anonymous, "s", NOW, LIMITS, dedup=True)[0][-1] == f"{NOW.isoformat()}|t"
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_either_decode_or_reject_cleanly(payload: bytes) -> None:
+    try:
+        rows = decode(payload, "sensor-1", NOW, LIMITS)
+    except Reject as reject:
+        assert reject.reason in {
+            "malformed_json",
+            "invalid_reading",
+            "non_finite_value",
+            "timestamp_out_of_window",
+            "payload_too_large",
+        }
+    else:
+        assert all(len(row) == 6 for row in rows)

@@ -1,0 +1,31 @@
+"""Topic templates: where the identity claim sits, and what subscription covers it."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.topics import TopicTemplate
+from gateway.validation import ConfigError
+
+
+def test_parse_and_subscription() -> None:
+    template = TopicTemplate("devices/{identity}/{stream}")
+    assert template.parse("devices/sensor-1/telemetry") == ("sensor-1", "telemetry")
+    assert template.parse("devices/sensor-1/telemetry/extra") is None
+    assert template.parse("devices/sensor-1") is None
+    assert template.parse("other/sensor-1/telemetry") is None
+    assert template.parse("devices//telemetry") is None
+    assert template.subscription() == "devices/+/#"
+
+
+def test_stream_is_optional() -> None:
+    template = TopicTemplate("fleet/{identity}", default_stream="telemetry")
+    assert template.parse("fleet/s-9") == ("s-9", "telemetry")
+
+
+@pytest.mark.parametrize(
+    "bad", ["devices/+/{stream}", "devices/{stream}", "a/{identity}/{identity}"]
+)
+def test_bad_templates_are_refused(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        TopicTemplate(bad)
