@@ -179,6 +179,10 @@ async def _show(args: argparse.Namespace) -> int:
         if args.json:
             document = {
                 **details.identity.to_json(),
+                "activity": {
+                    "rows_last_day": details.rows_last_day,
+                    "rejects_last_day": details.rejects_last_day,
+                },
                 "history": [record.to_json() for record in details.history],
             }
             print(orjson.dumps(document, default=str).decode())
@@ -245,6 +249,7 @@ def print_details(details: IdentityDetails) -> None:
         ("created", _when(identity.created_at)),
         ("retired", _when(identity.retired_at)),
         ("last seen", _when(identity.last_seen)),
+        ("last day", f"{details.rows_last_day} rows, {details.rejects_last_day} rejects"),
     ]
     for label, value in fields:
         print(f"{label + ':':<12}{value}")

@@ -59,6 +59,14 @@ SELECT at, actor, db_user, action, subject, before, after FROM gateway.audit_log
  WHERE subject = $1 ORDER BY at DESC, id DESC LIMIT $2
 """
 
+# What the data plane recorded for the identity over the last day (gateway.identity_activity).
+ACTIVITY = """
+SELECT coalesce(sum(rows), 0) AS rows, coalesce(sum(rejects), 0) AS rejects,
+       max(last_seen) AS last_seen
+  FROM gateway.identity_activity
+ WHERE identity = $1 AND minute > now() - interval '1 day'
+"""
+
 
 def _page_sql(by_role: bool, statuses: Sequence[Status]) -> str:
     """Keyset pagination by name that stays on an index whatever the filters.
@@ -118,6 +126,8 @@ class IdentityDetails:
 
     identity: Identity
     history: tuple[AuditRecord, ...]
+    rows_last_day: int = 0
+    rejects_last_day: int = 0
 
 
 def _load_json(value: str | None) -> Any:
@@ -295,6 +305,8 @@ class Registry:
         """The identity with its `history` most recent audit entries."""
         identity = await self.get(name)
         rows = await self._conn.fetch(HISTORY, name, history)
+        activity = await self._conn.fetchrow(ACTIVITY, name)
+        assert activity is not None
         return IdentityDetails(
             identity,
             tuple(
@@ -309,6 +321,8 @@ class Registry:
                 )
                 for row in rows
             ),
+            rows_last_day=activity["rows"],
+            rejects_last_day=activity["rejects"],
         )
 
     async def list(

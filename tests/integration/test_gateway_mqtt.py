@@ -202,6 +202,13 @@ async def test_activity_is_recorded_per_identity(env: Stack, gateway: Gateway) -
         "SELECT count(*) FROM gateway.identities WHERE name = 'sensor-c' AND last_seen IS NOT NULL"
     )
     assert seen == 1
+    conn = await env.admin()
+    try:
+        details = await Registry(conn, "tests").show("sensor-c")
+    finally:
+        await conn.close()
+    assert details.rows_last_day >= 5
+    assert details.identity.last_seen is not None
 
 
 async def test_rows_the_database_refuses_are_isolated(env: Stack, gateway: Gateway) -> None:
