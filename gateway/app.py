@@ -26,13 +26,14 @@ from gateway.http import HttpServer
 from gateway.identity_cache import CachedIdentity, IdentityCache
 from gateway.metrics import Metrics
 from gateway.pg_errors import FailureKind
-from gateway.pipeline import Pipeline, Route, Sink
+from gateway.pipeline import Pipeline, Route, Sink, Source
 from gateway.pools import RolePools
 from gateway.provisioning import ProvisionRule
 from gateway.registry import Registry
 from gateway.roles.declaration import Declaration, load_declaration
 from gateway.sinks.postgres import CopyTarget, PostgresSink
-from gateway.sources.mqtt.source import MqttSource
+from gateway.sources.kafka import KafkaSource
+from gateway.sources.mqtt import mqtt_source
 
 __all__ = ["Gateway"]
 
@@ -57,7 +58,7 @@ class Gateway:
         self.actor = actor
         self.metrics = Metrics()
         self.activity = Activity()
-        self.sources: list[MqttSource] = []
+        self.sources: list[Source] = []
         self.pipeline: Pipeline | None = None
         self.http: HttpServer | None = None
         self._pools: RolePools | None = None
@@ -65,11 +66,20 @@ class Gateway:
         self._tasks: list[asyncio.Task[Any]] = []
         self._pumps: list[asyncio.Task[None]] = []
         self._draining = False
+        self.failure: BaseException | None = None
         self._stopped = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start everything, or, when any part fails, stop what started and raise why."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         config = self.config
         doc = load_declaration(config.database.roles_file)
         writers = writer_roles(doc, config)
@@ -96,11 +106,17 @@ class Gateway:
         )
         await self.http.start()
         self._tasks.append(asyncio.create_task(self._record_activity(), name="activity"))
-        for source_config in config.sources.mqtt:
-            source = MqttSource(source_config)
+        pipeline = self.pipeline
+        sources: list[Source] = [mqtt_source(c) for c in config.sources.mqtt]
+        sources += [
+            KafkaSource(c, metrics=self.metrics, flush=pipeline.flush) for c in config.sources.kafka
+        ]
+        for source in sources:
             await source.start()
             self.sources.append(source)
-            self._pumps.append(asyncio.create_task(self._pump(source), name=f"pump-{source.name}"))
+            pump = asyncio.create_task(pipeline.pump(source), name=f"pump-{source.name}")
+            pump.add_done_callback(self._pump_ended)
+            self._pumps.append(pump)
         log.info(
             "gateway started: %d source(s), roles %s, http port %d",
             len(self.sources),
@@ -170,14 +186,6 @@ class Gateway:
                 return
             await asyncio.sleep(0.01)
 
-    async def _pump(self, source: MqttSource) -> None:
-        pipeline = self.pipeline
-        assert pipeline is not None
-        while True:
-            await pipeline.wait_for_capacity()
-            messages = await source.receive()
-            pipeline.submit(source, messages)
-
     async def _record_activity(self) -> None:
         assert self._pools is not None
         pool = self._pools[self.config.database.control_role]
@@ -191,6 +199,15 @@ class Gateway:
                 await self.activity.flush(conn)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("activity not recorded yet (kept for the next round): %s", exc)
+
+    def _pump_ended(self, pump: asyncio.Task[None]) -> None:
+        """A source failed for good (e.g. its credentials were refused): stop, loudly."""
+        if pump.cancelled() or self._draining:
+            return
+        error = pump.exception()
+        log.error("%s stopped: %s; shutting down", pump.get_name(), error, exc_info=error)
+        self.failure = error
+        self._stopped.set()
 
     def readiness(self) -> dict[str, bool]:
         checks = {f"source:{s.name}": s.connected for s in self.sources}
@@ -217,6 +234,8 @@ class Gateway:
             await self._stopped.wait()
         finally:
             await self.stop()
+        if self.failure is not None:
+            raise self.failure
 
     def request_stop(self) -> None:
         self._stopped.set()

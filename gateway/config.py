@@ -23,6 +23,7 @@ __all__ = [
     "BatchingConfig",
     "DatabaseConfig",
     "GatewayConfig",
+    "KafkaSourceConfig",
     "MqttSourceConfig",
     "RouteConfig",
     "Secret",
@@ -108,8 +109,53 @@ class MqttSourceConfig(Section):
         return f"$share/{self.share_group}/{topic}" if self.share_group else topic
 
 
+class KafkaSourceConfig(Section):
+    """A consumer group over topics whose producers Kafka's ACLs restrict (e.g. a trusted
+    bridge): the identity claim comes from the record key, a header, or the topic name."""
+
+    name: str = Field(default="kafka", pattern=r"^[A-Za-z0-9_.-]+$")
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-256"
+    username: str | None = None
+    password: Secret | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    group_id: str = "m2m-gateway"
+    client_id: str = "m2m-gateway"
+    topics: list[str] = []
+    topic_pattern: str | None = Field(default=None, description="regex instead of `topics`")
+    identity_from: str = Field(
+        default="key",
+        pattern=r"^(key|header:.+|topic:.+)$",
+        description="`key`, `header:<name>`, or `topic:<template>` such as telemetry.{identity}",
+    )
+    stream: str = Field(default="telemetry", description="route stream when the topic has none")
+    max_poll_records: int = Field(default=10_000, ge=1)
+    fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    max_partition_fetch_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    commit_interval_ms: int = Field(default=100, ge=1, description="commits are coalesced")
+
+    @model_validator(mode="after")
+    def _topics_or_pattern(self) -> KafkaSourceConfig:
+        if bool(self.topics) == (self.topic_pattern is not None):
+            raise ValueError("give either `topics` or `topic_pattern`")
+        if self.identity_from.startswith("topic:"):
+            try:
+                TopicTemplate(self.identity_from.removeprefix("topic:"), separator=".")
+            except ConfigError as exc:
+                raise ValueError("; ".join(m for _, m in exc.problems)) from None
+        if self.security_protocol.startswith("SASL") and not (self.username and self.password):
+            raise ValueError(f"{self.security_protocol} needs `username` and `password`")
+        return self
+
+
 class SourcesConfig(Section):
     mqtt: list[MqttSourceConfig] = []
+    kafka: list[KafkaSourceConfig] = []
 
 
 class RouteConfig(Section):
@@ -187,7 +233,7 @@ class GatewayConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
-        names = [source.name for source in self.sources.mqtt]
+        names = [s.name for s in self.sources.mqtt] + [s.name for s in self.sources.kafka]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
         streams = [route.stream for route in self.routes]

@@ -70,6 +70,15 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.kafka_rebalances = Counter(
+            "gateway_kafka_rebalances_total", "Partitions revoked from us", ["source"], registry=r
+        )
+        self.kafka_commit_failures = Counter(
+            "gateway_kafka_commit_failures_total",
+            "Offset commits refused (usually a rebalance; those records are read again)",
+            ["source"],
+            registry=r,
+        )
         self.ack_latency = Histogram(
             "gateway_ack_latency_seconds",
             "From a message's arrival to its acknowledgement",

@@ -45,6 +45,7 @@ class Source(Protocol):
     """What the engine needs of a source; MQTT and Kafka adapters implement it."""
 
     name: str
+    unclaimed_reason: str  # the reject reason when `claim` finds no identity
 
     def claim(self, message: Any) -> tuple[str, str] | None:
         """(identity, stream) from the message, or None when it carries no usable claim."""
@@ -54,6 +55,25 @@ class Source(Protocol):
 
     def ack(self, messages: Sequence[Any]) -> None:
         """The messages are committed (or rejected for good): the source may forget them."""
+
+    async def receive(self) -> list[Any]:
+        """The next messages, at least one."""
+
+    def pause(self) -> None:
+        """Buffers are full: stop taking more in (or rely on holding acknowledgements)."""
+
+    async def resume(self) -> None:
+        """Buffers have room again."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether the source is taking messages in right now (readiness)."""
+
+    async def start(self) -> None:
+        """Connect; return once messages can flow, or raise why they cannot."""
+
+    async def close(self) -> None:
+        """Stop taking messages in and let the broker keep what was not acknowledged."""
 
 
 class Sink(Protocol):
@@ -122,23 +142,30 @@ class Pipeline:
     def buffered_rows(self) -> int:
         return self._buffered
 
-    async def wait_for_capacity(self) -> None:
-        """Return when buffered rows are under the bound; sources call it before receiving."""
-        await self._capacity.wait()
+    @property
+    def has_capacity(self) -> bool:
+        return self._capacity.is_set()
+
+    async def pump(self, source: Source) -> None:
+        """Feed the pipeline from a source until cancelled, pausing it while buffers are full."""
+        while True:
+            if not self._capacity.is_set():
+                source.pause()
+                await self._capacity.wait()
+                await source.resume()
+            self.submit(source, await source.receive())
 
     def submit(self, source: Source, messages: Iterable[Any]) -> None:
         """Route, decode and buffer each message; bad ones become reject records."""
         received_at = datetime.now(UTC)
         count = 0
         claim, lookup, routes, limits = source.claim, self._lookup, self._routes, self._limits
-        batchers = self._batchers
+        batchers, unclaimed = self._batchers, source.unclaimed_reason
         for message in messages:
             count += 1
             claimed = claim(message)
             if claimed is None:
-                self._reject(
-                    source, message, "topic_mismatch", None, "no identity claim", received_at
-                )
+                self._reject(source, message, unclaimed, None, "no identity claim", received_at)
                 continue
             identity, stream = claimed
             entry = lookup(identity)

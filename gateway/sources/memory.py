@@ -28,6 +28,7 @@ class MemorySource:
         self._queue: asyncio.Queue[list[MemoryMessage]] = asyncio.Queue()
         self._next = 0
         self.acked: list[MemoryMessage] = []
+        self.paused = False
 
     def put(self, messages: Iterable[tuple[str, bytes]]) -> list[MemoryMessage]:
         batch = []
@@ -37,6 +38,14 @@ class MemorySource:
         self._queue.put_nowait(batch)
         return batch
 
+    unclaimed_reason = "topic_mismatch"
+
+    def pause(self) -> None:
+        self.paused = True
+
+    async def resume(self) -> None:
+        self.paused = False
+
     def claim(self, message: MemoryMessage) -> tuple[str, str] | None:
         return self._parse(message.topic)
 
@@ -45,6 +54,17 @@ class MemorySource:
 
     def ack(self, messages: Sequence[MemoryMessage]) -> None:
         self.acked.extend(messages)
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self.connected = False
+
+    @property
+    def pending(self) -> int:
+        """Lists put in and not yet received."""
+        return self._queue.qsize()
 
     async def receive(self) -> list[MemoryMessage]:
         return await self._queue.get()

@@ -96,14 +96,18 @@ async def test_intake_pauses_when_buffers_are_full() -> None:
     pipeline = build(sink, rejects, max_buffered=50, max_rows=10)
     source = MemorySource()
     source.put([("devices/sensor-1/telemetry", reading(i)) for i in range(60)])
-    pipeline.submit(source, await source.receive())
-    waiting = asyncio.ensure_future(pipeline.wait_for_capacity())
+    pump = asyncio.ensure_future(pipeline.pump(source))
     await asyncio.sleep(0.05)
-    assert not waiting.done()  # a source pump would stop receiving here
+    assert source.paused and not pipeline.has_capacity
+    source.put([("devices/sensor-1/telemetry", reading(99))])
+    await asyncio.sleep(0.05)
+    assert source.pending == 1  # not taken while paused
     sink.available.set()
-    await asyncio.wait_for(waiting, 5)
+    await asyncio.sleep(0.1)
+    assert not source.paused and source.pending == 0
+    pump.cancel()
     await pipeline.flush()
-    assert len(sink.rows) == 60
+    assert len(sink.rows) == 61
 
 
 async def test_rows_refused_by_the_database_become_rejects_and_the_rest_lands() -> None:

@@ -57,6 +57,14 @@ class MqttSource:
     def connected(self) -> bool:
         return self.client.connected
 
+    unclaimed_reason = "topic_mismatch"
+
+    def pause(self) -> None:
+        """Nothing to do: unacknowledged messages fill the receive maximum and the broker stops."""
+
+    async def resume(self) -> None:
+        pass
+
     def claim(self, message: Message) -> tuple[str, str] | None:
         return self._parse(message.topic)
 

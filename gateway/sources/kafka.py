@@ -1,0 +1,382 @@
+"""Kafka as a gateway source: a consumer group whose offsets move only past committed rows.
+
+Offsets are never committed automatically. Each assigned partition has an ordered window of the
+offsets handed to the pipeline; the pipeline acknowledges records as their batches commit, in any
+order, and the committed offset of a partition is one past the longest acknowledged prefix. On
+a rebalance the pipeline is flushed and those offsets committed before the partitions go, so
+the next owner starts exactly where this one stopped. Everything else (a crash, a commit lost
+to a rebalance) means records are read again: at least once, or exactly once with dedup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import (
+    CommitFailedError,
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAuthorizationFailedError,
+)
+
+from gateway.config import KafkaSourceConfig
+from gateway.errors import GatewayError
+from gateway.metrics import Metrics
+from gateway.sources.mqtt.acks import AckWindow
+from gateway.topics import TopicTemplate
+
+__all__ = ["KafkaError", "KafkaRecord", "KafkaSource", "KafkaSourceError"]
+
+log = logging.getLogger(__name__)
+
+
+class KafkaSourceError(GatewayError):
+    """Kafka refused us for a reason retrying cannot fix: authentication or authorization."""
+
+
+class KafkaRecord:
+    """One record as the pipeline sees it; `epoch` ties it to one assignment of its partition."""
+
+    __slots__ = ("epoch", "headers", "key", "offset", "partition", "payload", "seq", "topic")
+
+    def __init__(self, record: ConsumerRecord[bytes, bytes], seq: int, epoch: int) -> None:
+        self.topic: str = record.topic
+        self.partition: int = record.partition
+        self.offset: int = record.offset
+        self.key: bytes | None = record.key
+        self.payload: bytes = record.value or b""
+        self.headers: Sequence[tuple[str, bytes]] = record.headers
+        self.seq = seq
+        self.epoch = epoch
+
+
+class Partition:
+    """The offsets of one assigned partition that the pipeline has not acknowledged yet."""
+
+    __slots__ = ("committed", "epoch", "next_commit", "window")
+
+    def __init__(self, epoch: int) -> None:
+        self.window = AckWindow()
+        self.epoch = epoch
+        self.next_commit: int | None = None  # one past the acknowledged prefix
+        self.committed: int | None = None  # what the group coordinator has
+
+
+def identity_claim(config: KafkaSourceConfig) -> Callable[[KafkaRecord], tuple[str, str] | None]:
+    """How to read (identity, stream) from a record: key, a header, or the topic name."""
+    stream = config.stream
+    source = config.identity_from
+    if source == "key":
+
+        def from_key(record: KafkaRecord) -> tuple[str, str] | None:
+            key = record.key
+            if not key:
+                return None
+            try:
+                return key.decode(), stream
+            except UnicodeDecodeError:
+                return None
+
+        return from_key
+    if source.startswith("header:"):
+        name = source.removeprefix("header:")
+
+        def from_header(record: KafkaRecord) -> tuple[str, str] | None:
+            for header, value in record.headers:
+                if header == name and value:
+                    try:
+                        return value.decode(), stream
+                    except UnicodeDecodeError:
+                        return None
+            return None
+
+        return from_header
+    parse = TopicTemplate(source.removeprefix("topic:"), default_stream=stream, separator=".").parse
+
+    def from_topic(record: KafkaRecord) -> tuple[str, str] | None:
+        return parse(record.topic)
+
+    return from_topic
+
+
+def ssl_context(config: KafkaSourceConfig) -> ssl.SSLContext | None:
+    if config.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    if config.cert_file is not None:
+        context.load_cert_chain(
+            str(config.cert_file), str(config.key_file) if config.key_file else None
+        )
+    return context
+
+
+class KafkaSource:
+    """A member of a consumer group feeding the pipeline; see the module docstring."""
+
+    unclaimed_reason = "missing_identity"
+
+    def __init__(
+        self,
+        config: KafkaSourceConfig,
+        *,
+        metrics: Metrics,
+        flush: Callable[[], Awaitable[None]],
+        flush_timeout: float = 30,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.claim = identity_claim(config)
+        self._metrics = metrics
+        self._flush = flush
+        self._flush_timeout = flush_timeout
+        self._partitions: dict[TopicPartition, Partition] = {}
+        self._epoch = 0
+        self._dirty: set[TopicPartition] = set()
+        self._backlog: list[KafkaRecord] = []
+        self._paused = False
+        self._keepalive: asyncio.Task[None] | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._member = False
+        self.rebalances = 0
+        self.commit_failures = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """In the group with an assignment received (possibly empty: more pods than partitions)."""
+        return self._consumer is not None and self._member
+
+    async def start(self) -> None:
+        config = self.config
+        password = config.password.read() if config.password else None
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=config.bootstrap_servers,
+            client_id=config.client_id,
+            group_id=config.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=config.auto_offset_reset,
+            max_poll_records=config.max_poll_records,
+            fetch_max_bytes=config.fetch_max_bytes,
+            max_partition_fetch_bytes=config.max_partition_fetch_bytes,
+            session_timeout_ms=config.session_timeout_ms,
+            security_protocol=config.security_protocol,
+            sasl_mechanism=config.sasl_mechanism,
+            sasl_plain_username=config.username,
+            sasl_plain_password=password,
+            ssl_context=ssl_context(config),
+        )
+        listener = _Listener(self)
+        if config.topic_pattern is not None:
+            consumer.subscribe(pattern=config.topic_pattern, listener=listener)
+        else:
+            consumer.subscribe(topics=config.topics, listener=listener)
+        try:
+            await consumer.start()
+        except BaseException as exc:
+            await consumer.stop()
+            if isinstance(exc, KafkaConnectionError):
+                raise KafkaSourceError(
+                    f"kafka source {self.name}: cannot join {config.bootstrap_servers} "
+                    f"({exc}); check the address and, for SASL, the user name and password"
+                ) from exc
+            if isinstance(exc, TopicAuthorizationFailedError | GroupAuthorizationFailedError):
+                raise self._unauthorized(exc) from exc
+            raise
+        self._consumer = consumer
+        self._committer = asyncio.create_task(self._commit_loop(), name=f"commit-{self.name}")
+
+    async def close(self) -> None:
+        """Commit what is acknowledged and leave the group (its partitions move on at once)."""
+        await self._stop_keepalive()
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+        if self._consumer is not None:
+            await self._commit(list(self._partitions))
+            await self._consumer.stop()
+            self._consumer = None
+
+    # -- records -----------------------------------------------------------------------------
+
+    async def receive(self) -> list[KafkaRecord]:
+        if self._backlog:
+            records, self._backlog = self._backlog, []
+            return records
+        consumer = self._require()
+        while True:
+            try:
+                batches = await consumer.getmany(
+                    timeout_ms=1000, max_records=self.config.max_poll_records
+                )
+            except (TopicAuthorizationFailedError, GroupAuthorizationFailedError) as exc:
+                raise self._unauthorized(exc) from exc
+            records = self._register(batches)
+            if records:
+                return records
+
+    def _register(
+        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> list[KafkaRecord]:
+        records: list[KafkaRecord] = []
+        for tp, batch in batches.items():
+            partition = self._partitions.get(tp)
+            if partition is None:
+                continue  # revoked while fetched: its next owner reads these again
+            register, epoch = partition.window.register, partition.epoch
+            records.extend(KafkaRecord(r, register(r.offset), epoch) for r in batch)
+        return records
+
+    def _unauthorized(self, error: Exception) -> KafkaSourceError:
+        return KafkaSourceError(
+            f"kafka source {self.name}: not authorized ({error}); user {self.config.username!r} "
+            f"needs Read on the topics and on group {self.config.group_id!r} (Kafka ACLs)"
+        )
+
+    def position(self, record: KafkaRecord) -> list[Any]:
+        return [record.topic, record.partition, record.offset]
+
+    def ack(self, records: Sequence[KafkaRecord]) -> None:
+        partitions, dirty = self._partitions, self._dirty
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            partition = partitions.get(tp)
+            if partition is not None and partition.epoch == record.epoch:
+                partition.window.complete(record.seq)
+                dirty.add(tp)
+
+    # -- backpressure ------------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stop fetching, but keep polling so the group does not think we are gone."""
+        consumer = self._require()
+        if self._paused:
+            return
+        self._paused = True
+        consumer.pause(*consumer.assignment())
+        self._keepalive = asyncio.create_task(self._poll_while_paused())
+
+    async def resume(self) -> None:
+        await self._stop_keepalive()
+        if self._consumer is not None:
+            self._consumer.resume(*self._consumer.assignment())
+
+    async def _poll_while_paused(self) -> None:
+        consumer = self._require()
+        while True:
+            # Paused partitions return nothing; a record fetched just before the pause is kept.
+            self._backlog.extend(self._register(await consumer.getmany(timeout_ms=500)))
+
+    async def _stop_keepalive(self) -> None:
+        self._paused = False
+        task, self._keepalive = self._keepalive, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- offsets -----------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.commit_interval_ms / 1000)
+            if self._dirty:
+                dirty, self._dirty = list(self._dirty), set()
+                await self._commit(dirty)
+            self._report_lag()
+
+    async def _commit(self, tps: Sequence[TopicPartition]) -> None:
+        offsets = {}
+        for tp in tps:
+            partition = self._partitions.get(tp)
+            if partition is None:
+                continue
+            released = partition.window.release()
+            if released:
+                partition.next_commit = released[-1] + 1
+            if partition.next_commit is not None and partition.next_commit != partition.committed:
+                offsets[tp] = partition.next_commit
+        if not offsets or self._consumer is None:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # A rebalance took the partitions: their next owner re-reads from the last commit.
+            self.commit_failures += 1
+            self._metrics.kafka_commit_failures.labels(self.name).inc()
+            log.warning(
+                "kafka source %s: commit failed (%s); records will be re-read", self.name, exc
+            )
+            return
+        for tp, offset in offsets.items():
+            partition = self._partitions.get(tp)
+            if partition is not None:
+                partition.committed = offset
+
+    def _report_lag(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for tp, partition in self._partitions.items():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            done = partition.committed if partition.committed is not None else 0
+            self._metrics.kafka_consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                max(0, highwater - done)
+            )
+
+    # -- rebalancing -------------------------------------------------------------------------
+
+    async def partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        """Write and acknowledge what we hold, commit it, and only then let the partitions go."""
+        self.rebalances += 1
+        self._metrics.kafka_rebalances.labels(self.name).inc()
+        if revoked:
+            try:
+                await asyncio.wait_for(self._flush(), self._flush_timeout)
+            except TimeoutError:
+                log.warning("kafka source %s: flush before revoke timed out", self.name)
+            await self._commit(list(revoked))
+        for tp in revoked:
+            self._partitions.pop(tp, None)
+            self._dirty.discard(tp)
+        revoked_set = set(revoked)
+        self._backlog = [
+            r for r in self._backlog if TopicPartition(r.topic, r.partition) not in revoked_set
+        ]
+
+    def partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self._member = True
+        for tp in assigned:
+            if tp not in self._partitions:
+                self._epoch += 1
+                self._partitions[tp] = Partition(self._epoch)
+        if self._paused and self._consumer is not None:
+            self._consumer.pause(*assigned)
+
+    def _require(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise GatewayError(f"kafka source {self.name} is not started")
+        return self._consumer
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self._source.partitions_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self._source.partitions_assigned(list(assigned))
