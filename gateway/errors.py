@@ -2,21 +2,63 @@
 
     GatewayError
     ├── ServiceError            a local service (PostgreSQL, Mosquitto, Kafka) failed to start
-    └── MqttError               the MQTT transport
-        ├── MqttConnectError    the broker refused the connection (carries the reason code)
+    └── MqttError               the MQTT transport (also: the client is closed)
+        ├── MqttConnectError    no session: the broker refused (carries the reason code), or the
+        │                       broker was unreachable, timed out, or failed the TLS handshake
         ├── MqttSubscribeError  the broker refused a subscription (carries the reason codes)
         └── MqttConnectionLost  the connection dropped; `retriable` is True
 
 Each error says whether trying again can help (`retriable`), so callers read an attribute
-instead of listing types.
+instead of listing types. A refused CONNECT is retriable only when the broker said it is busy or
+unavailable; bad credentials, a refused authorization or a failed certificate check are not.
 """
 
 from __future__ import annotations
 
-__all__ = ["GatewayError"]
+from collections.abc import Sequence
+
+__all__ = [
+    "GatewayError",
+    "MqttConnectError",
+    "MqttConnectionLost",
+    "MqttError",
+    "MqttSubscribeError",
+]
 
 
 class GatewayError(Exception):
     """Base of all gateway errors."""
 
     retriable: bool = False
+
+
+class MqttError(GatewayError):
+    """The MQTT transport failed, or was used after it was closed."""
+
+
+class MqttConnectError(MqttError):
+    """The connection could not be established; `reason_code` is the CONNACK's when it refused."""
+
+    def __init__(self, message: str, *, reason_code: int | None = None, retriable: bool) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+        self.retriable = retriable
+
+
+class MqttSubscribeError(MqttError):
+    """The broker refused one or more subscriptions; a configuration problem, not retriable."""
+
+    def __init__(self, message: str, *, refused: Sequence[tuple[str, int]]) -> None:
+        super().__init__(message)
+        self.refused = tuple(refused)
+        """Each refused topic filter with the SUBACK reason code the broker gave it."""
+
+
+class MqttConnectionLost(MqttError):
+    """An established connection ended; `reason_code` is the broker's DISCONNECT reason if any."""
+
+    retriable = True
+
+    def __init__(self, message: str, *, reason_code: int | None = None) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
