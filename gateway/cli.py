@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -13,8 +11,6 @@ from typing import Any
 
 from gateway.errors import GatewayError
 from gateway.logs import setup_logging
-from gateway.services.mosquitto import Mosquitto
-from gateway.services.postgres import Postgres
 
 __all__ = ["Handler", "main"]
 
@@ -22,29 +18,18 @@ Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 async def demo(args: argparse.Namespace) -> int:
-    """Start the embedded services and show where they listen."""
-    async with Postgres() as postgres, Mosquitto() as broker:
-        address = postgres.address
-        print("Embedded services are up:")
-        print(f"  PostgreSQL {address.host}:{address.port}  (superuser DSN: {postgres.dsn})")
-        print(
-            f"  Mosquitto  {broker.host}:{broker.port}  (gateway user: {broker.gateway.username})"
+    """Run the whole product on embedded services and report what happened."""
+    from gateway.demo import DemoOptions, run_demo
+
+    return await run_demo(
+        DemoOptions(
+            devices=args.devices,
+            rate=args.rate,
+            duration=args.duration,
+            readings=args.readings,
+            hold=args.hold,
         )
-        if args.duration is None:
-            print("Press Ctrl-C to stop them.")
-        await wait_for_stop(args.duration)
-    print("Stopped and cleaned up.")
-    return 0
-
-
-async def wait_for_stop(duration: float | None) -> None:
-    """Wait for SIGINT/SIGTERM, or for `duration` seconds when given."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), duration)
+    )
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -62,9 +47,11 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="gateway", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run_demo = commands.add_parser("demo", help="run the gateway on embedded services")
-    run_demo.add_argument(
-        "--for", dest="duration", type=float, default=None, help="stop after SECONDS"
-    )
+    run_demo.add_argument("--devices", type=int, default=50, help="simulated devices")
+    run_demo.add_argument("--rate", type=float, default=2000, help="messages per second")
+    run_demo.add_argument("--duration", type=float, default=10, help="seconds of traffic")
+    run_demo.add_argument("--readings", type=int, default=1, help="readings per message")
+    run_demo.add_argument("--hold", action="store_true", help="keep services up until Ctrl-C")
     run_demo.set_defaults(handler=demo)
     run_gateway = commands.add_parser("run", help="run the gateway until SIGTERM")
     run_gateway.add_argument("--config", type=Path, help="TOML configuration file")
