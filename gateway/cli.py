@@ -42,7 +42,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from gateway import cli_identities, cli_roles
+    from gateway import cli_identities, cli_roles, cli_simulate
 
     root = argparse.ArgumentParser(prog="gateway", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -59,6 +59,7 @@ def parser() -> argparse.ArgumentParser:
     run_gateway.set_defaults(handler=run)
     cli_roles.register(commands)
     cli_identities.register(commands)
+    cli_simulate.register(commands)
     return root
 
 
