@@ -41,6 +41,14 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+async def config_reference(args: argparse.Namespace) -> int:
+    """Print the configuration reference generated from the configuration models."""
+    from gateway.config_reference import reference
+
+    sys.stdout.write(reference())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     from gateway import cli_identities, cli_roles, cli_simulate
 
@@ -57,6 +65,10 @@ def parser() -> argparse.ArgumentParser:
     run_gateway.add_argument("--config", type=Path, help="TOML configuration file")
     run_gateway.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run_gateway.set_defaults(handler=run)
+    reference = commands.add_parser(
+        "config-reference", help="print every setting with its default and meaning (Markdown)"
+    )
+    reference.set_defaults(handler=config_reference)
     cli_roles.register(commands)
     cli_identities.register(commands)
     cli_simulate.register(commands)

@@ -32,14 +32,18 @@ __all__ = [
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Each field's docstring is its description: the configuration reference is generated from
+    # these models (`gateway config-reference`), so it cannot drift from what is validated.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class Secret(Section):
     """A secret's location: an environment variable or a file (e.g. a mounted Kubernetes Secret)."""
 
     env: str | None = None
+    """Environment variable holding the secret."""
     file: Path | None = None
+    """File holding the secret (surrounding whitespace is ignored)."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Secret:
@@ -66,33 +70,60 @@ class DatabaseConfig(Section):
     """Where PostgreSQL is; each pool logs in as its own role from the roles declaration."""
 
     host: str = "127.0.0.1"
+    """PostgreSQL host."""
     port: int = Field(default=5432, ge=1, le=65535)
+    """PostgreSQL port."""
     dbname: str = "postgres"
+    """Database holding the `gateway` and `ingest` schemas."""
     roles_file: Path = Path("config/roles.toml")
-    control_role: str = Field(default="gateway_control", description="registry, activity")
-    rejects_role: str = Field(default="rejects_writer", description="writes ingest.rejects")
+    """Roles declaration: which roles exist, their pools and where their passwords are."""
+    control_role: str = "gateway_control"
+    """Declared role of the control pool: registry reads, provisioning, activity upserts."""
+    rejects_role: str = "rejects_writer"
+    """Declared role that writes `ingest.rejects`."""
     connect_timeout: float = Field(default=10, gt=0)
+    """Seconds to wait for a new connection."""
     sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    """libpq-style TLS mode for every pool."""
 
 
 class MqttSourceConfig(Section):
+    """One MQTT session (optionally in a shared-subscription group) feeding the gateway."""
+
     name: str = Field(default="mqtt", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Source name in metrics, logs and rejects."""
     host: str = "127.0.0.1"
+    """Broker host."""
     port: int = Field(default=1883, ge=1, le=65535)
+    """Broker port."""
     protocol: Literal["5", "3.1.1"] = "5"
+    """MQTT version: 5 uses the fast built-in client; 3.1.1 the aiomqtt compatibility transport."""
     username: str | None = None
+    """Broker user of the gateway (the ACL lets it read `devices/#`)."""
     password: Secret | None = None
+    """Where the broker password is."""
     tls: bool = False
+    """Connect with TLS."""
     ca_file: Path | None = None
+    """CA bundle to verify the broker (default: the system's)."""
     cert_file: Path | None = None
+    """Client certificate, for brokers that authenticate by certificate."""
     key_file: Path | None = None
+    """Client certificate's private key."""
     client_id: str = Field(default="gateway-1", min_length=1, max_length=64)
-    session_expiry: int = Field(default=3600, ge=0, description="seconds a session outlives us")
+    """Session identity at the broker: one per pod, stable across restarts."""
+    session_expiry: int = Field(default=3600, ge=0)
+    """Seconds the broker keeps the session (and its unacknowledged messages) while we are away."""
     receive_maximum: int = Field(default=10_000, ge=1, le=65535)
+    """Unacknowledged messages in flight at once: bounds memory and the largest batch."""
     keep_alive: int = Field(default=30, ge=0, le=65535)
+    """Seconds between keep-alive pings when idle (0 disables them)."""
     topic_template: str = "devices/{identity}/{stream}"
+    """Where the identity claim (and the stream) sit in a topic; the ACL must enforce it."""
     share_group: str | None = Field(default=None, pattern=r"^[^/+#]+$")
+    """Shared-subscription group: pods in one group split the stream."""
     qos: Literal[0, 1] = 1
+    """Subscription QoS; 1 for at-least-once."""
 
     @field_validator("topic_template")
     @classmethod
@@ -114,30 +145,47 @@ class KafkaSourceConfig(Section):
     bridge): the identity claim comes from the record key, a header, or the topic name."""
 
     name: str = Field(default="kafka", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Source name in metrics, logs and rejects."""
     bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated broker addresses."""
     security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
+    """How to connect; SASL variants need `username` and `password`."""
     sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-256"
+    """SASL mechanism."""
     username: str | None = None
+    """SASL user of the gateway (needs Read on the topics and the group)."""
     password: Secret | None = None
+    """Where the SASL password is."""
     ca_file: Path | None = None
+    """CA bundle for SSL and SASL_SSL (default: the system's)."""
     cert_file: Path | None = None
+    """Client certificate for SSL authentication."""
     key_file: Path | None = None
+    """Client certificate's private key."""
     group_id: str = "m2m-gateway"
+    """Consumer group: pods in one group split the partitions."""
     client_id: str = "m2m-gateway"
+    """Client id in the brokers' logs and quotas."""
     topics: list[str] = []
-    topic_pattern: str | None = Field(default=None, description="regex instead of `topics`")
-    identity_from: str = Field(
-        default="key",
-        pattern=r"^(key|header:.+|topic:.+)$",
-        description="`key`, `header:<name>`, or `topic:<template>` such as telemetry.{identity}",
-    )
-    stream: str = Field(default="telemetry", description="route stream when the topic has none")
+    """Topics to consume (or give `topic_pattern`)."""
+    topic_pattern: str | None = None
+    """Regular expression of topics to consume, instead of `topics`."""
+    identity_from: str = Field(default="key", pattern=r"^(key|header:.+|topic:.+)$")
+    """`key`, `header:<name>`, or `topic:<template>` such as `telemetry.{identity}`."""
+    stream: str = "telemetry"
+    """Route stream of the records (unless the topic template has `{stream}`)."""
     max_poll_records: int = Field(default=10_000, ge=1)
+    """Records per fetch at most: bounds a batch."""
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    """Bytes per fetch at most."""
     max_partition_fetch_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Bytes per partition per fetch at most."""
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where a group without committed offsets starts."""
     session_timeout_ms: int = Field(default=10_000, ge=1000)
-    commit_interval_ms: int = Field(default=100, ge=1, description="commits are coalesced")
+    """Group session timeout: how fast a dead pod's partitions move."""
+    commit_interval_ms: int = Field(default=100, ge=1)
+    """Offset commits are coalesced over this interval."""
 
     @model_validator(mode="after")
     def _topics_or_pattern(self) -> KafkaSourceConfig:
@@ -155,26 +203,31 @@ class KafkaSourceConfig(Section):
 
 class SourcesConfig(Section):
     mqtt: list[MqttSourceConfig] = []
+    """MQTT sessions (`[[sources.mqtt]]`)."""
     kafka: list[KafkaSourceConfig] = []
+    """Kafka consumer groups (`[[sources.kafka]]`)."""
 
 
 class RouteConfig(Section):
     """Readings of a stream (the `{stream}` topic level) go to a table with telemetry's columns."""
 
     stream: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """The stream name (e.g. `telemetry`)."""
     table: str = Field(pattern=r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
-    dedup: bool = Field(
-        default=False,
-        description="one row per message id even after redelivery (needs a message_id column "
-        "with a unique index, see migration 005)",
-    )
+    """Target table, `schema.table`; identities whose role may INSERT there may use the route."""
+    dedup: bool = False
+    """One row per message id even after redelivery (needs `message_id` with a unique index)."""
 
 
 class BatchingConfig(Section):
     max_rows: int = Field(default=5000, ge=1)
+    """A batch is written at this many rows..."""
     max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """... or this many payload bytes..."""
     max_delay_ms: float = Field(default=50, gt=0)
+    """... or when its first row is this old, whichever comes first."""
     max_buffered_rows: int = Field(default=200_000, ge=1)
+    """Rows held in memory at most; beyond it, intake pauses until writes catch up."""
 
     @model_validator(mode="after")
     def _buffer_holds_a_batch(self) -> BatchingConfig:
@@ -188,36 +241,55 @@ class BatchingConfig(Section):
 
 class IdentitiesConfig(Section):
     unknown: Literal["reject", "provision", "quarantine"] = "reject"
+    """What to do with an identity the registry does not know."""
     provision: list[ProvisionRule] = []
+    """With `unknown = "provision"`: name globs mapped to a role (`[[identities.provision]]`)."""
 
 
 class LimitsConfig(Section):
     max_payload_bytes: int = Field(default=256 * 1024, ge=64)
+    """Larger messages are rejected as `payload_too_large`."""
     max_age_seconds: float = Field(default=7 * 86400, gt=0)
+    """Readings older than this are rejected as `timestamp_out_of_window`."""
     max_ahead_seconds: float = Field(default=300, ge=0)
+    """Readings further in the future than this are rejected too."""
 
 
 class HttpConfig(Section):
     host: str = "0.0.0.0"
+    """Address of `/metrics`, `/healthz` and `/readyz`."""
     port: int = Field(default=9108, ge=0, le=65535)
+    """Their port (0 picks a free one)."""
 
 
 class GatewayConfig(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="GATEWAY_", env_nested_delimiter="__", extra="forbid"
+        env_prefix="GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        use_attribute_docstrings=True,
     )
 
     database: DatabaseConfig = DatabaseConfig()
+    """Where PostgreSQL is and which roles the pools use."""
     sources: SourcesConfig = SourcesConfig()
+    """Where messages come from."""
     routes: Annotated[list[RouteConfig], Field(min_length=1)] = [
         RouteConfig(stream="telemetry", table="ingest.telemetry")
     ]
+    """Stream to table (`[[routes]]`)."""
     batching: BatchingConfig = BatchingConfig()
+    """When batches are written, and how much may wait in memory."""
     identities: IdentitiesConfig = IdentitiesConfig()
+    """Policy for identities the registry does not know."""
     limits: LimitsConfig = LimitsConfig()
+    """What a message may be."""
     http: HttpConfig = HttpConfig()
+    """Metrics and health endpoints."""
     shutdown_timeout: float = Field(default=30, gt=0)
+    """Seconds to flush and acknowledge on SIGTERM before giving up (the rest is redelivered)."""
     activity_interval: float = Field(default=5, gt=0)
+    """Seconds between per-identity activity upserts."""
 
     @classmethod
     def settings_customise_sources(
