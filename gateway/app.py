@@ -87,12 +87,8 @@ class Gateway:
         self._pools = pools = RolePools(config.database, doc, [*writers, control, rejects])
         await pools.open()
 
-        async def control_connection() -> asyncpg.Connection:
-            conn: asyncpg.Connection = await asyncpg.connect(pools.dsn(control), timeout=10)
-            return conn
-
         self._cache = IdentityCache(
-            control_connection, on_entries=self.metrics.identity_cache_entries.set
+            lambda: pools.connect(control), on_entries=self.metrics.identity_cache_entries.set
         )
         await self._cache.start()
         self.pipeline = self._build_pipeline(doc, writers)

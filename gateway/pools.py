@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import asyncpg
 
 from gateway.config import DatabaseConfig
 from gateway.roles.declaration import Declaration
-from gateway.services.postgres import PostgresAddress
 from gateway.validation import ConfigError
 
 __all__ = ["RolePools"]
@@ -47,35 +47,50 @@ class RolePools:
     def roles(self) -> list[str]:
         return list(self._roles)
 
-    def dsn(self, role: str) -> str:
-        """The DSN of a role's LOGIN member, password from its declared credential source."""
+    def connect_params(self, role: str) -> dict[str, Any]:
+        """How to log in as a role's LOGIN member.
+
+        The password is a callable read at every new connection, not once at start: rotate it
+        by changing the credential source (e.g. the mounted Secret) and the role's password,
+        and new connections follow without a restart (see README, "Rotating a password").
+        """
         spec = self._doc.roles[role]
-        password = spec.password.read()
-        if password is None:
+        if spec.password.read() is None:
             raise ConfigError(
                 "roles declaration",
                 [(f"roles.{role}.password", f"{spec.password.describe()} is not set")],
             )
         db = self._database
-        user = self._doc.login_role(role)
-        address = PostgresAddress(db.host, db.port, user, password, db.dbname)
-        return f"{address.dsn}?sslmode={db.sslmode}"
+
+        def password() -> str:
+            return spec.password.read() or ""
+
+        return {
+            "host": db.host,
+            "port": db.port,
+            "user": self._doc.login_role(role),
+            "password": password,
+            "database": db.dbname,
+            "ssl": db.sslmode,
+            "timeout": db.connect_timeout,
+            "server_settings": {"application_name": f"m2m-gateway/{role}"},
+        }
+
+    async def connect(self, role: str) -> asyncpg.Connection:
+        """One connection of the role's own, outside its pool (LISTEN needs a session)."""
+        conn: asyncpg.Connection = await asyncpg.connect(**self.connect_params(role))
+        return conn
 
     async def open(self) -> None:
         """Create every pool; waits (with backoff) while the database is unreachable."""
         for role in self._roles:
-            spec = self._doc.roles[role]
-            size = spec.pool_size
-            dsn = self.dsn(role)
+            size = self._doc.roles[role].pool_size
+            params = self.connect_params(role)
             delay = 0.2
             while True:
                 try:
                     self._pools[role] = await asyncpg.create_pool(
-                        dsn,
-                        min_size=size.min,
-                        max_size=size.max,
-                        timeout=self._database.connect_timeout,
-                        server_settings={"application_name": f"m2m-gateway/{role}"},
+                        min_size=size.min, max_size=size.max, **params
                     )
                     break
                 except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import urllib.request
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -14,8 +15,10 @@ from gateway.app import Gateway
 from gateway.config import IdentitiesConfig
 from gateway.provisioning import ProvisionRule
 from gateway.registry import Registry
+from gateway.roles.apply import apply_roles
+from gateway.roles.declaration import load_declaration
 
-from .stack import Stack, publish, reading, stack
+from .stack import EXAMPLE_ROLES, Stack, publish, reading, stack
 
 DEVICES = ["sensor-a", "sensor-b", "sensor-c"]
 
@@ -302,3 +305,33 @@ async def test_unknown_identities_can_be_quarantined(env: Stack) -> None:
         await env.wait_for(quarantined, what="quarantined message")
     finally:
         await running.stop()
+
+
+async def test_password_rotation_needs_no_restart(env: Stack, gateway: Gateway) -> None:
+    doc = load_declaration(EXAMPLE_ROLES)
+    variable = doc.roles["telemetry_ingest"].password.env
+    assert variable is not None
+    old = os.environ[variable]
+    os.environ[variable] = "rotated-" + old  # the credential source changes (a Secret update)...
+    try:
+        conn = await env.admin()
+        try:
+            await apply_roles(conn, doc, actor="tests")  # ...and the role follows it
+            # Drop every connection of the role: the next ones must log in with the new password.
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE usename = 'telemetry_ingest_login'"
+            )
+        finally:
+            await conn.close()
+        before = await env.count()
+        async with env.device("sensor-a") as device:
+            await publish(device, "devices/sensor-a/telemetry", [reading() for _ in range(5)])
+        await env.wait_rows(before + 5)
+    finally:
+        os.environ[variable] = old
+        conn = await env.admin()
+        try:
+            await apply_roles(conn, doc, actor="tests")
+        finally:
+            await conn.close()
