@@ -187,6 +187,28 @@ async def test_health_and_readiness(env: Stack, gateway: Gateway) -> None:
     assert orjson.loads(body)["checks"]["source:mosquitto"] is True
 
 
+async def test_not_ready_while_draining_or_disconnected(env: Stack) -> None:
+    running = Gateway(env.config())
+    await running.start()
+    assert all(running.readiness().values())
+    await env.broker.stop()
+    try:
+        await env.wait_for(
+            lambda: asyncio.sleep(0, result=not running.readiness()["source:mosquitto"]),
+            what="readiness to notice the broker is gone",
+        )
+    finally:
+        await env.broker.start()
+    await env.wait_for(
+        lambda: asyncio.sleep(0, result=all(running.readiness().values())),
+        what="readiness after the broker came back",
+    )
+    stopping = asyncio.create_task(running.stop())
+    await asyncio.sleep(0)
+    assert running.readiness()["not_draining"] is False  # out of the Service before draining
+    await stopping
+
+
 async def test_activity_is_recorded_per_identity(env: Stack, gateway: Gateway) -> None:
     async with env.device("sensor-c") as device:
         await publish(device, "devices/sensor-c/telemetry", [reading() for _ in range(5)])
