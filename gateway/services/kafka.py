@@ -7,6 +7,11 @@ It listens three times on 127.0.0.1: SASL_PLAINTEXT with SCRAM-SHA-256 is the po
 authorization tests use; PLAINTEXT carries inter-broker traffic and this module's own admin
 helpers (its anonymous principal must be a superuser for that); CONTROLLER is the KRaft quorum.
 
+With `tls=True` two more listeners speak TLS with a certificate from a throwaway CA (`ca_file`):
+SASL_SSL (SCRAM-SHA-256 inside TLS) and SSL, which requires a client certificate and makes its
+CN the principal (`CN=reader` is `User:reader`), so ACLs are granted to a certificate's CN with
+`allow` as to a SCRAM user. They are opt-in: certificates and TLS set-up cost each start a little.
+
 Run `python -m gateway.services.kafka fetch` to resolve the jars ahead of the tests.
 """
 
@@ -21,6 +26,7 @@ import os
 import re
 import secrets
 import shutil
+import ssl
 import sys
 import time
 import uuid
@@ -39,7 +45,9 @@ from gateway.services._process import (
     ServiceProcess,
     free_port,
     run_tool,
+    wait_for_port,
 )
+from gateway.services.tls import CertificateAuthority, KeyPair
 
 __all__ = ["KAFKA_VERSION", "Kafka", "cache_dir", "kafka_jars", "main"]
 
@@ -54,6 +62,10 @@ BROKER_JVM = ("-Xmx512m", "-XX:+UseSerialGC", "-Djava.awt.headless=true")
 TOOL_JVM = ("-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
 
 PROPAGATION_TIMEOUT = 15.0
+
+# Only a subject that is exactly `CN=<name>` becomes `User:<name>`; any other subject stays the
+# whole DN, so a certificate with extra attributes cannot pass for a plain name.
+PRINCIPAL_MAPPING = "RULE:^CN=([^,]+)$/$1/,DEFAULT"
 
 INSTALL_HINT = "install Maven and a Java 17+ runtime (Debian: apt-get install maven default-jre)"
 
@@ -190,6 +202,7 @@ class Kafka(LocalService):
         self,
         *,
         users: Mapping[str, str] | None = None,
+        tls: bool = False,
         start_timeout: float = 90,
         keep_dir: bool = False,
     ) -> None:
@@ -205,7 +218,13 @@ class Kafka(LocalService):
         self.admin_password = secrets.token_urlsafe(18)
         self.users: dict[str, str] = {ADMIN: self.admin_password, **users}
         self.host = LOOPBACK
-        self.port, self.sasl_port, self.controller_port = _distinct_ports(3)
+        ports = _distinct_ports(5 if tls else 3)
+        self.port, self.sasl_port, self.controller_port = ports[:3]
+        self.ssl_port: int | None = ports[3] if tls else None
+        self.sasl_ssl_port: int | None = ports[4] if tls else None
+        # Kafka reads a PEM keystore file only with a key password (and so an encrypted key);
+        # it protects nothing here, the file and the password sit side by side.
+        self._key_password = secrets.token_urlsafe(18)
         self._start_timeout = start_timeout
         self._lib: Path | None = None
 
@@ -218,6 +237,49 @@ class Kafka(LocalService):
     def sasl_bootstrap(self) -> str:
         """The SASL_PLAINTEXT (SCRAM-SHA-256) listener, where ACLs apply."""
         return f"{self.host}:{self.sasl_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        """The SSL listener: a client certificate is required and its CN is the principal."""
+        return f"{self.host}:{self._tls_port(self.ssl_port)}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """The SASL_SSL (SCRAM-SHA-256 over TLS) listener, where ACLs apply."""
+        return f"{self.host}:{self._tls_port(self.sasl_ssl_port)}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate that signed the TLS listeners' certificate (and client ones)."""
+        self._tls_port(self.ssl_port)
+        return self._ca.cert
+
+    def client_certificate(self, cn: str) -> KeyPair:
+        """A client certificate and key (PEM files) for `cn`, which the SSL listener calls
+        `User:<cn>`: grant it ACLs with `allow(cn, ...)`. `CN=admin` would be a superuser."""
+        self._tls_port(self.ssl_port)
+        return self._ca.client(cn)
+
+    def ssl_context(self, cn: str | None = None) -> ssl.SSLContext:
+        """A client context trusting the broker's CA, presenting a certificate for `cn` if given."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        if cn is not None:
+            pair = self.client_certificate(cn)
+            context.load_cert_chain(pair.cert, pair.key)
+        return context
+
+    def _tls_port(self, port: int | None) -> int:
+        if port is None:
+            raise ServiceError("kafka: this broker has no TLS listeners; use Kafka(tls=True)")
+        return port
+
+    @property
+    def _ca(self) -> CertificateAuthority:
+        return CertificateAuthority(self.directory / "tls")
+
+    @property
+    def _keystore(self) -> Path:
+        return self.directory / "tls" / "broker-keystore.pem"
 
     def client_kwargs(self, user: str) -> dict[str, str]:
         """Keyword arguments for an aiokafka client that logs in as `user` on the SASL port."""
@@ -324,6 +386,8 @@ class Kafka(LocalService):
     async def _prepare(self) -> None:
         self._lib = await asyncio.to_thread(kafka_jars)
         java = _java()
+        if self.ssl_port is not None:
+            await asyncio.to_thread(self._make_keystore)
         self._write_config()
         argv = [
             java,
@@ -342,6 +406,24 @@ class Kafka(LocalService):
             argv += ["--add-scram", f"{SCRAM}=[name={user},password={password}]"]
         await asyncio.to_thread(run_tool, argv, what="formatting Kafka storage")
 
+    def _make_keystore(self) -> None:
+        """The CA, and the broker's key and certificate chain in one PEM file, as Kafka reads it.
+
+        Kafka decrypts the key with the JDK's PBE ciphers, which take PBES1/PKCS#12 schemes but
+        not OpenSSL's default PBES2, hence the old 3DES scheme for a key that is throwaway anyway.
+        """
+        ca = self._ca.create()
+        server = ca.server(host=self.host)
+        encrypted = run_tool(
+            [
+                *("openssl", "pkcs8", "-topk8", "-v1", "PBE-SHA1-3DES", "-in", str(server.key)),
+                *("-passout", f"pass:{self._key_password}"),
+            ],
+            what="encrypting the broker's key for its PEM keystore",
+        )
+        self._keystore.write_text(encrypted + server.cert.read_text() + ca.cert.read_text())
+        self._keystore.chmod(0o600)
+
     async def _launch(self) -> ServiceProcess:
         argv = [
             _java(),
@@ -352,33 +434,44 @@ class Kafka(LocalService):
             "kafka.Kafka",
             str(self._server_properties),
         ]
-        # Both client listeners open together, once the broker has caught up with the metadata
+        # The client listeners open together, once the broker has caught up with the metadata
         # log, so the SASL port accepting means the broker serves (the controller port opens
-        # earlier and would not).
-        return await self._spawn_and_wait(argv, self.sasl_port, timeout=self._start_timeout)
+        # earlier and would not). The TLS ports are checked too, which then costs nothing.
+        deadline = time.monotonic() + self._start_timeout
+        process = await self._spawn_and_wait(argv, self.sasl_port, timeout=self._start_timeout)
+        try:
+            for port in (self.ssl_port, self.sasl_ssl_port):
+                if port is not None:
+                    await wait_for_port(port, deadline=deadline, alive=process)
+        except BaseException:
+            await process.kill()
+            raise
+        return process
 
     def _write_config(self) -> None:
         host = self.host
+        listeners = {
+            "PLAINTEXT": self.port,
+            "SASL_PLAINTEXT": self.sasl_port,
+            "SSL": self.ssl_port,
+            "SASL_SSL": self.sasl_ssl_port,
+        }
+        served = {name: port for name, port in listeners.items() if port is not None}
+        advertised = ",".join(f"{name}://{host}:{port}" for name, port in served.items())
+        jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         settings = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{host}:{self.controller_port}",
             "controller.listener.names": "CONTROLLER",
-            "listeners": (
-                f"PLAINTEXT://{host}:{self.port},SASL_PLAINTEXT://{host}:{self.sasl_port},"
-                f"CONTROLLER://{host}:{self.controller_port}"
-            ),
-            "advertised.listeners": (
-                f"PLAINTEXT://{host}:{self.port},SASL_PLAINTEXT://{host}:{self.sasl_port}"
-            ),
-            "listener.security.protocol.map": (
-                "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT"
+            "listeners": f"{advertised},CONTROLLER://{host}:{self.controller_port}",
+            "advertised.listeners": advertised,
+            "listener.security.protocol.map": ",".join(
+                [*(f"{name}:{name}" for name in served), "CONTROLLER:PLAINTEXT"]
             ),
             "inter.broker.listener.name": "PLAINTEXT",
             "sasl.enabled.mechanisms": SCRAM,
-            "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": (
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-            ),
+            "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": jaas,
             "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
             # The PLAINTEXT and CONTROLLER listeners authenticate nobody, so the broker talks to
             # itself as ANONYMOUS; without superuser rights it would lock itself out.
@@ -403,6 +496,20 @@ class Kafka(LocalService):
             "num.network.threads": "2",
             "num.io.threads": "2",
         }
+        if self.ssl_port is not None:
+            settings |= {
+                "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": jaas,
+                # PEM files need no keytool; the truststore is what checks client certificates.
+                "ssl.keystore.type": "PEM",
+                "ssl.keystore.location": str(self._keystore),
+                "ssl.key.password": self._key_password,
+                "ssl.truststore.type": "PEM",
+                "ssl.truststore.location": str(self._ca.cert),
+                # Only the SSL listener asks for a certificate, and there it is the identity:
+                # without one there would be no principal but ANONYMOUS, a superuser here.
+                "listener.name.ssl.ssl.client.auth": "required",
+                "ssl.principal.mapping.rules": PRINCIPAL_MAPPING,
+            }
         self._server_properties.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         appender = (
             "log4j.appender.out=org.apache.log4j.ConsoleAppender\n"

@@ -5,7 +5,7 @@ The ACL is the security boundary of the MQTT path: a device may publish only und
 broker. The same rules ship in `deploy/mosquitto/aclfile` (a test keeps the two equal).
 
 With `tls=True` a second listener speaks TLS with a certificate for `localhost` and 127.0.0.1,
-signed by a throwaway CA made with the `openssl` CLI (`ca_file`), so clients can be tested both
+signed by a throwaway CA from `gateway.services.tls` (`ca_file`), so clients can be tested both
 with and without the CA they need to trust.
 """
 
@@ -25,6 +25,7 @@ from gateway.services._process import (
     free_port,
     run_tool,
 )
+from gateway.services.tls import CertificateAuthority
 
 __all__ = ["Mosquitto", "MqttUser", "acl_rules"]
 
@@ -96,7 +97,11 @@ class Mosquitto(LocalService):
     @property
     def ca_file(self) -> Path:
         """The CA certificate that signed the TLS listener's certificate."""
-        return self.directory / "tls" / "ca.crt"
+        return self._ca.cert
+
+    @property
+    def _ca(self) -> CertificateAuthority:
+        return CertificateAuthority(self.directory / "tls")
 
     def add_user(self, username: str, password: str | None = None) -> MqttUser:
         """Create or update an account; a running broker reloads its password file at once."""
@@ -144,55 +149,15 @@ class Mosquitto(LocalService):
             "log_timestamp_format %Y-%m-%dT%H:%M:%S\n"
         )
         if self.tls_port is not None:
-            tls = self._make_certificates()
+            ca = self._ca.create()
+            server = ca.server(host=self.host)
             with self.config_file.open("a") as config:
                 config.write(
                     f"listener {self.tls_port} {self.host}\n"
-                    f"cafile {tls / 'ca.crt'}\n"
-                    f"certfile {tls / 'server.crt'}\n"
-                    f"keyfile {tls / 'server.key'}\n"
+                    f"cafile {ca.cert}\n"
+                    f"certfile {server.cert}\n"
+                    f"keyfile {server.key}\n"
                 )
-
-    def _make_certificates(self) -> Path:
-        """A CA and a server certificate it signs, with the extensions strict verifiers expect."""
-        tls = self.directory / "tls"
-        tls.mkdir()
-        key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        ca_key, ca_crt = str(tls / "ca.key"), str(tls / "ca.crt")
-        server_key, server_csr = str(tls / "server.key"), str(tls / "server.csr")
-        run_tool(
-            [
-                *("openssl", "req", "-x509", *key, "-days", "2", "-subj", "/CN=gateway test CA"),
-                *("-keyout", ca_key, "-out", ca_crt),
-                *("-addext", "basicConstraints=critical,CA:TRUE"),
-                *("-addext", "keyUsage=critical,keyCertSign,cRLSign"),
-            ],
-            what="making the test CA",
-        )
-        run_tool(
-            [
-                *("openssl", "req", *key, "-subj", "/CN=localhost"),
-                *("-keyout", server_key, "-out", server_csr),
-            ],
-            what="making the broker's certificate request",
-        )
-        (tls / "server.ext").write_text(
-            "basicConstraints=critical,CA:FALSE\n"
-            "keyUsage=critical,digitalSignature\n"
-            "extendedKeyUsage=serverAuth\n"
-            f"subjectAltName=DNS:localhost,IP:{self.host}\n"
-            "authorityKeyIdentifier=keyid\n"
-            "subjectKeyIdentifier=hash\n"
-        )
-        run_tool(
-            [
-                *("openssl", "x509", "-req", "-in", server_csr, "-days", "2"),
-                *("-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial"),
-                *("-extfile", str(tls / "server.ext"), "-out", str(tls / "server.crt")),
-            ],
-            what="signing the broker's certificate",
-        )
-        return tls
 
     async def _launch(self) -> ServiceProcess:
         return await self._spawn_and_wait(

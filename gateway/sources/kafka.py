@@ -108,14 +108,52 @@ def identity_claim(config: KafkaSourceConfig) -> Callable[[KafkaRecord], tuple[s
 
 
 def ssl_context(config: KafkaSourceConfig) -> ssl.SSLContext | None:
+    """The client context for SSL and SASL_SSL; unreadable or mismatched files are a clear error."""
     if config.security_protocol not in ("SSL", "SASL_SSL"):
         return None
-    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
-    if config.cert_file is not None:
-        context.load_cert_chain(
-            str(config.cert_file), str(config.key_file) if config.key_file else None
-        )
+    try:
+        context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+        if config.cert_file is not None:
+            context.load_cert_chain(
+                str(config.cert_file), str(config.key_file) if config.key_file else None
+            )
+    except OSError as exc:  # ssl.SSLError is one too
+        raise KafkaSourceError(
+            f"kafka source {config.name}: cannot load its TLS files (ca_file {config.ca_file}, "
+            f"cert_file {config.cert_file}, key_file {config.key_file}): {exc}"
+        ) from exc
     return context
+
+
+async def tls_failure(
+    servers: str, context: ssl.SSLContext, timeout: float = 5, alert_wait: float = 1
+) -> str | None:
+    """Why TLS with the bootstrap servers fails, if it does: aiokafka only logs the SSL error
+    behind a failed bootstrap, so a start failure is probed again to say which it was.
+
+    A server refusing the client's certificate (or its absence) tells only after the handshake
+    under TLS 1.3, so the probe also waits briefly for that alert.
+    """
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(
+                    host.strip("[]"), int(port), ssl=context
+                )
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(alert_wait):
+                            await reader.read(1)
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+        except ssl.SSLError as exc:
+            return f"TLS with {server.strip()} failed: {exc}"
+        except (OSError, TimeoutError, ValueError):
+            continue
+    return None
 
 
 class KafkaSource:
@@ -159,6 +197,7 @@ class KafkaSource:
     async def start(self) -> None:
         config = self.config
         password = config.password.read() if config.password else None
+        context = ssl_context(config)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=config.bootstrap_servers,
             client_id=config.client_id,
@@ -173,7 +212,7 @@ class KafkaSource:
             sasl_mechanism=config.sasl_mechanism,
             sasl_plain_username=config.username,
             sasl_plain_password=password,
-            ssl_context=ssl_context(config),
+            ssl_context=context,
         )
         listener = _Listener(self)
         if config.topic_pattern is not None:
@@ -185,9 +224,15 @@ class KafkaSource:
         except BaseException as exc:
             await consumer.stop()
             if isinstance(exc, KafkaConnectionError):
+                tls = await tls_failure(config.bootstrap_servers, context) if context else None
                 raise KafkaSourceError(
                     f"kafka source {self.name}: cannot join {config.bootstrap_servers} "
-                    f"({exc}); check the address and, for SASL, the user name and password"
+                    + (
+                        f"({tls}); check `ca_file` and the client certificate"
+                        if tls
+                        else f"({exc}); check the address, for SASL the user name and password, "
+                        "for TLS `ca_file` and the client certificate"
+                    )
                 ) from exc
             if isinstance(exc, TopicAuthorizationFailedError | GroupAuthorizationFailedError):
                 raise self._unauthorized(exc) from exc
@@ -238,9 +283,16 @@ class KafkaSource:
         return records
 
     def _unauthorized(self, error: Exception) -> KafkaSourceError:
+        config = self.config
+        if config.security_protocol.startswith("SASL"):
+            principal = f"user {config.username!r}"
+        elif config.cert_file is not None:
+            principal = f"the principal of certificate {config.cert_file} (often its CN)"
+        else:
+            principal = "the anonymous principal"
         return KafkaSourceError(
-            f"kafka source {self.name}: not authorized ({error}); user {self.config.username!r} "
-            f"needs Read on the topics and on group {self.config.group_id!r} (Kafka ACLs)"
+            f"kafka source {self.name}: not authorized ({error}); {principal} "
+            f"needs Read on the topics and on group {config.group_id!r} (Kafka ACLs)"
         )
 
     def position(self, record: KafkaRecord) -> list[Any]:
