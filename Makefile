@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint unit integration setup mosquitto kafka-jars clean
+.PHONY: demo test lint unit integration setup mosquitto kafka-jars prometheus clean
 
 demo: $(STAMP) mosquitto
 	$(BIN)/gateway demo
@@ -23,7 +23,7 @@ unit: $(STAMP)
 integration: setup
 	$(BIN)/pytest -q tests/integration
 
-setup: $(STAMP) mosquitto kafka-jars
+setup: $(STAMP) mosquitto kafka-jars prometheus
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -42,6 +42,18 @@ mosquitto:
 		$$SUDO apt-get install -y -q mosquitto >/dev/null || \
 		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q mosquitto >/dev/null; } || \
 		{ echo "could not install mosquitto with apt-get"; exit 1; }; }
+
+# Debian's prometheus (the server and promtool) for the rules tests and the Prometheus
+# integration test; installed when missing and when we may. The tests start their own server on a
+# free port, never the packaged service.
+prometheus:
+	@{ command -v promtool && command -v prometheus; } >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; \
+		elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+		else echo "prometheus is missing and cannot be installed without root: apt-get install prometheus"; exit 1; fi; \
+		$$SUDO apt-get install -y -q --no-install-recommends prometheus >/dev/null || \
+		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q --no-install-recommends prometheus >/dev/null; } || \
+		{ echo "could not install prometheus with apt-get"; exit 1; }; }
 
 # The Kafka broker's jars, resolved from Maven Central into a cache outside the repository.
 kafka-jars: $(STAMP)
