@@ -213,8 +213,14 @@ class Gateway:
         return checks
 
     def _before_scrape(self) -> None:
+        checks = self.readiness()
+        for check, ok in checks.items():
+            self.metrics.readiness_check.labels(check).set(ok)
+        self.metrics.ready.set(all(checks.values()))
         if self.pipeline is not None:
             self.pipeline.report_buffers()
+            self.metrics.buffer_held_rows.set(self.pipeline.buffered_rows)
+            self.metrics.buffer_limit_rows.set(self.config.batching.max_buffered_rows)
         if self._pools is not None:
             for role, (busy, idle) in self._pools.usage().items():
                 self.metrics.pool_connections.labels(role, "busy").set(busy)

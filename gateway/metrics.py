@@ -61,6 +61,23 @@ class Metrics:
             ["role", "state"],
             registry=r,
         )
+        self.buffer_held_rows = Gauge(
+            "gateway_buffer_held_rows",
+            "Rows held in memory, in open batches and in writes not yet committed",
+            registry=r,
+        )
+        self.buffer_limit_rows = Gauge(
+            "gateway_buffer_limit_rows",
+            "Configured bound on held rows (batching.max_buffered_rows); intake pauses there",
+            registry=r,
+        )
+        self.ready = Gauge("gateway_ready", "1 when /readyz would answer 200", registry=r)
+        self.readiness_check = Gauge(
+            "gateway_readiness_check",
+            "Each readiness check: source:<name>, identity_cache, pools, not_draining",
+            ["check"],
+            registry=r,
+        )
         self.identity_cache_entries = Gauge(
             "gateway_identity_cache_entries", "Identities in the in-process cache", registry=r
         )

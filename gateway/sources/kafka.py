@@ -403,17 +403,23 @@ class KafkaSource:
         for tp in revoked:
             self._partitions.pop(tp, None)
             self._dirty.discard(tp)
+            # The next owner reports this partition's lag; a stale value here would mislead.
+            with contextlib.suppress(KeyError):
+                self._metrics.kafka_consumer_lag.remove(tp.topic, str(tp.partition))
         revoked_set = set(revoked)
         self._backlog = [
             r for r in self._backlog if TopicPartition(r.topic, r.partition) not in revoked_set
         ]
 
-    def partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+    async def partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self._member = True
         for tp in assigned:
             if tp not in self._partitions:
                 self._epoch += 1
-                self._partitions[tp] = Partition(self._epoch)
+                partition = self._partitions[tp] = Partition(self._epoch)
+                if self._consumer is not None:
+                    # Lag counts from the group's committed offset, not from zero.
+                    partition.committed = await self._consumer.committed(tp)
         if self._paused and self._consumer is not None:
             self._consumer.pause(*assigned)
 
@@ -431,4 +437,4 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka sh
         await self._source.partitions_revoked(list(revoked))
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        self._source.partitions_assigned(list(assigned))
+        await self._source.partitions_assigned(list(assigned))

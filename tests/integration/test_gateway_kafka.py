@@ -124,6 +124,19 @@ async def test_records_land_and_offsets_commit_after_copy(env: KafkaStack) -> No
 
         await env.stack.wait_for(committed, what="offsets committed past every record")
         assert gateway.readiness()["source:kafka"] is True
+
+        async def no_lag() -> bool:
+            registry = gateway.metrics.registry
+            lags = [
+                registry.get_sample_value(
+                    "gateway_kafka_consumer_lag", {"topic": TOPIC, "partition": str(p)}
+                )
+                for p in range(PARTITIONS[TOPIC])
+            ]
+            return all(lag == 0 for lag in lags)
+
+        # Partitions this pod never wrote count from the group's committed offset, not zero.
+        await env.stack.wait_for(no_lag, what="zero lag on every partition")
         conn = await env.stack.admin()
         try:
             positions = await conn.fetch(

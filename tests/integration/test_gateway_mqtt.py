@@ -185,6 +185,10 @@ async def test_health_and_readiness(env: Stack, gateway: Gateway) -> None:
     status, body = await asyncio.to_thread(http_get, gateway, "/readyz")
     assert status == 200, body
     assert orjson.loads(body)["checks"]["source:mosquitto"] is True
+    _, metrics = await asyncio.to_thread(http_get, gateway, "/metrics")
+    assert b"gateway_ready 1.0" in metrics
+    assert b'gateway_readiness_check{check="not_draining"} 1.0' in metrics
+    assert b"gateway_buffer_limit_rows 200000.0" in metrics
 
 
 async def test_not_ready_while_draining_or_disconnected(env: Stack) -> None:
