@@ -201,6 +201,14 @@ async def test_prometheus_counts_exactly_what_was_sent_and_loads_the_rules(
             assert await server.query(
                 "count by (role) (role_table:gateway_rows_written:rate5m)"
             ) == {("telemetry_ingest",): 1}
+            # Held rows and their limit come from the same target: one ratio, below the limit.
+            held = await settle(
+                server, "count(instance:gateway_buffer_held_rows:ratio < 1)", {(): 1}
+            )
+            assert held == {(): 1}
+            assert await server.query("min(gateway_readiness_check) * sum(gateway_ready)") == {
+                (): 1
+            }
             firing = await server.api("alerts")
             assert [a for a in firing["alerts"] if a["state"] == "firing"] == []
     finally:
