@@ -1,0 +1,1100 @@
+"""The MQTT data plane end to end: `gateway run` from Mosquitto into PostgreSQL, QoS 1, each
+message acknowledged after the COPY holding its rows commits.
+
+Measured, for messages of one reading and of ten:
+
+- *drain*: the gateway's persistent session is made (the gateway starts once and stops), the
+  fleet (`gateway.simulate`) publishes N messages and waits for every PUBACK, then the gateway
+  starts again; the time runs from its first message in hand (the rows' `received_at`) to the
+  last commit (`pg_xact_commit_timestamp`), so process start-up is not counted;
+- *live*: the gateway is up, the fleet publishes as fast as it can; committed rows are counted
+  over a window that opens `--warmup` seconds after the first message arrived;
+- *latency*: the fleet at half the gateway's live message rate; per row, commit time minus the
+  device's send time (`ts`, epoch ms), p50 and p99 (PostgreSQL runs with track_commit_timestamp);
+- peak resident memory of the gateway process (VmRSS sampled, VmHWM) in every phase.
+
+Beside it, the same way: a bare subscriber (our `MqttClient`, each batch acked as soon as it is
+received: the loop of `mqtt_drain.py`), drain and live, which is the ceiling of the MQTT side; the
+ceiling of COPY alone (pre-built rows, 5000-row batches, as `telemetry_ingest_login`, one and two
+connections); and a naive consumer as first versions are written (aiomqtt, auto-ack on receipt,
+one autocommitted INSERT per message), drain only. Consumers run in processes of their own on
+uvloop, like `gateway run`.
+
+The machine is shared: each phase holds /tmp/gateway-bench.lock, first waits (up to
+`--quiet-limit` seconds) for other processes to use less than `--quiet` of the CPUs, and records
+the load average and the CPU shares used by this run and by others meanwhile. Drains also report
+the CPU seconds per message of the consumer, PostgreSQL and Mosquitto, which say where the time
+goes even when the wall-clock figures are disturbed. Prints one JSON object on stdout and a
+summary on stderr. `--profile TOP` instead runs the gateway in-process under cProfile during a
+drain and reports its time by stage and its TOP functions.
+
+    .venv/bin/python benchmarks/mqtt_gateway.py [--messages 300000] [--messages-10 100000]
+        [--modes drain live] [--readings 1 10] [--no-extras] [--profile 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import json
+import logging
+import os
+import platform
+import pstats
+import re
+import secrets
+import signal
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import asyncpg
+import orjson
+import uvloop
+from _harness import CpuMeter, MemorySampler, in_child, loadavg, phase
+
+from gateway.config import (
+    BatchingConfig,
+    DatabaseConfig,
+    GatewayConfig,
+    HttpConfig,
+    MqttSourceConfig,
+    Secret,
+    SourcesConfig,
+)
+from gateway.migrate import migrate
+from gateway.roles.apply import apply_roles
+from gateway.roles.declaration import load_declaration
+from gateway.services._process import free_port, log_tail
+from gateway.services.mosquitto import Mosquitto, MqttUser
+from gateway.services.postgres import Postgres
+from gateway.simulate import Fleet, FleetOptions, FleetReport
+from gateway.sources.mqtt import MqttClient, MqttOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+ROLES_FILE = ROOT / "config" / "roles.toml"
+MQTT_PASSWORD_ENV = "GATEWAY_BENCH_MQTT_PASSWORD"
+SUBSCRIPTION = "devices/+/telemetry"
+INGEST_ROLE = "telemetry_ingest"
+COLUMNS = ("ts", "identity", "metric", "value", "tags", "received_at")
+
+GOALS = {
+    "drain_rows_per_s_readings_1": 100_000,
+    "drain_rows_per_s_readings_10": 300_000,
+    "max_bare_to_gateway_ratio": 2.0,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one run does; every size is a command-line option."""
+
+    messages: dict[int, int]  # readings per message -> messages in a drain
+    devices: int
+    processes: int
+    warmup: float
+    window: float
+    latency_seconds: float
+    receive_maximum: int
+    copy_rows: int
+    naive_messages: int
+    quiet: float
+    quiet_limit: float
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """How a consumer reaches the broker as the gateway's user (picklable, for children)."""
+
+    host: str
+    port: int
+    username: str
+    password: str = field(repr=False)
+
+    def options(self, client_id: str, receive_maximum: int = 10_000) -> MqttOptions:
+        return MqttOptions(
+            client_id=client_id,
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            subscriptions=[(SUBSCRIPTION, 1)],
+            session_expiry_interval=3600,
+            receive_maximum=receive_maximum,
+        )
+
+
+@dataclass
+class Bench:
+    """The services of one run and how to reach them."""
+
+    postgres: Postgres
+    broker: Mosquitto
+    settings: Settings
+    device_password: str
+    ingest_dsn: str
+    workdir: Path
+
+    def phase(self, name: str) -> contextlib.AbstractAsyncContextManager[dict[str, Any]]:
+        return phase(name, quiet=self.settings.quiet, quiet_limit=self.settings.quiet_limit)
+
+    def cpu_meter(self, **pids: int) -> CpuMeter:
+        """CPU used from now on by the database and the broker (and the processes named)."""
+        services = {"postgres": self.postgres, "mosquitto": self.broker}
+        for name, service in services.items():
+            # The launchers keep their process private; the pid is all a meter needs.
+            process = service._process
+            assert process is not None
+            pids[name] = process.process.pid
+        meter = CpuMeter(pids)
+        meter.start()
+        return meter
+
+    @property
+    def address(self) -> BrokerAddress:
+        gateway = self.broker.gateway
+        return BrokerAddress(self.broker.host, self.broker.port, gateway.username, gateway.password)
+
+    def fleet(self, readings: int, **options: Any) -> Fleet:
+        return Fleet(
+            FleetOptions(
+                host=self.broker.host,
+                port=self.broker.port,
+                devices=self.settings.devices,
+                prefix="sensor-",
+                password=self.device_password,
+                readings=readings,
+                processes=self.settings.processes,
+                **options,
+            )
+        )
+
+    def gateway_config(self, client_id: str) -> GatewayConfig:
+        os.environ[MQTT_PASSWORD_ENV] = self.broker.gateway.password
+        return GatewayConfig(
+            database=DatabaseConfig(
+                host=self.postgres.address.host,
+                port=self.postgres.address.port,
+                dbname="postgres",
+                roles_file=ROLES_FILE,
+            ),
+            sources=SourcesConfig(
+                mqtt=[
+                    MqttSourceConfig(
+                        name="mosquitto",
+                        host=self.broker.host,
+                        port=self.broker.port,
+                        username=self.broker.gateway.username,
+                        password=Secret(env=MQTT_PASSWORD_ENV),
+                        client_id=client_id,
+                        receive_maximum=self.settings.receive_maximum,
+                    )
+                ]
+            ),
+            batching=BatchingConfig(),  # the shipped policy: 5000 rows, 4 MiB or 50 ms
+            http=HttpConfig(host="127.0.0.1", port=free_port()),
+        )
+
+    async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.postgres.dsn)
+        try:
+            rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+            return rows
+        finally:
+            await conn.close()
+
+    async def truncate(self) -> None:
+        await self.sql("TRUNCATE ingest.telemetry, ingest.rejects")
+
+    async def forget_session(self, client_id: str) -> None:
+        """End a persistent session, or the broker keeps queueing every message for it."""
+        options = MqttOptions(
+            client_id=client_id,
+            host=self.broker.host,
+            port=self.broker.port,
+            username=self.broker.gateway.username,
+            password=self.broker.gateway.password,
+            clean_start=True,
+            session_expiry_interval=0,
+        )
+        async with MqttClient(options):
+            pass
+
+    async def make_session(self, client_id: str) -> None:
+        """A persistent session with the gateway's subscription, as a consumer leaves it."""
+        async with MqttClient(self.address.options(client_id, self.settings.receive_maximum)):
+            pass
+
+    async def publish(self, readings: int, count: int) -> FleetReport:
+        """Queue `count` messages; returns once the broker acknowledged every one."""
+        report = await self.fleet(readings, count=count).run()
+        if not report.ok or report.acked != count:
+            raise RuntimeError(f"the fleet did not publish cleanly: {report.problems()}")
+        return report
+
+
+# -- the gateway as `gateway run` ---------------------------------------------------------------
+
+
+def config_environment(config: GatewayConfig) -> dict[str, str]:
+    """The configuration as `GATEWAY_*` variables, the way a container is configured."""
+    return {
+        f"GATEWAY_{key.upper()}": orjson.dumps(value).decode()
+        for key, value in config.model_dump(mode="json").items()
+    }
+
+
+class GatewayProcess:
+    """`python -m gateway.cli run` in a child process, its memory sampled while it runs."""
+
+    def __init__(self, config: GatewayConfig, log_path: Path) -> None:
+        self.config = config
+        self.port = config.http.port
+        self.log_path = log_path
+        self.process: asyncio.subprocess.Process | None = None
+        self.sampler: MemorySampler | None = None
+
+    async def start(self) -> None:
+        env = {**os.environ, **config_environment(self.config)}
+        with self.log_path.open("ab") as log_file:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "run",
+                env=env,
+                cwd=ROOT,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=log_file,
+            )
+        self.sampler = MemorySampler(self.process.pid)
+        self.sampler.start()
+        deadline = time.monotonic() + 60
+        while not await asyncio.to_thread(self._get, "/readyz"):
+            if self.process.returncode is not None or time.monotonic() > deadline:
+                await self.stop()
+                raise RuntimeError(f"the gateway did not become ready:\n{log_tail(self.log_path)}")
+            await asyncio.sleep(0.05)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def _get(self, path: str) -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return str(r.read().decode()) if r.status == 200 else None
+        except (OSError, urllib.error.URLError):
+            return None
+
+    async def counter(self, name: str) -> float:
+        """The sum of a counter's series on /metrics (0 when it has none yet)."""
+        text = await asyncio.to_thread(self._get, "/metrics") or ""
+        pattern = re.compile(rf"^{name}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
+        return sum(float(value) for value in pattern.findall(text))
+
+    async def wait_rows(self, expected: int, timeout: float) -> None:
+        """Poll /metrics (cheap for the gateway, unlike count(*) for the database)."""
+        deadline = time.monotonic() + timeout
+        while await self.counter("gateway_rows_written_total") < expected:
+            if self.process is not None and self.process.returncode is not None:
+                raise RuntimeError(f"the gateway exited:\n{log_tail(self.log_path)}")
+            if time.monotonic() > deadline:
+                written = await self.counter("gateway_rows_written_total")
+                raise RuntimeError(f"{written:.0f} of {expected} rows after {timeout:.0f}s")
+            await asyncio.sleep(0.2)
+
+    async def stop(self) -> dict[str, Any]:
+        """SIGTERM (the gateway drains and must exit 0); returns its memory and reject figures."""
+        assert self.process is not None and self.sampler is not None
+        rejected = await self.counter("gateway_messages_rejected_total")
+        self.sampler.sample()
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(self.process.wait(), 60)
+        except TimeoutError:
+            self.process.kill()
+            code = await self.process.wait()
+        memory = await self.sampler.stop()
+        if code != 0:
+            raise RuntimeError(f"the gateway exited with {code}:\n{log_tail(self.log_path)}")
+        return {**memory, "rejected": int(rejected)}
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(bench: Bench, client_id: str) -> AsyncIterator[GatewayProcess]:
+    gateway = GatewayProcess(bench.gateway_config(client_id), bench.workdir / "gateway.log")
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        if gateway.process is not None and gateway.process.returncode is None:
+            with contextlib.suppress(Exception):
+                await gateway.stop()
+
+
+async def committed(bench: Bench, warmup: float | None = None, window: float = 0) -> dict[str, Any]:
+    """Rows in the table, first receipt, last commit; with `warmup`, the rows committed in
+    the window that opens `warmup` seconds after the first receipt."""
+    (row,) = await bench.sql(
+        """
+        WITH t AS (SELECT received_at, pg_xact_commit_timestamp(xmin) AS c FROM ingest.telemetry),
+             f AS (SELECT min(received_at) AS first FROM t)
+        SELECT count(*) AS rows, min(t.received_at) AS first, max(t.c) AS last,
+               count(*) FILTER (WHERE t.c >= f.first + make_interval(secs => $1)
+                                  AND t.c < f.first + make_interval(secs => $1 + $2)) AS in_window
+          FROM t, f
+        """,
+        warmup or 0.0,
+        window,
+    )
+    return dict(row)
+
+
+# -- gateway phases ------------------------------------------------------------------------------
+
+
+async def gateway_drain(bench: Bench, readings: int) -> dict[str, Any]:
+    count = bench.settings.messages[readings]
+    client_id = f"bench-gw-drain-{readings}-{secrets.token_hex(2)}"
+    async with bench.phase(f"gateway drain, {readings} reading(s)") as info:
+        await bench.truncate()
+        async with running_gateway(bench, client_id) as gateway:
+            memory_idle = await gateway.stop()  # the session exists now, and stays
+        report = await bench.publish(readings, count)
+        rows = count * readings
+        async with running_gateway(bench, client_id) as gateway:
+            meter = bench.cpu_meter(gateway=gateway.pid)
+            await gateway.wait_rows(rows, timeout=300)
+            cpu = meter.stop()
+            memory = await gateway.stop()
+        found = await committed(bench)
+        await bench.forget_session(client_id)
+    seconds = (found["last"] - found["first"]).total_seconds()
+    if found["rows"] != rows:
+        raise RuntimeError(f"drain: {found['rows']} rows in the table, expected {rows}")
+    return {
+        **info,
+        "messages": count,
+        "rows": found["rows"],
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(found["rows"] / seconds),
+        "msgs_per_s": round(count / seconds),
+        "publish_msgs_per_s": round(report.rate),
+        "rejected": memory["rejected"],
+        "cpu_s": cpu,
+        "cpu_us_per_msg": per_message(cpu, count),
+        "gateway_idle_rss_mb": memory_idle["peak_rss_mb"],
+        "gateway_peak_rss_mb": memory["peak_rss_mb"],
+        "gateway_vm_hwm_mb": memory["vm_hwm_mb"],
+    }
+
+
+def per_message(cpu: dict[str, float], messages: int) -> dict[str, float]:
+    return {name: round(seconds / messages * 1e6, 1) for name, seconds in cpu.items()}
+
+
+async def gateway_live(bench: Bench, readings: int) -> dict[str, Any]:
+    settings = bench.settings
+    client_id = f"bench-gw-live-{readings}-{secrets.token_hex(2)}"
+    async with bench.phase(f"gateway live, {readings} reading(s)") as info:
+        await bench.truncate()
+        async with running_gateway(bench, client_id) as gateway:
+            meter = bench.cpu_meter(gateway=gateway.pid)
+            report = await bench.fleet(
+                readings, duration=settings.warmup + settings.window + 1
+            ).run()
+            cpu = meter.stop()
+            memory = await gateway.stop()
+        found = await committed(bench, settings.warmup, settings.window)
+        await bench.forget_session(client_id)
+    rows = found["in_window"]
+    return {
+        **info,
+        "window_s": settings.window,
+        "rows_in_window": rows,
+        "rows_per_s": round(rows / settings.window),
+        "msgs_per_s": round(rows / readings / settings.window),
+        "fleet": fleet_summary(report),
+        "rejected": memory["rejected"],
+        "cpu_s_during_fleet_run": cpu,
+        "gateway_peak_rss_mb": memory["peak_rss_mb"],
+        "gateway_vm_hwm_mb": memory["vm_hwm_mb"],
+    }
+
+
+async def gateway_latency(bench: Bench, readings: int, rate: float) -> dict[str, Any]:
+    settings = bench.settings
+    client_id = f"bench-gw-latency-{readings}-{secrets.token_hex(2)}"
+    async with bench.phase(f"gateway latency, {readings} reading(s)") as info:
+        await bench.truncate()
+        async with running_gateway(bench, client_id) as gateway:
+            report = await bench.fleet(readings, rate=rate, duration=settings.latency_seconds).run()
+            await gateway.wait_rows(report.expected()["rows"], timeout=120)
+            memory = await gateway.stop()
+        (row,) = await bench.sql(
+            """
+            SELECT count(*) AS rows,
+                   percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY ms) AS p,
+                   max(ms) AS max
+              FROM (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - ts) * 1000 AS ms
+                      FROM ingest.telemetry) AS latencies
+            """
+        )
+        await bench.forget_session(client_id)
+    p50, p99 = row["p"]
+    return {
+        **info,
+        "target_msgs_per_s": round(rate),
+        "fleet": fleet_summary(report),
+        "rows": row["rows"],
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
+        "max_ms": round(float(row["max"]), 1),
+        "gateway_peak_rss_mb": memory["peak_rss_mb"],
+    }
+
+
+def fleet_summary(report: FleetReport) -> dict[str, Any]:
+    return {
+        "sent": report.sent,
+        "acked": report.acked,
+        "seconds": round(report.duration, 2),
+        "msgs_per_s": round(report.rate),
+        "ok": report.ok,
+    }
+
+
+# -- the bare subscriber: the MQTT side's ceiling -----------------------------------------------
+
+
+def bare_subscriber(
+    address: BrokerAddress,
+    client_id: str,
+    receive_maximum: int,
+    count: int | None,
+    run_for: float,
+    ready: str,
+) -> dict[str, Any]:
+    """In a child: receive and ack at once, until `count` messages or `run_for` seconds after
+    the first; returns the receipt timeline `[(wall time, messages so far), ...]` and the CPU
+    seconds spent from the first message on."""
+    return uvloop.run(_bare(address, client_id, receive_maximum, count, run_for, Path(ready)))
+
+
+async def _bare(
+    address: BrokerAddress,
+    client_id: str,
+    receive_maximum: int,
+    count: int | None,
+    run_for: float,
+    ready: Path,
+) -> dict[str, Any]:
+    client = MqttClient(address.options(client_id, receive_maximum))
+    await client.start()
+    await asyncio.to_thread(ready.touch)
+    received = 0
+    timeline: list[tuple[float, int]] = []
+    cpu_started = 0.0
+    try:
+        async with asyncio.timeout(run_for + 120):
+            stop = float("inf")
+            while (count is None or received < count) and time.time() < stop:
+                batch = await client.receive()
+                client.ack_many(batch)
+                if not timeline:
+                    cpu_started = time.process_time()
+                    stop = time.time() + run_for
+                    timeline.append((time.time(), 0))
+                received += len(batch)
+                timeline.append((time.time(), received))
+        cpu = time.process_time() - cpu_started
+    finally:
+        await client.disconnect()
+    return {"received": received, "timeline": timeline, "cpu_s": round(cpu, 2)}
+
+
+async def run_bare(bench: Bench, client_id: str, count: int | None, run_for: float) -> Any:
+    """Start the bare subscriber in its own process; returns (a task) once it is connected."""
+    ready = bench.workdir / f"{client_id}.ready"
+    task = asyncio.ensure_future(
+        in_child(
+            bare_subscriber,
+            bench.address,
+            client_id,
+            bench.settings.receive_maximum,
+            count,
+            run_for,
+            str(ready),
+        )
+    )
+    while not ready.exists():
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    return task
+
+
+async def bare_drain(bench: Bench, readings: int) -> dict[str, Any]:
+    count = bench.settings.messages[readings]
+    client_id = f"bench-bare-drain-{readings}-{secrets.token_hex(2)}"
+    async with bench.phase(f"bare subscriber drain, {readings} reading(s)") as info:
+        await bench.make_session(client_id)
+        await bench.publish(readings, count)
+        consumer = await run_bare(bench, client_id, count, 600)
+        meter = bench.cpu_meter()
+        result = await consumer
+        cpu = {"subscriber": result["cpu_s"], **meter.stop()}
+        await bench.forget_session(client_id)
+    timeline = result["timeline"]
+    seconds = timeline[-1][0] - timeline[0][0]
+    if result["received"] != count:
+        raise RuntimeError(f"bare drain: {result['received']} of {count} messages")
+    return {
+        **info,
+        "messages": count,
+        "seconds": round(seconds, 3),
+        "msgs_per_s": round(count / seconds),
+        "rows_per_s_equivalent": round(count * readings / seconds),
+        "cpu_s": cpu,
+        "cpu_us_per_msg": per_message(cpu, count),
+    }
+
+
+async def bare_live(bench: Bench, readings: int) -> dict[str, Any]:
+    settings = bench.settings
+    client_id = f"bench-bare-live-{readings}-{secrets.token_hex(2)}"
+    async with bench.phase(f"bare subscriber live, {readings} reading(s)") as info:
+        await bench.make_session(client_id)
+        consumer = await run_bare(bench, client_id, None, settings.warmup + settings.window + 0.5)
+        meter = bench.cpu_meter()
+        report = await bench.fleet(readings, duration=settings.warmup + settings.window + 1).run()
+        cpu = meter.stop()
+        result = await consumer
+        await bench.forget_session(client_id)
+    messages = in_window(result["timeline"], settings.warmup, settings.window)
+    return {
+        **info,
+        "window_s": settings.window,
+        "msgs_in_window": messages,
+        "msgs_per_s": round(messages / settings.window),
+        "rows_per_s_equivalent": round(messages * readings / settings.window),
+        "fleet": fleet_summary(report),
+        "cpu_s_during_fleet_run": {"subscriber": result["cpu_s"], **cpu},
+    }
+
+
+def in_window(timeline: list[tuple[float, int]], warmup: float, window: float) -> int:
+    """Messages received in [first + warmup, first + warmup + window)."""
+    first = timeline[0][0]
+    opens, closes = first + warmup, first + warmup + window
+    if timeline[-1][0] < closes:
+        raise RuntimeError("the consumer stopped before the window closed")
+    before = max(n for t, n in timeline if t < opens)
+    until = max(n for t, n in timeline if t < closes)
+    return until - before
+
+
+# -- COPY alone: the database side's ceiling -----------------------------------------------------
+
+
+def copy_ceiling(dsn: str, rows: int, connections: int) -> dict[str, Any]:
+    """In a child: COPY pre-built rows in 5000-row batches over `connections` connections."""
+    return uvloop.run(_copy(dsn, rows, connections))
+
+
+async def _copy(dsn: str, total: int, connections: int) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    tags = '{"site":"site-3"}'
+    rows = [(now, f"sensor-{n % 100:04d}", "temperature", n * 0.5, tags, now) for n in range(5000)]
+    batches = total // len(rows)
+    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
+    try:
+
+        async def worker(conn: asyncpg.Connection, share: int) -> None:
+            for _ in range(share):
+                await conn.copy_records_to_table(
+                    "telemetry", schema_name="ingest", columns=COLUMNS, records=rows
+                )
+
+        started, cpu_started = time.perf_counter(), time.process_time()
+        await asyncio.gather(
+            *(
+                worker(conn, batches // connections + (n < batches % connections))
+                for n, conn in enumerate(conns)
+            )
+        )
+        seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
+    finally:
+        for conn in conns:
+            await conn.close()
+    return {
+        "connections": connections,
+        "rows": batches * len(rows),
+        "batch_rows": len(rows),
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(batches * len(rows) / seconds),
+        "client_cpu_s": round(cpu, 2),
+    }
+
+
+async def copy_phase(bench: Bench, connections: int) -> dict[str, Any]:
+    async with bench.phase(f"COPY ceiling, {connections} connection(s)") as info:
+        await bench.truncate()
+        meter = bench.cpu_meter()
+        result = await in_child(
+            copy_ceiling, bench.ingest_dsn, bench.settings.copy_rows, connections
+        )
+        server = meter.stop()["postgres"]
+        await bench.truncate()
+    rows = result["rows"]
+    cpu_us = {"client": result["client_cpu_s"] / rows * 1e6, "postgres": server / rows * 1e6}
+    return {
+        **info,
+        **result,
+        "postgres_cpu_s": server,
+        "cpu_us_per_row": {name: round(value, 2) for name, value in cpu_us.items()},
+    }
+
+
+# -- a naive consumer ----------------------------------------------------------------------------
+
+
+def naive_consumer(address: BrokerAddress, dsn: str, client_id: str, count: int) -> dict[str, Any]:
+    """In a child: aiomqtt (MQTT 3.1.1, paho acks on receipt), one INSERT per message."""
+    return asyncio.run(_naive(address, dsn, client_id, count))
+
+
+def _naive_client(address: BrokerAddress, client_id: str) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        address.host,
+        address.port,
+        username=address.username,
+        password=address.password,
+        identifier=client_id,
+        clean_session=False,
+    )
+
+
+async def _naive(address: BrokerAddress, dsn: str, client_id: str, count: int) -> dict[str, Any]:
+    conn = await asyncpg.connect(dsn)
+    inserted = 0
+    first = 0.0
+    try:
+        async with _naive_client(address, client_id) as client:
+            await client.subscribe(SUBSCRIPTION, qos=1)
+            async for message in client.messages:
+                if not first:
+                    first = time.time()
+                body = orjson.loads(message.payload)
+                identity = str(message.topic).split("/")[1]
+                await conn.execute(
+                    "INSERT INTO ingest.telemetry (ts, identity, metric, value, tags, received_at) "
+                    "VALUES (to_timestamp($1 / 1000.0), $2, $3, $4, $5::jsonb, now())",
+                    body["ts"],
+                    identity,
+                    body["metric"],
+                    float(body["value"]),
+                    orjson.dumps(body["tags"]).decode(),
+                )
+                inserted += 1
+                if inserted == count:
+                    break
+        seconds = time.time() - first
+    finally:
+        await conn.close()
+    return {"inserted": inserted, "seconds": round(seconds, 3)}
+
+
+async def naive_phase(bench: Bench) -> dict[str, Any]:
+    count = bench.settings.naive_messages
+    client_id = f"bench-naive-{secrets.token_hex(2)}"
+    async with bench.phase("naive consumer drain, 1 reading") as info:
+        await bench.truncate()
+        # The session first (3.1.1: clean_session=False keeps it), then the backlog.
+        async with _naive_client(bench.address, client_id) as client:
+            await client.subscribe(SUBSCRIPTION, qos=1)
+        await bench.publish(1, count)
+        result = await in_child(naive_consumer, bench.address, bench.ingest_dsn, client_id, count)
+        await bench.forget_session(client_id)
+        await bench.truncate()
+    return {
+        **info,
+        "messages": count,
+        **result,
+        "msgs_per_s": round(result["inserted"] / result["seconds"]),
+        "acks": "on receipt, before the INSERT (aiomqtt default)",
+    }
+
+
+# -- where the gateway's time goes ---------------------------------------------------------------
+
+STAGES = (  # (stage, substrings of a profile entry's file or name), first match wins
+    ("mqtt source", ("gateway/sources/mqtt", "mqtt5")),
+    ("decode", ("gateway/decoder.py", "orjson.loads", "fromtimestamp")),
+    ("pipeline (route, batch, ack)", ("gateway/pipeline.py", "gateway/batching.py", "topics.py")),
+    ("sink (COPY, write_log)", ("gateway/sinks/", "asyncpg", "_hashlib", "orjson.dumps")),
+    ("metrics", ("prometheus_client", "gateway/metrics.py", "gateway/activity.py")),
+    ("event loop", ("uvloop", "asyncio", "selectors", "<method 'run_forever'")),
+)
+
+KEY_FUNCTIONS = (
+    "_parse",
+    "receive",
+    "submit",
+    "decode",
+    "_row",
+    "add",
+    "_write",
+    "_copy",
+    "copy_records_to_table",
+    "_log_entry",
+    "_acknowledge",
+    "ack_many",
+    "wrote",
+)
+
+
+def profile_drain(config: GatewayConfig, fleet: FleetOptions, top: int) -> dict[str, Any]:
+    """In a child: the in-process gateway drains a backlog under cProfile."""
+    return uvloop.run(_profile(config, fleet, top))
+
+
+async def _profile(config: GatewayConfig, fleet: FleetOptions, top: int) -> dict[str, Any]:
+    from gateway.app import Gateway
+
+    gateway = Gateway(config)
+    await gateway.start()
+    await gateway.stop()  # the session exists now
+    report = await Fleet(fleet).run()
+    rows = report.expected()["rows"]
+    gateway = Gateway(config)
+    labels = {"role": INGEST_ROLE, "table": "ingest.telemetry"}
+    profiler = cProfile.Profile()
+    profiler.enable()
+    started = time.perf_counter()
+    await gateway.start()
+    get = gateway.metrics.registry.get_sample_value
+    # Polling the counter: the gateway offers no event for "this many rows committed".
+    while (get("gateway_rows_written_total", labels) or 0) < rows:  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+    seconds = time.perf_counter() - started
+    profiler.disable()
+    await gateway.stop()
+    entries = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    total = sum(tottime for _, _, tottime, _, _ in entries.values())
+    named = []
+    stages: dict[str, float] = {}
+    for (path, line, name), (_, calls, tottime, cumtime, _) in entries.items():
+        where = f"{path}:{line}({name})"
+        stage = next((s for s, keys in STAGES if any(k in where for k in keys)), "other")
+        stages[stage] = stages.get(stage, 0.0) + tottime
+        named.append((tottime, cumtime, calls, where.replace(str(ROOT) + "/", "")))
+    named.sort(reverse=True)
+    key = {}
+    for _, cumtime, calls, where in named:
+        name = where.rsplit("(", 1)[1].rstrip(")")
+        if (name in KEY_FUNCTIONS and where.startswith("gateway/")) or "copy_records" in where:
+            key[where] = {"calls": calls, "cumtime_s": round(cumtime, 3)}
+    return {
+        "rows": rows,
+        "messages": report.acked,
+        "seconds_under_profiler": round(seconds, 3),
+        "rows_per_s_under_profiler": round(rows / seconds),
+        "profiled_cpu_s": round(total, 3),
+        "tottime_share_by_stage": {
+            stage: round(value / total, 3)
+            for stage, value in sorted(stages.items(), key=lambda item: -item[1])
+        },
+        "top_tottime": [
+            {
+                "function": where,
+                "calls": calls,
+                "tottime_s": round(tottime, 3),
+                "share": round(tottime / total, 3),
+            }
+            for tottime, _, calls, where in named[:top]
+        ],
+        "key_functions_cumtime": key,
+    }
+
+
+async def profile_phase(bench: Bench, readings: int, top: int) -> dict[str, Any]:
+    count = bench.settings.messages[readings]
+    client_id = f"bench-gw-profile-{readings}-{secrets.token_hex(2)}"
+    options = FleetOptions(
+        host=bench.broker.host,
+        port=bench.broker.port,
+        devices=bench.settings.devices,
+        prefix="sensor-",
+        password=bench.device_password,
+        readings=readings,
+        count=count,
+    )
+    async with bench.phase(f"profile gateway drain, {readings} reading(s)") as info:
+        await bench.truncate()
+        config = bench.gateway_config(client_id)
+        result = await in_child(profile_drain, config, options, top)
+        await bench.forget_session(client_id)
+    return {**info, **result}
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def services(settings: Settings) -> AsyncIterator[Bench]:
+    doc = load_declaration(ROLES_FILE)
+    for spec in doc.roles.values():
+        if spec.password.env is not None:
+            os.environ.setdefault(spec.password.env, secrets.token_urlsafe(16))
+    with tempfile.TemporaryDirectory(prefix="bench-mqtt-gateway-") as workdir:
+        async with (
+            Postgres(settings={"track_commit_timestamp": "on"}) as postgres,
+            Mosquitto() as broker,
+        ):
+            conn = await asyncpg.connect(postgres.dsn)
+            try:
+                await migrate(conn)
+                await apply_roles(conn, doc, actor="benchmark")
+                names = [f"sensor-{n:04d}" for n in range(settings.devices)]
+                await conn.executemany(
+                    "INSERT INTO gateway.identities (name, role_id) "
+                    "SELECT $1, id FROM gateway.roles WHERE name = $2",
+                    [(name, INGEST_ROLE) for name in names],
+                )
+            finally:
+                await conn.close()
+            password = secrets.token_urlsafe(12)
+            broker.add_users([MqttUser(name, password) for name in names])
+            spec = doc.roles[INGEST_ROLE]
+            ingest_password = spec.password.read()
+            assert ingest_password is not None
+            ingest_dsn = postgres.address.dsn_for(doc.login_role(INGEST_ROLE), ingest_password)
+            yield Bench(postgres, broker, settings, password, ingest_dsn, Path(workdir))
+
+
+def ratio(bare: float, gateway: float) -> float:
+    return round(bare / gateway, 2) if gateway else float("inf")
+
+
+def compare(results: dict[str, Any]) -> dict[str, Any]:
+    """The figures against the goals; a mode that did not run is left out."""
+    limit = GOALS["max_bare_to_gateway_ratio"]
+    found: dict[str, Any] = {}
+    met = True
+    for shape, gateway in results["gateway"].items():
+        bare = results["bare_subscriber"][shape]
+        entry: dict[str, Any] = {}
+        if "drain" in gateway:
+            goal = GOALS[f"drain_rows_per_s_{shape}"]
+            drain_ratio = ratio(bare["drain"]["msgs_per_s"], gateway["drain"]["msgs_per_s"])
+            entry.update(
+                drain_rows_per_s=gateway["drain"]["rows_per_s"],
+                drain_goal_rows_per_s=goal,
+                drain_goal_met=gateway["drain"]["rows_per_s"] >= goal,
+                bare_to_gateway_drain=drain_ratio,
+                within_2x_drain=drain_ratio <= limit,
+            )
+            met = met and entry["drain_goal_met"] and entry["within_2x_drain"]
+        if "live" in gateway:
+            live_ratio = ratio(bare["live"]["msgs_per_s"], gateway["live"]["msgs_per_s"])
+            entry.update(bare_to_gateway_live=live_ratio, within_2x_live=live_ratio <= limit)
+            met = met and entry["within_2x_live"]
+        found[shape] = entry
+    found["all_goals_met"] = met
+    return found
+
+
+async def run_profiles(settings: Settings, shapes: list[int], top: int) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "benchmark": "mqtt_gateway_profile",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "profile": {},
+    }
+    async with services(settings) as bench:
+        for readings in shapes:
+            found = await profile_phase(bench, readings, top)
+            results["profile"][f"readings_{readings}"] = found
+            say(f"-- profile, {readings} reading(s): {found['seconds_under_profiler']} s")
+            for stage, share in found["tottime_share_by_stage"].items():
+                say(f"  {share:6.1%}  {stage}")
+            for entry in found["top_tottime"][:15]:
+                say(f"  {entry['share']:6.1%}  {entry['calls']:>9}  {entry['function']}")
+    return results
+
+
+async def run(
+    settings: Settings, shapes: list[int], modes: list[str], extras: bool
+) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "benchmark": "mqtt_gateway",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": loadavg(),
+        "settings": {
+            "messages_per_drain": {str(k): v for k, v in settings.messages.items()},
+            "devices": settings.devices,
+            "fleet_processes": settings.processes,
+            "warmup_s": settings.warmup,
+            "window_s": settings.window,
+            "receive_maximum": settings.receive_maximum,
+            "batching": "5000 rows, 4 MiB or 50 ms (default)",
+            "postgres": "18 (embedded), fsync on, track_commit_timestamp on",
+        },
+        "gateway": {},
+        "bare_subscriber": {},
+    }
+    started = time.monotonic()
+    async with services(settings) as bench:
+        for readings in shapes:
+            shape = f"readings_{readings}"
+            say(f"-- {readings} reading(s) per message")
+            bare: dict[str, Any] = {}
+            gateway: dict[str, Any] = {}
+            if "drain" in modes:
+                bare["drain"] = await bare_drain(bench, readings)
+                say(f"bare drain      {bare['drain']['msgs_per_s']:>9,} msg/s")
+                gateway["drain"] = await gateway_drain(bench, readings)
+                say(
+                    f"gateway drain   {gateway['drain']['msgs_per_s']:>9,} msg/s "
+                    f"{gateway['drain']['rows_per_s']:>10,} rows/s"
+                )
+            if "live" in modes:
+                bare["live"] = await bare_live(bench, readings)
+                say(f"bare live       {bare['live']['msgs_per_s']:>9,} msg/s")
+                gateway["live"] = await gateway_live(bench, readings)
+                say(
+                    f"gateway live    {gateway['live']['msgs_per_s']:>9,} msg/s "
+                    f"{gateway['live']['rows_per_s']:>10,} rows/s"
+                )
+                half = gateway["live"]["msgs_per_s"] / 2
+                gateway["latency"] = await gateway_latency(bench, readings, half)
+                say(
+                    f"latency at {half:,.0f} msg/s: p50 {gateway['latency']['p50_ms']} ms, "
+                    f"p99 {gateway['latency']['p99_ms']} ms"
+                )
+            results["bare_subscriber"][shape] = bare
+            results["gateway"][shape] = gateway
+        if extras:
+            results["copy_ceiling"] = {}
+            for connections in (1, 2):
+                copied = await copy_phase(bench, connections)
+                results["copy_ceiling"][f"connections_{connections}"] = copied
+                say(f"COPY, {connections} conn    {copied['rows_per_s']:>10,} rows/s")
+            results["naive_consumer"] = await naive_phase(bench)
+            say(f"naive consumer  {results['naive_consumer']['msgs_per_s']:>9,} msg/s")
+    phases = [
+        phase_result for shape in results["gateway"].values() for phase_result in shape.values()
+    ]
+    results["gateway_peak_rss_mb"] = max(
+        (p.get("gateway_vm_hwm_mb", p.get("gateway_peak_rss_mb", 0)) for p in phases), default=0
+    )
+    results["comparison"] = compare(results)
+    results["seconds"] = round(time.monotonic() - started, 1)
+    results["loadavg_at_end"] = loadavg()
+    return results
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=300_000, help="drain, 1-reading")
+    parser.add_argument("--messages-10", type=int, default=100_000, help="drain, 10-reading")
+    parser.add_argument("--readings", type=int, nargs="+", default=[1, 10], choices=[1, 10])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["drain", "live"],
+        choices=["drain", "live"],
+        help="live includes the latency phase at half the live rate",
+    )
+    parser.add_argument("--devices", type=int, default=100)
+    parser.add_argument("--fleet-processes", type=int, default=2)
+    parser.add_argument("--warmup", type=float, default=3.0, help="live: seconds before the window")
+    parser.add_argument("--window", type=float, default=10.0, help="live: seconds measured")
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--receive-maximum", type=int, default=10_000)
+    parser.add_argument("--copy-rows", type=int, default=1_000_000)
+    parser.add_argument("--naive-messages", type=int, default=20_000)
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0.15,
+        help="before each phase, wait for other processes to use less than this share of the "
+        "CPUs (0: do not wait)",
+    )
+    parser.add_argument("--quiet-limit", type=float, default=30, help="seconds to wait for it")
+    parser.add_argument("--no-extras", action="store_true", help="skip COPY and naive phases")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        metavar="TOP",
+        help="instead: profile the in-process gateway's drains (cProfile), show TOP functions",
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    settings = Settings(
+        messages={1: args.messages, 10: args.messages_10},
+        devices=args.devices,
+        processes=args.fleet_processes,
+        warmup=args.warmup,
+        window=args.window,
+        latency_seconds=args.latency_seconds,
+        receive_maximum=args.receive_maximum,
+        copy_rows=args.copy_rows,
+        naive_messages=args.naive_messages,
+        quiet=args.quiet,
+        quiet_limit=args.quiet_limit,
+    )
+    if args.profile:
+        results = asyncio.run(run_profiles(settings, args.readings, args.profile))
+    else:
+        results = asyncio.run(run(settings, args.readings, args.modes, not args.no_extras))
+        summarise(results)
+    json.dump(results, sys.stdout, default=str)
+    sys.stdout.write("\n")
+
+
+def summarise(results: dict[str, Any]) -> None:
+    comparison = results["comparison"]
+    for shape, entry in comparison.items():
+        if not isinstance(entry, dict):
+            continue
+        parts = []
+        if "drain_rows_per_s" in entry:
+            verdict = "met" if entry["drain_goal_met"] else "MISSED"
+            parts.append(
+                f"drain {entry['drain_rows_per_s']:,} rows/s "
+                f"(goal {entry['drain_goal_rows_per_s']:,}: {verdict}), "
+                f"bare/gateway drain {entry['bare_to_gateway_drain']}x"
+            )
+        if "bare_to_gateway_live" in entry:
+            parts.append(f"live {entry['bare_to_gateway_live']}x")
+        say(f"{shape}: " + ", ".join(parts))
+    say(
+        f"gateway peak RSS {results['gateway_peak_rss_mb']} MB; all goals met: "
+        f"{comparison['all_goals_met']}; {results['seconds']} s; load {results['loadavg_at_end']}"
+    )
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
