@@ -76,19 +76,21 @@ def decode(
     earliest, latest = received_at - limits.max_age, received_at + limits.max_ahead
     readings = body.get("readings")
     if readings is None:
-        row = _row(body, None, identity, received_at, earliest, latest, "")
+        row = _row(body, None, identity, received_at, earliest, latest, None)
         return [(*row, _message_id(body.get("id"), row, None))] if dedup else [row]
     if not isinstance(readings, list) or not readings:
         raise Reject("invalid_reading", "`readings` must be a non-empty list")
     if len(readings) > limits.max_readings:
         raise Reject("payload_too_large", f"{len(readings)} readings, limit {limits.max_readings}")
     default_ts = body.get("ts")
+    shared: datetime | None = None  # the batch's own ts, parsed and checked once when used
     rows = []
     for index, reading in enumerate(readings):
         if not isinstance(reading, dict):
             raise Reject("invalid_reading", f"readings[{index}]: expected an object")
-        where = f"readings[{index}]."
-        rows.append(_row(reading, default_ts, identity, received_at, earliest, latest, where))
+        if shared is None and "ts" not in reading and default_ts is not None:
+            shared = _checked_ts(default_ts, earliest, latest, "")
+        rows.append(_row(reading, shared, identity, received_at, earliest, latest, index))
     if dedup:
         batch_id = body.get("id")
         return [(*row, _message_id(batch_id, row, index)) for index, row in enumerate(rows)]
@@ -103,40 +105,58 @@ def _message_id(given: Any, row: Row, index: int | None) -> str:
 
 def _row(
     reading: dict[str, Any],
-    default_ts: Any,
+    shared_ts: datetime | None,
     identity: str,
     received_at: datetime,
     earliest: datetime,
     latest: datetime,
-    where: str,
+    index: int | None,
 ) -> Row:
+    """One reading as a row; `shared_ts` stands in when a batch's reading has no `ts`."""
     metric = reading.get("metric")
     if not isinstance(metric, str) or not metric or len(metric) > MAX_METRIC_LENGTH:
         raise Reject(
             "invalid_reading",
-            f"{where}metric must be a non-empty string of at most {MAX_METRIC_LENGTH} characters",
+            f"{_where(index)}metric must be a non-empty string of at most "
+            f"{MAX_METRIC_LENGTH} characters",
         )
     value = reading.get("value")
     if type(value) is int:
         value = float(value)
     elif type(value) is not float:
-        raise Reject("invalid_reading", f"{where}value must be a number, got {_kind(value)}")
-    if not math.isfinite(value):
-        raise Reject("non_finite_value", f"{where}value is {value}")
-    ts = _timestamp(reading.get("ts", default_ts), where)
-    if not earliest <= ts <= latest:
         raise Reject(
-            "timestamp_out_of_window",
-            f"{where}ts {ts.isoformat()} is outside [{earliest.isoformat()}, {latest.isoformat()}]",
+            "invalid_reading", f"{_where(index)}value must be a number, got {_kind(value)}"
         )
+    if not math.isfinite(value):
+        raise Reject("non_finite_value", f"{_where(index)}value is {value}")
+    raw_ts = reading.get("ts")
+    if raw_ts is None and shared_ts is not None:
+        ts = shared_ts
+    else:
+        ts = _checked_ts(raw_ts, earliest, latest, _where(index))
     tags = reading.get("tags")
     if tags is None:
         tags_json = None
     elif isinstance(tags, dict):
         tags_json = orjson.dumps(tags).decode()
     else:
-        raise Reject("invalid_reading", f"{where}tags must be an object, got {_kind(tags)}")
+        raise Reject("invalid_reading", f"{_where(index)}tags must be an object, got {_kind(tags)}")
     return (ts, identity, metric, value, tags_json, received_at)
+
+
+def _where(index: int | None) -> str:
+    """Where in a batch message a problem is, for the reject's detail (error path only)."""
+    return "" if index is None else f"readings[{index}]."
+
+
+def _checked_ts(raw: Any, earliest: datetime, latest: datetime, where: str) -> datetime:
+    ts = _timestamp(raw, where)
+    if not earliest <= ts <= latest:
+        raise Reject(
+            "timestamp_out_of_window",
+            f"{where}ts {ts.isoformat()} is outside [{earliest.isoformat()}, {latest.isoformat()}]",
+        )
+    return ts
 
 
 def _timestamp(raw: Any, where: str) -> datetime:
