@@ -434,13 +434,13 @@ class Kafka(LocalService):
             "kafka.Kafka",
             str(self._server_properties),
         ]
-        # The client listeners open together, once the broker has caught up with the metadata
-        # log, so the SASL port accepting means the broker serves (the controller port opens
-        # earlier and would not). The TLS ports are checked too, which then costs nothing.
+        # The client listeners open once the broker has caught up with the metadata log, so the
+        # SASL port accepting means the broker serves (the controller port opens earlier and
+        # would not). They open one by one, in no fixed order, so every other one is awaited too.
         deadline = time.monotonic() + self._start_timeout
         process = await self._spawn_and_wait(argv, self.sasl_port, timeout=self._start_timeout)
         try:
-            for port in (self.ssl_port, self.sasl_ssl_port):
+            for port in (self.port, self.ssl_port, self.sasl_ssl_port):
                 if port is not None:
                     await wait_for_port(port, deadline=deadline, alive=process)
         except BaseException:
