@@ -1,8 +1,10 @@
-"""`gateway simulate`: a device fleet publishing telemetry to MQTT, for demos and benchmarks.
+"""`gateway simulate`: a device fleet publishing telemetry to MQTT, or with --kafka producing it
+to a Kafka topic, for demos and benchmarks.
 
-Exit status 0 when every message got the answer it should (QoS 1: accepted, and spoofs refused),
-1 otherwise, with the reasons on stderr. Without --count or --duration it runs until Ctrl-C,
-which stops sending; what is in flight is still awaited and reported.
+Exit status 0 when every message got the answer it should (MQTT QoS 1: accepted, and spoofs
+refused; Kafka: acknowledged), 1 otherwise, with the reasons on stderr. Without --count or
+--duration it runs until Ctrl-C, which stops sending; what is in flight is still awaited and
+reported.
 """
 
 from __future__ import annotations
@@ -15,20 +17,57 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 import orjson
 
-from gateway.simulate import Fleet, FleetError, FleetOptions, load_credentials
+from gateway.simulate import Fleet, FleetError, FleetOptions, Progress, load_credentials
+from gateway.simulate_kafka import MAX_BATCH_BYTES, Acks, KafkaFleet, KafkaFleetOptions
 
-__all__ = ["options_from_args", "register", "run_simulate"]
+__all__ = ["kafka_options_from_args", "options_from_args", "register", "run_simulate"]
 
 PROGRESS_EVERY = 1.0  # seconds
+
+# Options of one transport with their defaults: given with the other transport, they are an error
+# rather than silently ignored.
+MQTT_ONLY = {
+    "host": "127.0.0.1",
+    "port": 1883,
+    "topic_template": "devices/{identity}/{stream}",
+    "stream": "telemetry",
+    "spoofed": 0.0,
+    "qos": 1,
+    "processes": 1,
+    "window": 1000,
+}
+KAFKA_ONLY: dict[str, Any] = {
+    "bootstrap_servers": "127.0.0.1:9092",
+    "topic": "telemetry",
+    "identity_header": None,
+    "acks": "all",
+    "batch_bytes": MAX_BATCH_BYTES,
+    "security_protocol": "PLAINTEXT",
+    "sasl_mechanism": "SCRAM-SHA-256",
+    "username": None,
+    "sasl_password": None,
+    "sasl_password_env": None,
+    "ca_file": None,
+}
+ACKS: dict[str, Acks] = {"all": "all", "1": 1, "0": 0}
+
+
+class _Run(Protocol):
+    def stop(self) -> None: ...
+
+    def progress(self) -> Progress: ...
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `simulate` to the `gateway` parser."""
     simulate = commands.add_parser(
-        "simulate", help="a device fleet publishing telemetry to MQTT", description=__doc__
+        "simulate",
+        help="a device fleet publishing telemetry to MQTT (or Kafka)",
+        description=__doc__,
     )
     simulate.add_argument("--host", default="127.0.0.1", help="broker host (default 127.0.0.1)")
     simulate.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
@@ -36,11 +75,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     simulate.add_argument(
         "--prefix", default="sensor-", help="device names are <prefix><index> (default sensor-)"
     )
+    # Kafka devices have no passwords: the producer logs in (--username, --sasl-password...).
     secret = simulate.add_mutually_exclusive_group(required=True)
     secret.add_argument("--password", help="one password shared by every device")
     secret.add_argument("--password-env", metavar="VAR", help="read the shared password from VAR")
     secret.add_argument(
         "--credentials", type=Path, metavar="FILE", help="a file of name:password lines"
+    )
+    secret.add_argument(
+        "--kafka",
+        action="store_true",
+        help="produce records to a Kafka topic instead (see the Kafka options below)",
     )
     simulate.add_argument(
         "--rate", type=float, default=0.0, help="messages/s for the whole fleet (0: max)"
@@ -81,11 +126,54 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="how long to wait for the last PUBACKs once sending stops (default 30)",
     )
     simulate.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _register_kafka(simulate)
     simulate.set_defaults(handler=run_simulate)
+
+
+def _register_kafka(simulate: argparse.ArgumentParser) -> None:
+    kafka = simulate.add_argument_group("Kafka options (with --kafka)")
+    kafka.add_argument(
+        "--bootstrap-servers",
+        default=KAFKA_ONLY["bootstrap_servers"],
+        metavar="HOST:PORT[,...]",
+        help="the brokers (default 127.0.0.1:9092)",
+    )
+    kafka.add_argument("--topic", default=KAFKA_ONLY["topic"], help="(default telemetry)")
+    kafka.add_argument(
+        "--identity-header",
+        metavar="NAME",
+        help="put each device's name in this header (the gateway's identity_from = "
+        "header:NAME) instead of the record key",
+    )
+    kafka.add_argument("--acks", choices=tuple(ACKS), default="all", help="(default all)")
+    kafka.add_argument(
+        "--batch-bytes",
+        type=int,
+        default=MAX_BATCH_BYTES,
+        help=f"bytes of records per partition batch (default {MAX_BATCH_BYTES})",
+    )
+    kafka.add_argument(
+        "--security-protocol",
+        choices=("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"),
+        default="PLAINTEXT",
+    )
+    kafka.add_argument(
+        "--sasl-mechanism",
+        choices=("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"),
+        default="SCRAM-SHA-256",
+    )
+    kafka.add_argument("--username", help="the producer's SASL user")
+    sasl_secret = kafka.add_mutually_exclusive_group()
+    sasl_secret.add_argument("--sasl-password", help="the producer's SASL password")
+    sasl_secret.add_argument(
+        "--sasl-password-env", metavar="VAR", help="read the SASL password from VAR"
+    )
+    kafka.add_argument("--ca-file", type=Path, help="CA bundle for SSL and SASL_SSL")
 
 
 def options_from_args(args: argparse.Namespace) -> FleetOptions:
     """The fleet options the command line asks for; raises FleetError on a missing secret."""
+    _only_defaults(args, KAFKA_ONLY, "a Kafka option: add --kafka")
     password: str | None = args.password
     if args.password_env is not None:
         password = os.environ.get(args.password_env)
@@ -113,11 +201,53 @@ def options_from_args(args: argparse.Namespace) -> FleetOptions:
     )
 
 
+def kafka_options_from_args(args: argparse.Namespace) -> KafkaFleetOptions:
+    """The Kafka fleet options the command line asks for; raises FleetError on a bad mix."""
+    _only_defaults(args, MQTT_ONLY, "an MQTT option, not for --kafka")
+    password: str | None = args.sasl_password
+    if args.sasl_password_env is not None:
+        password = os.environ.get(args.sasl_password_env)
+        if password is None:
+            raise FleetError(f"--sasl-password-env: ${args.sasl_password_env} is not set")
+    return KafkaFleetOptions(
+        bootstrap_servers=args.bootstrap_servers,
+        topic=args.topic,
+        devices=args.devices,
+        prefix=args.prefix,
+        identity_header=args.identity_header,
+        rate=args.rate,
+        count=args.count,
+        duration=args.duration,
+        readings=args.readings,
+        malformed=args.malformed,
+        acks=ACKS[args.acks],
+        security_protocol=args.security_protocol,
+        sasl_mechanism=args.sasl_mechanism,
+        username=args.username,
+        password=password,
+        ca_file=args.ca_file,
+        batch_bytes=args.batch_bytes,
+        drain_timeout=args.drain_timeout,
+    )
+
+
+def _only_defaults(args: argparse.Namespace, defaults: dict[str, Any], what: str) -> None:
+    for dest, default in defaults.items():
+        if getattr(args, dest) != default:
+            raise FleetError(f"--{dest.replace('_', '-')} is {what}")
+
+
 async def run_simulate(args: argparse.Namespace) -> int:
     """Run the fleet, print its summary, and say on stderr what went wrong, if anything."""
-    fleet = Fleet(options_from_args(args))
+    fleet: Fleet | KafkaFleet
+    if args.kafka:
+        fleet = KafkaFleet(kafka_options_from_args(args))
+    else:
+        fleet = Fleet(options_from_args(args))
     with _stop_on_signals(fleet):
-        async with _progress_line(fleet, enabled=not args.json and sys.stderr.isatty()):
+        progress = not args.json and sys.stderr.isatty()
+        failed = "failed" if args.kafka else "refused"
+        async with _progress_line(fleet, enabled=progress, failed=failed):
             report = await fleet.run()
     if args.json:
         sys.stdout.write(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode())
@@ -131,7 +261,7 @@ async def run_simulate(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(fleet: Fleet) -> Iterator[None]:
+def _stop_on_signals(fleet: _Run) -> Iterator[None]:
     """SIGINT/SIGTERM stop sending gracefully, so the summary still counts every answer."""
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -145,7 +275,7 @@ def _stop_on_signals(fleet: Fleet) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def _progress_line(fleet: Fleet, *, enabled: bool) -> AsyncIterator[None]:
+async def _progress_line(fleet: _Run, *, enabled: bool, failed: str) -> AsyncIterator[None]:
     """A redrawn line of running totals on a terminal, so a long run shows that it moves."""
     if not enabled:
         yield
@@ -161,7 +291,7 @@ async def _progress_line(fleet: Fleet, *, enabled: bool) -> AsyncIterator[None]:
             rate = (now.sent - last) / PROGRESS_EVERY
             last = now.sent
             sys.stderr.write(
-                f"\rsent {now.sent}  acked {now.acked}  refused {now.refused}  "
+                f"\rsent {now.sent}  acked {now.acked}  {failed} {now.refused}  "
                 f"({rate:,.0f} msg/s)   "
             )
             sys.stderr.flush()
