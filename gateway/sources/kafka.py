@@ -191,8 +191,9 @@ class KafkaSource:
 
     @property
     def connected(self) -> bool:
-        """In the group with an assignment received (possibly empty: more pods than partitions)."""
-        return self._consumer is not None and self._member
+        """In the group with an assignment received (possibly empty: more pods than partitions),
+        and its coordinator reachable: a lost broker makes the pod not ready until it is back."""
+        return self._consumer is not None and self._member and _coordinator_known(self._consumer)
 
     async def start(self) -> None:
         config = self.config
@@ -427,6 +428,13 @@ class KafkaSource:
         if self._consumer is None:
             raise GatewayError(f"kafka source {self.name} is not started")
         return self._consumer
+
+
+def _coordinator_known(consumer: AIOKafkaConsumer) -> bool:
+    # aiokafka has no public call for it: its group coordinator forgets the coordinator's node
+    # id when heartbeats or commits cannot reach it, and learns it again once the broker is back.
+    coordinator = getattr(consumer, "_coordinator", None)
+    return getattr(coordinator, "coordinator_id", None) is not None
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types
