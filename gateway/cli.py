@@ -28,6 +28,7 @@ async def demo(args: argparse.Namespace) -> int:
             duration=args.duration,
             readings=args.readings,
             hold=args.hold,
+            broker=args.broker,
         )
     )
 
@@ -60,6 +61,13 @@ def parser() -> argparse.ArgumentParser:
     run_demo.add_argument("--duration", type=float, default=10, help="seconds of traffic")
     run_demo.add_argument("--readings", type=int, default=1, help="readings per message")
     run_demo.add_argument("--hold", action="store_true", help="keep services up until Ctrl-C")
+    run_demo.add_argument(
+        "--broker",
+        choices=("auto", "mosquitto", "amqtt"),
+        default="auto",
+        help="MQTT broker: Mosquitto when installed (auto), else the pure-Python amqtt "
+        "(MQTT 3.1.1, through the gateway's 3.1.1 transport)",
+    )
     run_demo.set_defaults(handler=demo)
     run_gateway = commands.add_parser("run", help="run the gateway until SIGTERM")
     run_gateway.add_argument("--config", type=Path, help="TOML configuration file")

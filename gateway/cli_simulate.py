@@ -37,6 +37,7 @@ MQTT_ONLY = {
     "stream": "telemetry",
     "spoofed": 0.0,
     "qos": 1,
+    "protocol": "5",
     "processes": 1,
     "window": 1000,
 }
@@ -112,6 +113,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="share published under another device's topic (the broker must refuse them)",
     )
     simulate.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    simulate.add_argument(
+        "--protocol",
+        choices=("5", "3.1.1"),
+        default="5",
+        help="MQTT version (default 5; 3.1.1 for brokers without v5, which cannot refuse spoofs)",
+    )
     simulate.add_argument(
         "--processes", type=int, default=1, help="spread the fleet over this many processes"
     )
@@ -195,6 +202,7 @@ def options_from_args(args: argparse.Namespace) -> FleetOptions:
         malformed=args.malformed,
         spoofed=args.spoofed,
         qos=args.qos,
+        protocol=args.protocol,
         processes=args.processes,
         window=args.window,
         drain_timeout=args.drain_timeout,

@@ -59,6 +59,17 @@ __all__ = [
 ]
 
 VALID, MALFORMED, SPOOFED = 0, 1, 2
+# MQTT 3.1.1 is for brokers without v5 (amqtt): they cannot refuse a publish, only drop it.
+PROTOCOLS = ("5", "3.1.1")
+# 3.1.1 CONNACK return codes as the v5 reason codes that say the same.
+_CONNACK_311 = {
+    0: mqtt5.ConnAckReasonCode.SUCCESS,
+    1: mqtt5.ConnAckReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
+    2: mqtt5.ConnAckReasonCode.CLIENT_ID_NOT_VALID,
+    3: mqtt5.ConnAckReasonCode.SERVER_UNAVAILABLE,
+    4: mqtt5.ConnAckReasonCode.BAD_USER_NAME_OR_PASSWORD,
+    5: mqtt5.ConnAckReasonCode.NOT_AUTHORIZED,
+}
 KINDS = ("valid", "malformed", "spoofed")
 METRICS = ("temperature", "humidity", "pressure", "voltage")
 SITES = tuple({"site": f"site-{n}"} for n in range(10))
@@ -121,6 +132,7 @@ class FleetOptions:
     malformed: float = 0.0
     spoofed: float = 0.0
     qos: int = 1
+    protocol: str = "5"
     processes: int = 1
     window: int = 1000
     connect_timeout: float = 10.0
@@ -146,6 +158,8 @@ class FleetOptions:
             problems.append("malformed + spoofed must not exceed 1")
         if self.qos not in (0, 1):
             problems.append("qos must be 0 or 1")
+        if self.protocol not in PROTOCOLS:
+            problems.append(f"protocol must be one of {', '.join(PROTOCOLS)}")
         if not 1 <= self.window <= _MAX_PACKET_ID:
             problems.append(f"window must be between 1 and {_MAX_PACKET_ID}")
         if not self.stream or any(c in self.stream for c in "/+#"):
@@ -262,8 +276,11 @@ def topic_header(topic: str) -> bytes:
 _ONE_BYTE = [bytes((n,)) for n in range(128)]
 
 
-def encode_publish(header: bytes, payload: bytes, packet_id: int | None) -> bytes:
-    """A PUBLISH without properties: QoS 1 with a packet id, QoS 0 without.
+def encode_publish(
+    header: bytes, payload: bytes, packet_id: int | None, properties: bytes = b"\x00"
+) -> bytes:
+    """A PUBLISH without properties: QoS 1 with a packet id, QoS 0 without. MQTT 3.1.1 has no
+    properties field at all (`properties=b""`).
 
     By hand because the codec would rebuild the topic bytes of every message; a unit test checks
     the bytes against `mqtt5.PublishPacket.write()`.
@@ -272,19 +289,31 @@ def encode_publish(header: bytes, payload: bytes, packet_id: int | None) -> byte
         first, pid = b"\x30", b""
     else:
         first, pid = b"\x32", packet_id.to_bytes(2, "big")
-    remaining = len(header) + len(pid) + 1 + len(payload)  # + 1: zero-length properties
+    remaining = len(header) + len(pid) + len(properties) + len(payload)
     if remaining < 0x80:
         length = _ONE_BYTE[remaining]
     elif remaining < 0x4000:  # the usual telemetry message
         length = bytes((remaining & 0x7F | 0x80, remaining >> 7))
     else:
-        digits = bytearray()
-        while remaining:
-            digit = remaining & 0x7F
-            remaining >>= 7
-            digits.append(digit | 0x80 if remaining else digit)
-        length = bytes(digits)
-    return b"".join((first, length, header, pid, b"\x00", payload))
+        length = _remaining_length(remaining)
+    return b"".join((first, length, header, pid, properties, payload))
+
+
+def encode_connect_311(client_id: str, username: str, password: str) -> bytes:
+    """An MQTT 3.1.1 CONNECT with a user name, a password and a clean session, no keep-alive."""
+    fields = b"".join(topic_header(text) for text in (client_id, username, password))
+    body = b"\x00\x04MQTT\x04\xc2\x00\x00" + fields
+    return b"\x10" + _remaining_length(len(body)) + body
+
+
+def _remaining_length(remaining: int) -> bytes:
+    digits = bytearray()
+    while True:
+        digit = remaining & 0x7F
+        remaining >>= 7
+        digits.append(digit | 0x80 if remaining else digit)
+        if not remaining:
+            return bytes(digits)
 
 
 def _reason_name(code: int) -> str:
@@ -316,6 +345,7 @@ class FleetReport:
     processes: int
     qos: int
     readings: int
+    protocol: str
     planned: int | None
     duration: float
     kinds: dict[str, KindCounts]
@@ -371,7 +401,7 @@ class FleetReport:
         problems = list(self.errors)
         if self.unanswered:
             problems.append(f"{self.unanswered} of {self.sent} messages got no PUBACK")
-        spoofs = self.kinds["spoofed"].acked
+        spoofs = self.kinds["spoofed"].acked if self.protocol == "5" else 0
         if spoofs:
             problems.append(
                 f"the broker accepted {spoofs} spoofed messages: its ACL lets devices "
@@ -399,6 +429,7 @@ class FleetReport:
             "devices": self.devices,
             "processes": self.processes,
             "qos": self.qos,
+            "protocol": self.protocol,
             "readings": self.readings,
             "planned": self.planned,
             "sent": self.sent,
@@ -464,6 +495,7 @@ class FleetReport:
             devices=sum(p.devices for p in parts),
             processes=processes,
             qos=first.qos,
+            protocol=first.protocol,
             readings=first.readings,
             planned=first.planned,
             duration=max(p.duration for p in parts),
@@ -495,6 +527,8 @@ class _Device(asyncio.Protocol):
         self.quota = _UNLIMITED if quota is None else quota
         self.credit = 0
         self.window = options.window if options.qos else _BURST
+        self.v311 = options.protocol == "3.1.1"
+        self.properties = b"" if self.v311 else b"\x00"  # a PUBLISH's empty properties
         self.inflight: dict[int, int] = {}  # packet id -> kind
         self.next_id = 1
         self.seq = 0
@@ -513,11 +547,12 @@ class _Device(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         options = self.part.options
+        client_id, password = f"{self.name}-{self.part.run_id}", options.password_for(self.name)
+        if options.protocol == "3.1.1":
+            self.transport.write(encode_connect_311(client_id, self.name, password))
+            return
         connect = mqtt5.ConnectPacket(
-            f"{self.name}-{self.part.run_id}",
-            username=self.name,
-            password=options.password_for(self.name).encode(),
-            clean_start=True,
+            client_id, username=self.name, password=password.encode(), clean_start=True
         )
         self.transport.write(connect.write())
 
@@ -552,6 +587,15 @@ class _Device(asyncio.Protocol):
                 else:
                     self._answered(kind, data[offset + 4])
                 offset += size
+                continue
+            if data[offset] == 0x20 and self.v311:  # a 3.1.1 CONNACK: 4 bytes, no properties
+                if offset + 4 > end:
+                    self._rest = data[offset:]
+                    break
+                code = _CONNACK_311.get(data[offset + 3], mqtt5.ConnAckReasonCode.UNSPECIFIED_ERROR)
+                if not self._control(mqtt5.ConnAckPacket(reason_code=code)):
+                    return
+                offset += 4
                 continue
             try:
                 packet, size = _read(memoryview(data)[offset:])
@@ -636,7 +680,7 @@ class _Device(asyncio.Protocol):
         build = part.payloads.build
         sent = part.sent
         index, first = self.index, self.seq
-        header, spoof_header = self.header, self.spoof_header
+        header, spoof_header, properties = self.header, self.spoof_header, self.properties
         ts = time.time_ns() // 1_000_000
         packets = []
         if part.options.qos:
@@ -648,7 +692,9 @@ class _Device(asyncio.Protocol):
                     packet_id = packet_id % _MAX_PACKET_ID + 1
                 inflight[packet_id] = kind
                 packets.append(
-                    encode_publish(spoof_header if kind == SPOOFED else header, payload, packet_id)
+                    encode_publish(
+                        spoof_header if kind == SPOOFED else header, payload, packet_id, properties
+                    )
                 )
                 packet_id = packet_id % _MAX_PACKET_ID + 1
                 sent[kind] += 1
@@ -658,7 +704,9 @@ class _Device(asyncio.Protocol):
                 kind = kind_of()
                 payload = build(index, seq, ts, kind == MALFORMED)
                 packets.append(
-                    encode_publish(spoof_header if kind == SPOOFED else header, payload, None)
+                    encode_publish(
+                        spoof_header if kind == SPOOFED else header, payload, None, properties
+                    )
                 )
                 sent[kind] += 1
         self.seq = first + n
@@ -854,6 +902,7 @@ class _Part:
             devices=len(self.devices),
             processes=1,
             qos=self.options.qos,
+            protocol=self.options.protocol,
             readings=self.options.readings,
             planned=self.options.count,
             duration=duration,

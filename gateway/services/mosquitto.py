@@ -16,6 +16,7 @@ import shutil
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from gateway.services._process import (
     LOOPBACK,
@@ -27,7 +28,13 @@ from gateway.services._process import (
 )
 from gateway.services.tls import CertificateAuthority
 
-__all__ = ["Mosquitto", "MqttUser", "acl_rules"]
+__all__ = ["Mosquitto", "MqttUser", "acl_rules", "mosquitto_binary"]
+
+
+def mosquitto_binary() -> str | None:
+    """Debian's `mosquitto`, when installed (it lives in /usr/sbin, often not on PATH)."""
+    found = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    return found if Path(found).exists() else None
 
 
 def acl_rules(gateway_user: str = "gateway") -> str:
@@ -59,6 +66,7 @@ class Mosquitto(LocalService):
     """
 
     name = "mosquitto"
+    protocol: Literal["5"] = "5"  # the gateway's transport for it
 
     def __init__(
         self,
@@ -76,11 +84,12 @@ class Mosquitto(LocalService):
         self._max_queued = max_queued_messages
         self._max_inflight = max_inflight_messages
         self.tls_port: int | None = free_port() if tls else None
-        self._binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(self._binary).exists():
+        binary = mosquitto_binary()
+        if binary is None:
             raise ServiceError(
                 "mosquitto is not installed: run `apt-get install -y mosquitto` (or `make setup`)"
             )
+        self._binary = binary
 
     @property
     def password_file(self) -> Path:

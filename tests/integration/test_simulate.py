@@ -164,6 +164,21 @@ async def test_batches_and_two_processes(mosquitto: Mosquitto, subscriber: aiomq
     assert set(senders) == set(options.names())  # both processes' devices published
 
 
+async def test_mqtt_311_fleet(mosquitto: Mosquitto, subscriber: aiomqtt.Client) -> None:
+    options = fleet_options(mosquitto, count=1000, malformed=0.05, spoofed=0.05, protocol="3.1.1")
+    report, arrivals = await observe(mosquitto, subscriber, options)
+
+    assert report.ok, report.problems()
+    # MQTT 3.1.1 has no refusal: the broker acknowledges a spoof and drops it.
+    assert (report.acked, report.refused, report.spoofed_sent) == (1000, 0, 50)
+    assert len(arrivals.valid) == report.expected()["valid_messages"] == 900
+    assert len(arrivals.malformed) == report.expected()["malformed_messages"] == 50
+    assert_from_own_devices(options, arrivals)
+    wrong = replace(options, password=None, credentials=dict.fromkeys(options.names(), "wrong"))
+    with pytest.raises(FleetError, match=r"the broker refused the connection: not authorized"):
+        await run_fleet(wrong)
+
+
 async def test_qos0(mosquitto: Mosquitto, subscriber: aiomqtt.Client) -> None:
     options = fleet_options(mosquitto, count=300, qos=0)
     report, arrivals = await observe(mosquitto, subscriber, options)

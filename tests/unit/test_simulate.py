@@ -22,6 +22,7 @@ from gateway.simulate import (
     Mix,
     Payloads,
     device_quota,
+    encode_connect_311,
     encode_publish,
     load_credentials,
     topic_header,
@@ -108,6 +109,23 @@ def test_publish_bytes_match_the_codec(payload_size: int, packet_id: int | None)
     assert encode_publish(topic_header(topic), payload, packet_id) == expected
 
 
+@pytest.mark.parametrize("payload_size", [0, 200, 20_000])
+def test_mqtt_311_publish_has_no_properties_field(payload_size: int) -> None:
+    topic, payload = "devices/sensor-0001/telemetry", b"x" * payload_size
+    v5 = encode_publish(topic_header(topic), payload, 7)
+    v311 = encode_publish(topic_header(topic), payload, 7, properties=b"")
+    # The same packet one byte shorter: the length, the topic, the packet id, then the payload.
+    assert v311.endswith(topic_header(topic) + b"\x00\x07" + payload)
+    assert len(v311) == len(v5) - 1 or payload_size == 20_000
+
+
+def test_mqtt_311_connect_bytes() -> None:
+    assert encode_connect_311("id", "u", "p") == bytes.fromhex(
+        "101400044d51545404c2000000026964000175000170"
+    )
+    assert encode_connect_311("c" * 200, "u", "p")[1:3] == bytes((0xDA, 0x01))  # 218 bytes follow
+
+
 def test_quotas_spread_the_count_over_devices() -> None:
     quotas = [device_quota(1003, 10, i) for i in range(10)]
     assert quotas == [101, 101, 101] + [100] * 7
@@ -160,13 +178,14 @@ def test_credentials_file(tmp_path: Path) -> None:
         load_credentials(tmp_path / "missing")
 
 
-def report(**kinds: tuple[int, int, int]) -> FleetReport:
+def report(protocol: str = "5", **kinds: tuple[int, int, int]) -> FleetReport:
     counts = {name: KindCounts(*kinds.get(name, (0, 0, 0))) for name in KINDS}
     return FleetReport(
         devices=2,
         processes=1,
         qos=1,
         readings=3,
+        protocol=protocol,
         planned=None,
         duration=2.0,
         kinds=counts,
@@ -198,6 +217,8 @@ def test_report_totals_and_expected_outcome() -> None:
 def test_report_problems() -> None:
     assert report(valid=(5, 3, 0)).problems() == ["2 of 5 messages got no PUBACK"]
     assert "accepted 1 spoofed" in report(spoofed=(1, 1, 0)).problems()[0]
+    # MQTT 3.1.1 cannot refuse a publish: a broker drops spoofs after acknowledging them.
+    assert report("3.1.1", spoofed=(1, 1, 0)).problems() == []
     refused = report(valid=(2, 0, 2)).problems()
     assert refused == [
         "the broker refused 2 messages the devices sent to their own topics: "
