@@ -13,7 +13,7 @@ from gateway.config import BatchingConfig, RouteConfig
 
 from .stack import GatewayProcess, Publisher, Stack, publish, reading, stack
 
-DEVICES = [f"sensor-f{i}" for i in range(7)]
+DEVICES = [f"sensor-f{i}" for i in range(8)]
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +119,35 @@ async def test_broker_restart_resumes(env: Stack) -> None:
         await asyncio.sleep(2)
         published = await publisher.stop()
         await wait_complete(env, "sensor-f3", published)
+    finally:
+        await gateway.stop()
+
+
+async def test_full_buffers_hold_acks_so_the_broker_stops_sending(env: Stack) -> None:
+    config = env.config(
+        client_id="gw-backpressure",
+        receive_maximum=500,
+        batching=BatchingConfig(max_rows=100, max_buffered_rows=300),
+    )
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        await env.postgres.stop()
+        payloads = [reading(value=i) for i in range(2000)]
+        async with env.device("sensor-f7") as client:
+            await publish(client, "devices/sensor-f7/telemetry", payloads)
+        await asyncio.sleep(3)
+        assert gateway.pipeline is not None and not gateway.pipeline.has_capacity
+        # Nothing is acknowledged while the database is away: the broker's in-flight window
+        # (our receive maximum) is all the gateway holds; the rest waits in the broker.
+        assert gateway.pipeline.buffered_rows <= 300 + 100
+        received = gateway.metrics.registry.get_sample_value(
+            "gateway_messages_received_total", {"source": "mosquitto"}
+        )
+        assert received is not None and received <= 500
+        await env.postgres.start()
+        await wait_complete(env, "sensor-f7", 2000)
+        assert await rows_of(env, "sensor-f7") == 2000  # acks only after commit: no redelivery
     finally:
         await gateway.stop()
 
