@@ -42,32 +42,36 @@ class KafkaSourceError(GatewayError):
     """Kafka refused us for a reason retrying cannot fix: authentication or authorization."""
 
 
+class Partition:
+    """One assignment of a partition: the offsets the pipeline has not acknowledged yet.
+
+    A partition revoked and assigned again gets a new `Partition`; acknowledgements of records
+    read under the old one are ignored (`assigned` is False), their next owner reads them again.
+    """
+
+    __slots__ = ("assigned", "committed", "next_commit", "tp", "window")
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        self.window = AckWindow()
+        self.assigned = True
+        self.next_commit: int | None = None  # one past the acknowledged prefix
+        self.committed: int | None = None  # what the group coordinator has
+
+
 class KafkaRecord:
-    """One record as the pipeline sees it; `epoch` ties it to one assignment of its partition."""
+    """One record as the pipeline sees it, tied to the assignment it was read under."""
 
-    __slots__ = ("epoch", "headers", "key", "offset", "partition", "payload", "seq", "topic")
+    __slots__ = ("headers", "key", "offset", "part", "payload", "seq", "topic")
 
-    def __init__(self, record: ConsumerRecord[bytes, bytes], seq: int, epoch: int) -> None:
+    def __init__(self, record: ConsumerRecord[bytes, bytes], seq: int, part: Partition) -> None:
         self.topic: str = record.topic
-        self.partition: int = record.partition
         self.offset: int = record.offset
         self.key: bytes | None = record.key
         self.payload: bytes = record.value or b""
         self.headers: Sequence[tuple[str, bytes]] = record.headers
         self.seq = seq
-        self.epoch = epoch
-
-
-class Partition:
-    """The offsets of one assigned partition that the pipeline has not acknowledged yet."""
-
-    __slots__ = ("committed", "epoch", "next_commit", "window")
-
-    def __init__(self, epoch: int) -> None:
-        self.window = AckWindow()
-        self.epoch = epoch
-        self.next_commit: int | None = None  # one past the acknowledged prefix
-        self.committed: int | None = None  # what the group coordinator has
+        self.part = part
 
 
 def identity_claim(config: KafkaSourceConfig) -> Callable[[KafkaRecord], tuple[str, str] | None]:
@@ -176,7 +180,6 @@ class KafkaSource:
         self._flush = flush
         self._flush_timeout = flush_timeout
         self._partitions: dict[TopicPartition, Partition] = {}
-        self._epoch = 0
         self._dirty: set[TopicPartition] = set()
         self._backlog: list[KafkaRecord] = []
         self._paused = False
@@ -279,8 +282,8 @@ class KafkaSource:
             partition = self._partitions.get(tp)
             if partition is None:
                 continue  # revoked while fetched: its next owner reads these again
-            register, epoch = partition.window.register, partition.epoch
-            records.extend(KafkaRecord(r, register(r.offset), epoch) for r in batch)
+            register = partition.window.register
+            records.extend(KafkaRecord(r, register(r.offset), partition) for r in batch)
         return records
 
     def _unauthorized(self, error: Exception) -> KafkaSourceError:
@@ -297,16 +300,18 @@ class KafkaSource:
         )
 
     def position(self, record: KafkaRecord) -> list[Any]:
-        return [record.topic, record.partition, record.offset]
+        return [record.topic, record.part.tp.partition, record.offset]
 
     def ack(self, records: Sequence[KafkaRecord]) -> None:
-        partitions, dirty = self._partitions, self._dirty
+        dirty = self._dirty
+        last = None
         for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            partition = partitions.get(tp)
-            if partition is not None and partition.epoch == record.epoch:
-                partition.window.complete(record.seq)
-                dirty.add(tp)
+            part = record.part
+            if part.assigned:
+                part.window.complete(record.seq)
+                if part is not last:
+                    dirty.add(part.tp)
+                    last = part
 
     # -- backpressure ------------------------------------------------------------------------
 
@@ -402,22 +407,20 @@ class KafkaSource:
                 log.warning("kafka source %s: flush before revoke timed out", self.name)
             await self._commit(list(revoked))
         for tp in revoked:
-            self._partitions.pop(tp, None)
+            partition = self._partitions.pop(tp, None)
+            if partition is not None:
+                partition.assigned = False
             self._dirty.discard(tp)
             # The next owner reports this partition's lag; a stale value here would mislead.
             with contextlib.suppress(KeyError):
                 self._metrics.kafka_consumer_lag.remove(tp.topic, str(tp.partition))
-        revoked_set = set(revoked)
-        self._backlog = [
-            r for r in self._backlog if TopicPartition(r.topic, r.partition) not in revoked_set
-        ]
+        self._backlog = [record for record in self._backlog if record.part.assigned]
 
     async def partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self._member = True
         for tp in assigned:
             if tp not in self._partitions:
-                self._epoch += 1
-                partition = self._partitions[tp] = Partition(self._epoch)
+                partition = self._partitions[tp] = Partition(tp)
                 if self._consumer is not None:
                     # Lag counts from the group's committed offset, not from zero.
                     partition.committed = await self._consumer.committed(tp)
