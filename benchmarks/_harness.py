@@ -1,5 +1,5 @@
 """Shared plumbing for the benchmarks: a machine-wide lock per measured phase, load figures,
-peak memory of a process, and one-shot work in a fresh child process.
+peak memory of a process, one-shot work in a fresh child process, and the COPY ceiling.
 
 The machine is shared: every benchmark takes `phase()` (an exclusive `flock` on
 /tmp/gateway-bench.lock) around each measured phase, so two benchmarks never measure at once,
@@ -16,14 +16,21 @@ import multiprocessing
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+
+import asyncpg
+import uvloop
+
+from gateway.decoder import COLUMNS
 
 __all__ = [
     "LOCK_PATH",
     "CpuMeter",
     "CpuShares",
     "MemorySampler",
+    "copy_ceiling",
     "in_child",
     "loadavg",
     "memory_kb",
@@ -214,3 +221,44 @@ async def in_child(function: Callable[..., T], *args: Any) -> T:
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
         return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
+
+
+def copy_ceiling(dsn: str, rows: int, connections: int) -> dict[str, Any]:
+    """In a child: COPY pre-built rows in 5000-row batches over `connections` connections."""
+    return uvloop.run(_copy(dsn, rows, connections))
+
+
+async def _copy(dsn: str, total: int, connections: int) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    tags = '{"site":"site-3"}'
+    rows = [(now, f"sensor-{n % 100:04d}", "temperature", n * 0.5, tags, now) for n in range(5000)]
+    batches = total // len(rows)
+    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
+    try:
+
+        async def worker(conn: asyncpg.Connection, share: int) -> None:
+            for _ in range(share):
+                await conn.copy_records_to_table(
+                    "telemetry", schema_name="ingest", columns=COLUMNS, records=rows
+                )
+
+        started, cpu_started = time.perf_counter(), time.process_time()
+        await asyncio.gather(
+            *(
+                worker(conn, batches // connections + (n < batches % connections))
+                for n, conn in enumerate(conns)
+            )
+        )
+        seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
+    finally:
+        for conn in conns:
+            await conn.close()
+    return {
+        "connections": connections,
+        "rows": batches * len(rows),
+        "batch_rows": len(rows),
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(batches * len(rows) / seconds),
+        "client_cpu_s": round(cpu, 2),
+    }

@@ -50,13 +50,12 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import uvloop
-from _harness import CpuMeter, in_child, loadavg, phase
+from _harness import CpuMeter, copy_ceiling, in_child, loadavg, phase
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from gateway.config import (
@@ -571,45 +570,6 @@ async def profile_phase(bench: Bench) -> dict[str, Any]:
         "rows": count,
         "rows_per_s_under_profiler_incl_startup": round(count / wall),
         **result,
-    }
-
-
-def copy_ceiling(dsn: str, rows: int, connections: int) -> dict[str, Any]:
-    """In a child: COPY pre-built rows in 5000-row batches over `connections` connections."""
-    return uvloop.run(_copy(dsn, rows, connections))
-
-
-async def _copy(dsn: str, total: int, connections: int) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    tags = '{"site":"site-3"}'
-    rows = [(now, f"sensor-{n % 1000:04d}", "temperature", n * 0.5, tags, now) for n in range(5000)]
-    batches = total // len(rows)
-    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
-    try:
-
-        async def worker(conn: asyncpg.Connection, share: int) -> None:
-            for _ in range(share):
-                await conn.copy_records_to_table(
-                    "telemetry", schema_name="ingest", columns=COLUMNS, records=rows
-                )
-
-        started = time.perf_counter()
-        await asyncio.gather(
-            *(
-                worker(conn, batches // connections + (n < batches % connections))
-                for n, conn in enumerate(conns)
-            )
-        )
-        seconds = time.perf_counter() - started
-    finally:
-        for conn in conns:
-            await conn.close()
-    return {
-        "connections": connections,
-        "rows": batches * len(rows),
-        "batch_rows": len(rows),
-        "seconds": round(seconds, 3),
-        "rows_per_s": round(batches * len(rows) / seconds),
     }
 
 

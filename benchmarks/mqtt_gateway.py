@@ -53,7 +53,6 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,7 @@ import aiomqtt
 import asyncpg
 import orjson
 import uvloop
-from _harness import CpuMeter, MemorySampler, in_child, loadavg, phase
+from _harness import CpuMeter, MemorySampler, copy_ceiling, in_child, loadavg, phase
 
 from gateway.config import (
     BatchingConfig,
@@ -608,47 +607,6 @@ def in_window(timeline: list[tuple[float, int]], warmup: float, window: float) -
 
 
 # -- COPY alone: the database side's ceiling -----------------------------------------------------
-
-
-def copy_ceiling(dsn: str, rows: int, connections: int) -> dict[str, Any]:
-    """In a child: COPY pre-built rows in 5000-row batches over `connections` connections."""
-    return uvloop.run(_copy(dsn, rows, connections))
-
-
-async def _copy(dsn: str, total: int, connections: int) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    tags = '{"site":"site-3"}'
-    rows = [(now, f"sensor-{n % 100:04d}", "temperature", n * 0.5, tags, now) for n in range(5000)]
-    batches = total // len(rows)
-    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
-    try:
-
-        async def worker(conn: asyncpg.Connection, share: int) -> None:
-            for _ in range(share):
-                await conn.copy_records_to_table(
-                    "telemetry", schema_name="ingest", columns=COLUMNS, records=rows
-                )
-
-        started, cpu_started = time.perf_counter(), time.process_time()
-        await asyncio.gather(
-            *(
-                worker(conn, batches // connections + (n < batches % connections))
-                for n, conn in enumerate(conns)
-            )
-        )
-        seconds = time.perf_counter() - started
-        cpu = time.process_time() - cpu_started
-    finally:
-        for conn in conns:
-            await conn.close()
-    return {
-        "connections": connections,
-        "rows": batches * len(rows),
-        "batch_rows": len(rows),
-        "seconds": round(seconds, 3),
-        "rows_per_s": round(batches * len(rows) / seconds),
-        "client_cpu_s": round(cpu, 2),
-    }
 
 
 async def copy_phase(bench: Bench, connections: int) -> dict[str, Any]:

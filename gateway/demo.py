@@ -32,7 +32,7 @@ from gateway.migrate import migrate
 from gateway.roles.apply import apply_roles
 from gateway.roles.declaration import load_declaration
 from gateway.services.amqtt import Amqtt
-from gateway.services.mosquitto import Mosquitto, mosquitto_binary
+from gateway.services.mosquitto import Mosquitto, MqttBroker, mosquitto_binary
 from gateway.services.postgres import Postgres
 from gateway.simulate import Fleet, FleetOptions, FleetReport
 
@@ -55,10 +55,7 @@ class DemoOptions:
     broker: str = "auto"  # mosquitto | amqtt | auto: Mosquitto when installed
 
 
-Broker = Mosquitto | Amqtt
-
-
-def pick_broker(choice: str) -> Broker:
+def pick_broker(choice: str) -> MqttBroker:
     if choice == "mosquitto" or (choice == "auto" and mosquitto_binary() is not None):
         return Mosquitto()
     return Amqtt()
@@ -135,7 +132,7 @@ async def run_demo(options: DemoOptions) -> int:
     return 0
 
 
-def demo_config(postgres: Postgres, broker: Broker) -> GatewayConfig:
+def demo_config(postgres: Postgres, broker: MqttBroker) -> GatewayConfig:
     return GatewayConfig(
         database=DatabaseConfig(
             host=postgres.address.host,

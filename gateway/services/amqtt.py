@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from gateway.services._process import LOOPBACK, LocalService, ServiceProcess, free_port
-from gateway.services.mosquitto import MqttUser
+from gateway.services._process import ServiceProcess
+from gateway.services.mosquitto import MqttBroker, MqttUser
 
 __all__ = ["Amqtt", "hash_password", "password_matches"]
 
@@ -39,20 +39,14 @@ def password_matches(password: str, stored: str) -> bool:
     return hmac.compare_digest(given.hex(), digest)
 
 
-class Amqtt(LocalService):
-    """amqtt with a generated config; the same interface as `Mosquitto` where the demo needs it.
-
-    `protocol` says which gateway transport reaches it.
-    """
+class Amqtt(MqttBroker):
+    """amqtt with a generated config: passwords and the device rule, MQTT 3.1.1 only."""
 
     name = "amqtt"
     protocol: Literal["3.1.1"] = "3.1.1"
 
     def __init__(self, *, gateway_user: str = "gateway", keep_dir: bool = False) -> None:
-        super().__init__(keep_dir=keep_dir)
-        self.host = LOOPBACK
-        self.port = free_port()
-        self.gateway = MqttUser(gateway_user, secrets.token_urlsafe(16))
+        super().__init__(gateway_user=gateway_user, keep_dir=keep_dir)
         self._users: dict[str, str] = {}
 
     @property
@@ -63,13 +57,8 @@ class Amqtt(LocalService):
     def config_file(self) -> Path:
         return self.directory / "amqtt.json"
 
-    def add_user(self, username: str, password: str | None = None) -> MqttUser:
-        """Create or update an account; the running broker reads the file again at once."""
-        user = MqttUser(username, password or secrets.token_urlsafe(12))
-        self.add_users([user])
-        return user
-
     def add_users(self, users: list[MqttUser]) -> None:
+        """The running broker reads the file again at its next connection."""
         for user in users:
             self._users[user.username] = hash_password(user.password)
         # Replaced whole, never rewritten in place: the broker must not read half a file.

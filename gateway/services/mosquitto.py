@@ -28,7 +28,7 @@ from gateway.services._process import (
 )
 from gateway.services.tls import CertificateAuthority
 
-__all__ = ["Mosquitto", "MqttUser", "acl_rules", "mosquitto_binary"]
+__all__ = ["Mosquitto", "MqttBroker", "MqttUser", "acl_rules", "mosquitto_binary"]
 
 
 def mosquitto_binary() -> str | None:
@@ -58,7 +58,29 @@ class MqttUser:
     password: str = field(repr=False)
 
 
-class Mosquitto(LocalService):
+class MqttBroker(LocalService):
+    """A broker on loopback with accounts and the gateway's own user; `protocol` is the MQTT
+    version the gateway reaches it with."""
+
+    protocol: Literal["5", "3.1.1"]
+
+    def __init__(self, *, gateway_user: str, keep_dir: bool) -> None:
+        super().__init__(keep_dir=keep_dir)
+        self.host = LOOPBACK
+        self.port = free_port()
+        self.gateway = MqttUser(gateway_user, secrets.token_urlsafe(16))
+
+    def add_user(self, username: str, password: str | None = None) -> MqttUser:
+        """Create or update an account; the running broker takes it at once."""
+        user = MqttUser(username, password or secrets.token_urlsafe(12))
+        self.add_users([user])
+        return user
+
+    def add_users(self, users: list[MqttUser]) -> None:
+        raise NotImplementedError
+
+
+class Mosquitto(MqttBroker):
     """Debian's `mosquitto` with a generated config: no anonymous access, passwords, ACLs.
 
     `max_queued_messages` bounds what the broker keeps for a disconnected persistent session;
@@ -77,10 +99,7 @@ class Mosquitto(LocalService):
         tls: bool = False,
         keep_dir: bool = False,
     ) -> None:
-        super().__init__(keep_dir=keep_dir)
-        self.host = LOOPBACK
-        self.port = free_port()
-        self.gateway = MqttUser(gateway_user, secrets.token_urlsafe(16))
+        super().__init__(gateway_user=gateway_user, keep_dir=keep_dir)
         self._max_queued = max_queued_messages
         self._max_inflight = max_inflight_messages
         self.tls_port: int | None = free_port() if tls else None
@@ -112,13 +131,8 @@ class Mosquitto(LocalService):
     def _ca(self) -> CertificateAuthority:
         return CertificateAuthority(self.directory / "tls")
 
-    def add_user(self, username: str, password: str | None = None) -> MqttUser:
-        """Create or update an account; a running broker reloads its password file at once."""
-        user = MqttUser(username, password or secrets.token_urlsafe(12))
-        self.add_users([user])
-        return user
-
     def add_users(self, users: list[MqttUser]) -> None:
+        """A running broker reloads its password file at once (SIGHUP)."""
         for user in users:
             run_tool(
                 ["mosquitto_passwd", "-b", str(self.password_file), user.username, user.password],
