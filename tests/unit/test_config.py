@@ -41,3 +41,44 @@ def test_errors_name_path_and_expectation(tmp_path: Path) -> None:
     assert "'reject', 'provision' or 'quarantine'" in problems["identities.unknown"]
     assert "must hold at least one batch" in problems["batching"]
     assert "colour" in problems
+
+
+def test_kafka_source_errors_name_their_path(tmp_path: Path) -> None:
+    bad = tmp_path / "gateway.toml"
+    bad.write_text(
+        "[[sources.kafka]]\n"
+        'name = "a"\nbootstrap_servers = "k:9092"\ngroup_id = "g"\n'
+        'topics = ["t"]\ntopic_pattern = "t.*"\nsecurity_protocol = "SASL_SSL"\n'
+        "[[sources.kafka]]\n"
+        'name = "b"\nbootstrap_servers = "k:9092"\ngroup_id = "g"\ntopics = ["t"]\n'
+        'identity_from = "value"\nsasl_mechanism = "SCRAM-SHA-1"\nmax_poll_records = 0\n'
+        "[[sources.kafka]]\n"
+        'name = "c"\nbootstrap_servers = "k:9092"\ngroup_id = "g"\ntopics = ["t"]\n'
+        'identity_from = "topic:telemetry"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad)
+    problems = dict(caught.value.problems)
+    assert "either `topics` or `topic_pattern`" in problems["sources.kafka[0]"]
+    assert "key|header:.+|topic:.+" in problems["sources.kafka[1].identity_from"]
+    assert (
+        "'SCRAM-SHA-256', 'SCRAM-SHA-512' or 'PLAIN'" in problems["sources.kafka[1].sasl_mechanism"]
+    )
+    assert "greater than or equal to 1" in problems["sources.kafka[1].max_poll_records"]
+    assert "{identity}" in problems["sources.kafka[2]"]
+
+
+def test_kafka_source_accepts_a_pattern_scram_512_and_fetch_sizes(tmp_path: Path) -> None:
+    good = tmp_path / "gateway.toml"
+    good.write_text(
+        "[[sources.kafka]]\n"
+        'name = "a"\nbootstrap_servers = "k:9092"\ngroup_id = "g"\n'
+        'topic_pattern = "telemetry\\\\..*"\n'
+        'security_protocol = "SASL_SSL"\nsasl_mechanism = "SCRAM-SHA-512"\n'
+        'username = "gw"\npassword = { env = "KAFKA_PASSWORD" }\n'
+        "max_poll_records = 2000\nfetch_max_bytes = 1048576\nmax_partition_fetch_bytes = 262144\n"
+        'identity_from = "header:device"\n'
+    )
+    (source,) = load_config(good).sources.kafka
+    assert (source.topic_pattern, source.sasl_mechanism) == (r"telemetry\..*", "SCRAM-SHA-512")
+    assert (source.max_poll_records, source.fetch_max_bytes) == (2000, 1_048_576)
