@@ -130,3 +130,26 @@ async def test_identity_findings(applied: Postgres, tmp_path: Path) -> None:
         assert code == 3
     finally:
         await conn.close()
+
+
+async def test_missing_grants_and_orphaned_managed_roles(applied: Postgres, tmp_path: Path) -> None:
+    conn = await asyncpg.connect(applied.dsn)
+    try:
+        await conn.execute("REVOKE INSERT ON ingest.telemetry FROM telemetry_ingest")
+        code, report = await audit(applied)
+        assert ("missing_grant", "telemetry_ingest") in checks(report)
+        assert code == 3
+
+        # A managed role the declaration no longer has, before anyone applied the change.
+        text = EXAMPLE_ROLES.read_text()
+        start = text.index("[roles.state_writer]")
+        end = text.index("[roles.", start + 1)
+        smaller = tmp_path / "roles.toml"
+        smaller.write_text(text[:start] + text[end:])
+        code, report = await audit(applied, "--roles", str(smaller))
+        found = checks(report)
+        assert ("orphaned_role", "state_writer") in found
+        assert ("missing_grant", "telemetry_ingest") in found
+        assert code == 3
+    finally:
+        await conn.close()
