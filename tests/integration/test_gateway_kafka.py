@@ -24,12 +24,13 @@ from gateway.config import (
 )
 from gateway.errors import GatewayError
 from gateway.services.kafka import Kafka
+from gateway.simulate_kafka import KafkaFleetOptions, run_kafka_fleet
 
 from .stack import GatewayProcess, Stack, reading, stack
 
 TOPIC = "telemetry"
 GROUP = "m2m-gateway"
-PARTITIONS = {TOPIC: 4, "telemetry.sensor-k7": 1, "other": 1}
+PARTITIONS = {TOPIC: 4, "telemetry.sensor-k7": 1, "other": 1, "heavy": 4}
 DEVICES = [f"sensor-k{i}" for i in range(10)]
 PASSWORDS = {user: secrets.token_urlsafe(12) for user in ("gateway", "bridge", "stranger")}
 
@@ -95,6 +96,8 @@ async def env(role_passwords: dict[str, str]) -> AsyncIterator[KafkaStack]:
         await kafka.allow("gateway", ["Read"], group=GROUP)
         await kafka.allow("gateway", ["Read"], group="by-topic")
         await kafka.allow("gateway", ["Read"], group="by-header")
+        await kafka.allow("gateway", ["Read", "Describe"], topic="heavy")
+        await kafka.allow("gateway", ["Read"], group="heavy-drain")
         yield KafkaStack(deployment, kafka)
 
 
@@ -326,6 +329,44 @@ async def test_broker_restart_makes_the_pod_unready_and_then_resumes(env: KafkaS
         assert await rows_of(env, "sensor-k9") == 20
     finally:
         await gateway.stop()
+
+
+async def test_heartbeats_keep_the_membership_through_a_long_drain(env: KafkaStack) -> None:
+    devices = [f"hv-{i:04d}" for i in range(10)]
+    await env.stack.add_devices(devices)
+    report = await run_kafka_fleet(
+        KafkaFleetOptions(
+            bootstrap_servers=env.kafka.bootstrap,
+            topic="heavy",
+            devices=10,
+            prefix="hv-",
+            count=300_000,
+        )
+    )
+    assert report.ok, report.errors
+    # The broker's shortest session: a pipeline that kept the loop busy for six seconds would
+    # be thrown out of the group, its partitions reassigned and their records read again.
+    gateway = Gateway(env.config(group_id="heavy-drain", topics=["heavy"], session_timeout_ms=6000))
+    await gateway.start()
+    try:
+        source = gateway.sources[0]
+        joined = source.rebalances  # type: ignore[attr-defined]
+
+        async def drained() -> bool:
+            rows = await env.stack.count(
+                "SELECT count(*) FROM ingest.telemetry WHERE identity LIKE 'hv-%'"
+            )
+            return rows >= 300_000
+
+        await env.stack.wait_for(drained, 180, "300,000 rows from the heavy topic")
+        assert source.rebalances == joined  # type: ignore[attr-defined]
+    finally:
+        await gateway.stop()
+    assert (
+        await env.stack.count("SELECT count(*) FROM ingest.telemetry WHERE identity LIKE 'hv-%'")
+        == 300_000
+    )
+    assert await env.committed("heavy", "heavy-drain") == 300_000
 
 
 async def test_acl_denial_and_bad_password_are_clear_errors(env: KafkaStack) -> None:
