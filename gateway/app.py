@@ -115,7 +115,8 @@ class Gateway:
             pump.add_done_callback(self._pump_ended)
             self._pumps.append(pump)
         log.info(
-            "gateway started: %d source(s), roles %s, http port %d",
+            "gateway started on %s: %d source(s), roles %s, http port %d",
+            type(asyncio.get_running_loop()).__module__.partition(".")[0],  # uvloop, or asyncio
             len(self.sources),
             ", ".join(sorted(writers)),
             self.http.port,
