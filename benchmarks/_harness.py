@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import multiprocessing
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -24,17 +25,28 @@ import asyncpg
 import uvloop
 
 from gateway.decoder import COLUMNS
+from gateway.migrate import migrate
+from gateway.roles.apply import apply_roles
+from gateway.roles.declaration import Declaration, load_declaration
+from gateway.services.postgres import Postgres
+
+ROLES_FILE = Path(__file__).resolve().parents[1] / "config" / "roles.toml"
+INGEST_ROLE = "telemetry_ingest"
 
 __all__ = [
+    "INGEST_ROLE",
     "LOCK_PATH",
+    "ROLES_FILE",
     "CpuMeter",
     "CpuShares",
     "MemorySampler",
     "copy_ceiling",
+    "example_roles",
     "in_child",
     "loadavg",
     "memory_kb",
     "phase",
+    "prepare_database",
 ]
 
 LOCK_PATH = Path("/tmp/gateway-bench.lock")
@@ -262,3 +274,30 @@ async def _copy(dsn: str, total: int, connections: int) -> dict[str, Any]:
         "rows_per_s": round(batches * len(rows) / seconds),
         "client_cpu_s": round(cpu, 2),
     }
+
+
+def example_roles() -> Declaration:
+    """The shipped roles declaration, with a fresh password for every role not given one."""
+    doc = load_declaration(ROLES_FILE)
+    for spec in doc.roles.values():
+        if spec.password.env is not None:
+            os.environ.setdefault(spec.password.env, secrets.token_urlsafe(16))
+    return doc
+
+
+async def prepare_database(postgres: Postgres, doc: Declaration, names: list[str]) -> str:
+    """Migrate, apply the roles, register `names` on the ingest role; returns its login DSN."""
+    conn = await asyncpg.connect(postgres.dsn)
+    try:
+        await migrate(conn)
+        await apply_roles(conn, doc, actor="benchmark")
+        await conn.executemany(
+            "INSERT INTO gateway.identities (name, role_id) "
+            "SELECT $1, id FROM gateway.roles WHERE name = $2",
+            [(name, INGEST_ROLE) for name in names],
+        )
+    finally:
+        await conn.close()
+    password = doc.roles[INGEST_ROLE].password.read()
+    assert password is not None
+    return postgres.address.dsn_for(doc.login_role(INGEST_ROLE), password)

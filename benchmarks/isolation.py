@@ -51,9 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from _harness import loadavg
+from _harness import example_roles, loadavg, prepare_database
 from mqtt_gateway import (
-    INGEST_ROLE,
     ROLES_FILE,
     Bench,
     GatewayProcess,
@@ -63,8 +62,6 @@ from mqtt_gateway import (
     running_gateway,
 )
 
-from gateway.migrate import migrate
-from gateway.roles.apply import apply_roles
 from gateway.roles.declaration import Declaration, load_declaration
 from gateway.services.mosquitto import Mosquitto, MqttUser
 from gateway.services.postgres import Postgres
@@ -123,32 +120,16 @@ async def services(settings: Settings) -> AsyncIterator[Bench]:
     limit (0) it reset every device's connection ("Bad socket read/write") once the ACL had
     refused about one spoofed message per device. A limit this large does neither.
     """
-    doc = load_declaration(ROLES_FILE)
-    for spec in doc.roles.values():
-        if spec.password.env is not None:
-            os.environ.setdefault(spec.password.env, secrets.token_urlsafe(16))
+    doc = example_roles()
     with tempfile.TemporaryDirectory(prefix="bench-isolation-") as workdir:
         async with (
             Postgres(settings={"track_commit_timestamp": "on"}) as postgres,
             Mosquitto(max_queued_messages=BROKER_QUEUE_LIMIT) as broker,
         ):
-            conn = await asyncpg.connect(postgres.dsn)
-            try:
-                await migrate(conn)
-                await apply_roles(conn, doc, actor="benchmark")
-                names = [f"sensor-{n:04d}" for n in range(settings.devices)]
-                await conn.executemany(
-                    "INSERT INTO gateway.identities (name, role_id) "
-                    "SELECT $1, id FROM gateway.roles WHERE name = $2",
-                    [(name, INGEST_ROLE) for name in names],
-                )
-            finally:
-                await conn.close()
+            names = [f"sensor-{n:04d}" for n in range(settings.devices)]
+            ingest_dsn = await prepare_database(postgres, doc, names)
             password = secrets.token_urlsafe(12)
             broker.add_users([MqttUser(name, password) for name in names])
-            ingest_password = doc.roles[INGEST_ROLE].password.read()
-            assert ingest_password is not None
-            ingest_dsn = postgres.address.dsn_for(doc.login_role(INGEST_ROLE), ingest_password)
             yield Bench(postgres, broker, settings, password, ingest_dsn, Path(workdir))
 
 

@@ -55,7 +55,17 @@ from typing import Any
 
 import asyncpg
 import uvloop
-from _harness import CpuMeter, copy_ceiling, in_child, loadavg, phase
+from _harness import (
+    INGEST_ROLE,
+    ROLES_FILE,
+    CpuMeter,
+    copy_ceiling,
+    example_roles,
+    in_child,
+    loadavg,
+    phase,
+    prepare_database,
+)
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from gateway.config import (
@@ -67,17 +77,12 @@ from gateway.config import (
     Secret,
     SourcesConfig,
 )
-from gateway.migrate import migrate
-from gateway.roles.apply import apply_roles
-from gateway.roles.declaration import load_declaration
 from gateway.services.kafka import Kafka
 from gateway.services.postgres import Postgres
 from gateway.simulate_kafka import KafkaFleetOptions, run_kafka_fleet
 
 ROOT = Path(__file__).resolve().parents[1]
-ROLES_FILE = ROOT / "config" / "roles.toml"
 KAFKA_PASSWORD_ENV = "GATEWAY_BENCH_KAFKA_PASSWORD"
-INGEST_ROLE = "telemetry_ingest"
 COLUMNS = ("ts", "identity", "metric", "value", "tags", "received_at")
 ROWS = {"role": INGEST_ROLE, "table": "ingest.telemetry"}
 USERS = {"gateway": secrets.token_urlsafe(12), "bridge": secrets.token_urlsafe(12)}
@@ -663,30 +668,14 @@ def compare(results: dict[str, Any]) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def services(settings: Settings) -> AsyncIterator[Bench]:
-    doc = load_declaration(ROLES_FILE)
-    for spec in doc.roles.values():
-        if spec.password.env is not None:
-            os.environ.setdefault(spec.password.env, secrets.token_urlsafe(16))
+    doc = example_roles()
     with tempfile.TemporaryDirectory(prefix="bench-kafka-gateway-") as workdir:
         async with (
             Postgres(settings={"track_commit_timestamp": "on"}) as postgres,
             Kafka(users=USERS) as kafka,
         ):
-            conn = await asyncpg.connect(postgres.dsn)
-            try:
-                await migrate(conn)
-                await apply_roles(conn, doc, actor="benchmark")
-                names = KafkaFleetOptions(devices=settings.devices).names()
-                await conn.executemany(
-                    "INSERT INTO gateway.identities (name, role_id) "
-                    "SELECT $1, id FROM gateway.roles WHERE name = $2",
-                    [(name, INGEST_ROLE) for name in names],
-                )
-            finally:
-                await conn.close()
-            ingest_password = doc.roles[INGEST_ROLE].password.read()
-            assert ingest_password is not None
-            ingest_dsn = postgres.address.dsn_for(doc.login_role(INGEST_ROLE), ingest_password)
+            names = KafkaFleetOptions(devices=settings.devices).names()
+            ingest_dsn = await prepare_database(postgres, doc, names)
             yield Bench(postgres, kafka, settings, ingest_dsn, Path(workdir))
 
 

@@ -60,7 +60,18 @@ import aiomqtt
 import asyncpg
 import orjson
 import uvloop
-from _harness import CpuMeter, MemorySampler, copy_ceiling, in_child, loadavg, phase
+from _harness import (
+    INGEST_ROLE,
+    ROLES_FILE,
+    CpuMeter,
+    MemorySampler,
+    copy_ceiling,
+    example_roles,
+    in_child,
+    loadavg,
+    phase,
+    prepare_database,
+)
 
 from gateway.config import (
     BatchingConfig,
@@ -71,9 +82,6 @@ from gateway.config import (
     Secret,
     SourcesConfig,
 )
-from gateway.migrate import migrate
-from gateway.roles.apply import apply_roles
-from gateway.roles.declaration import load_declaration
 from gateway.services._process import free_port, log_tail
 from gateway.services.mosquitto import Mosquitto, MqttUser
 from gateway.services.postgres import Postgres
@@ -81,10 +89,8 @@ from gateway.simulate import Fleet, FleetOptions, FleetReport
 from gateway.sources.mqtt import MqttClient, MqttOptions
 
 ROOT = Path(__file__).resolve().parents[1]
-ROLES_FILE = ROOT / "config" / "roles.toml"
 MQTT_PASSWORD_ENV = "GATEWAY_BENCH_MQTT_PASSWORD"
 SUBSCRIPTION = "devices/+/telemetry"
-INGEST_ROLE = "telemetry_ingest"
 COLUMNS = ("ts", "identity", "metric", "value", "tags", "received_at")
 
 GOALS = {
@@ -815,33 +821,16 @@ async def profile_phase(bench: Bench, readings: int, top: int) -> dict[str, Any]
 
 @contextlib.asynccontextmanager
 async def services(settings: Settings) -> AsyncIterator[Bench]:
-    doc = load_declaration(ROLES_FILE)
-    for spec in doc.roles.values():
-        if spec.password.env is not None:
-            os.environ.setdefault(spec.password.env, secrets.token_urlsafe(16))
+    doc = example_roles()
     with tempfile.TemporaryDirectory(prefix="bench-mqtt-gateway-") as workdir:
         async with (
             Postgres(settings={"track_commit_timestamp": "on"}) as postgres,
             Mosquitto() as broker,
         ):
-            conn = await asyncpg.connect(postgres.dsn)
-            try:
-                await migrate(conn)
-                await apply_roles(conn, doc, actor="benchmark")
-                names = [f"sensor-{n:04d}" for n in range(settings.devices)]
-                await conn.executemany(
-                    "INSERT INTO gateway.identities (name, role_id) "
-                    "SELECT $1, id FROM gateway.roles WHERE name = $2",
-                    [(name, INGEST_ROLE) for name in names],
-                )
-            finally:
-                await conn.close()
+            names = [f"sensor-{n:04d}" for n in range(settings.devices)]
+            ingest_dsn = await prepare_database(postgres, doc, names)
             password = secrets.token_urlsafe(12)
             broker.add_users([MqttUser(name, password) for name in names])
-            spec = doc.roles[INGEST_ROLE]
-            ingest_password = spec.password.read()
-            assert ingest_password is not None
-            ingest_dsn = postgres.address.dsn_for(doc.login_role(INGEST_ROLE), ingest_password)
             yield Bench(postgres, broker, settings, password, ingest_dsn, Path(workdir))
 
 
