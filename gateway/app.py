@@ -35,6 +35,7 @@ from gateway.roles.declaration import Declaration, load_declaration
 from gateway.sinks.postgres import CopyTarget, PostgresSink
 from gateway.sources.kafka import KafkaSource
 from gateway.sources.mqtt import mqtt_source
+from gateway.validation import ConfigError
 
 __all__ = ["Gateway"]
 
@@ -85,7 +86,14 @@ class Gateway:
         doc = load_declaration(config.database.roles_file)
         writers = writer_roles(doc, config)
         control, rejects = config.database.control_role, config.database.rejects_role
-        self._pools = pools = RolePools(config.database, doc, [*writers, control, rejects])
+        if control in writers or control == rejects:
+            raise ConfigError(
+                "gateway configuration",
+                [("database.control_role", "must be a role of its own, not one that writes rows")],
+            )
+        self._pools = pools = RolePools(
+            config.database, doc, [control], row_writers=[*writers, rejects]
+        )
         await pools.open()
 
         self._cache = IdentityCache(

@@ -16,9 +16,9 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from gateway import pgtime
 from gateway.activity import Activity
 from gateway.batching import Batch, Batcher, BatchPolicy
 from gateway.decoder import DecodeLimits, Reject, decode
@@ -157,7 +157,7 @@ class Pipeline:
 
     def submit(self, source: Source, messages: Iterable[Any]) -> None:
         """Route, decode and buffer each message; bad ones become reject records."""
-        received_at = datetime.now(UTC)
+        received_at = pgtime.now()
         count = 0
         claim, lookup, routes, limits = source.claim, self._lookup, self._routes, self._limits
         batchers, unclaimed = self._batchers, source.unclaimed_reason
@@ -194,7 +194,7 @@ class Pipeline:
             self._capacity.clear()
 
     def _unknown_identity(
-        self, source: Source, message: Any, identity: str, received_at: datetime
+        self, source: Source, message: Any, identity: str, received_at: int
     ) -> None:
         if self._unknown == "quarantine":
             self._reject(source, message, "quarantined", identity, "unknown identity", received_at)
@@ -240,7 +240,7 @@ class Pipeline:
                         "unknown_identity",
                         identity,
                         "provisioning failed",
-                        datetime.now(UTC),
+                        pgtime.now(),
                     )
             else:
                 self.submit(source, messages)
@@ -252,7 +252,7 @@ class Pipeline:
         reason: str,
         identity: str | None,
         detail: str,
-        at: datetime,
+        at: int,
     ) -> None:
         self.metrics.messages_rejected.labels(source.name, reason).inc()
         if identity is not None:
@@ -290,9 +290,7 @@ class Pipeline:
             self.metrics.flush_duration.labels(role, table).observe(now - started)
             self.activity.wrote(Counter(row[1] for row in batch.rows))
             newest = max(row[0] for row in batch.rows)
-            self.metrics.end_to_end_latency.observe(
-                max(0.0, (datetime.now(UTC) - newest).total_seconds())
-            )
+            self.metrics.end_to_end_latency.observe(max(0.0, (pgtime.now() - newest) / 1e6))
         self._acknowledge(batch)
         self.metrics.ack_latency.observe(now - batch.started)
         self._buffered -= len(batch.rows)
@@ -313,7 +311,7 @@ class Pipeline:
             self.activity.rejected(identity)
             payload = repr(row[2:5]).encode()[:PAYLOAD_PREFIX]
             record = (
-                datetime.now(UTC),
+                pgtime.now(),
                 "database",
                 "database_refused",
                 identity,

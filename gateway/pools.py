@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from gateway.config import DatabaseConfig
+from gateway.pgtime import use_integer_timestamps
 from gateway.roles.declaration import Declaration
 from gateway.validation import ConfigError
 
@@ -25,10 +26,20 @@ log = logging.getLogger(__name__)
 
 
 class RolePools:
-    def __init__(self, database: DatabaseConfig, doc: Declaration, roles: Iterable[str]) -> None:
+    """The pools of `roles`; those of `row_writers` speak integer timestamps (`gateway.pgtime`),
+    so a role may not be both a row writer and a reader of timestamps (the control role)."""
+
+    def __init__(
+        self,
+        database: DatabaseConfig,
+        doc: Declaration,
+        roles: Iterable[str],
+        row_writers: Iterable[str] = (),
+    ) -> None:
         self._database = database
         self._doc = doc
-        self._roles = sorted(set(roles))
+        self._row_writers = set(row_writers)
+        self._roles = sorted(set(roles) | self._row_writers)
         unknown = [role for role in self._roles if role not in doc.roles]
         if unknown:
             raise ConfigError(
@@ -90,7 +101,10 @@ class RolePools:
             while True:
                 try:
                     self._pools[role] = await asyncpg.create_pool(
-                        min_size=size.min, max_size=size.max, **params
+                        min_size=size.min,
+                        max_size=size.max,
+                        init=use_integer_timestamps if role in self._row_writers else None,
+                        **params,
                     )
                     break
                 except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:

@@ -23,6 +23,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from gateway import pgtime
 from gateway.app import Gateway
 from gateway.cli_simulate import register
 from gateway.config import KafkaSourceConfig, Secret, SourcesConfig
@@ -143,12 +144,12 @@ async def test_identity_in_the_key_and_an_exact_malformed_share(kafka: Kafka) ->
         index, _seq = body_index(record.value or b"")
         assert record.key == options.name(index).encode()
         try:
-            rows = decode(record.value or b"", "x", datetime.now(UTC), DecodeLimits())
+            rows = decode(record.value or b"", "x", pgtime.now(), DecodeLimits())
         except Reject as reject:
             assert reject.reason == "malformed_json"
             malformed += 1
             continue
-        assert len(rows) == 1 and started <= rows[0][0] <= datetime.now(UTC)
+        assert len(rows) == 1 and started <= pgtime.to_datetime(rows[0][0]) <= datetime.now(UTC)
         body = orjson.loads(record.value or b"")
         assert set(body) == {"id", "ts", "metric", "value", "tags"}
         assert record.timestamp == body["ts"]  # the record's time is the body's send time
@@ -182,7 +183,7 @@ async def test_identity_in_a_header_with_batched_readings(kafka: Kafka) -> None:
         assert record.key is None
         assert list(record.headers) == [("device", options.name(index).encode())]
         assert record.partition == index % 4
-        assert len(decode(record.value or b"", "x", datetime.now(UTC), DecodeLimits())) == 3
+        assert len(decode(record.value or b"", "x", pgtime.now(), DecodeLimits())) == 3
 
 
 async def test_the_rate_roughly_holds(kafka: Kafka) -> None:

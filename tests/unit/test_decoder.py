@@ -9,16 +9,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway import pgtime
 from gateway.decoder import DecodeLimits, Reject, decode
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+NOW_US = pgtime.from_datetime(NOW)  # rows carry PostgreSQL's integer microseconds
 LIMITS = DecodeLimits()
 MS = int(NOW.timestamp() * 1000)
 
 
 def rejected(payload: bytes, limits: DecodeLimits = LIMITS) -> str:
     with pytest.raises(Reject) as caught:
-        decode(payload, "sensor-1", NOW, limits)
+        decode(payload, "sensor-1", NOW_US, limits)
     return caught.value.reason
 
 
@@ -26,10 +28,10 @@ def test_single_reading_with_epoch_ms() -> None:
     (row,) = decode(
         orjson.dumps({"ts": MS, "metric": "temp", "value": 21, "tags": {"b": 1, "a": "x"}}),
         "sensor-1",
-        NOW,
+        NOW_US,
         LIMITS,
     )
-    assert row == (NOW, "sensor-1", "temp", 21.0, '{"b":1,"a":"x"}', NOW)
+    assert row == (NOW_US, "sensor-1", "temp", 21.0, '{"b":1,"a":"x"}', NOW_US)
 
 
 def test_batch_with_rfc3339_and_per_reading_timestamps() -> None:
@@ -42,10 +44,10 @@ def test_batch_with_rfc3339_and_per_reading_timestamps() -> None:
             ],
         }
     )
-    rows = decode(payload, "sensor-1", NOW, LIMITS)
+    rows = decode(payload, "sensor-1", NOW_US, LIMITS)
     assert [(r[0], r[2], r[3], r[4]) for r in rows] == [
-        (NOW - timedelta(minutes=1), "a", 1.5, None),
-        (NOW - timedelta(minutes=2), "b", 2.0, None),
+        (pgtime.from_datetime(NOW - timedelta(minutes=1)), "a", 1.5, None),
+        (pgtime.from_datetime(NOW - timedelta(minutes=2)), "b", 2.0, None),
     ]
 
 
@@ -90,22 +92,22 @@ def test_a_bad_reading_refuses_its_whole_batch() -> None:
         {"ts": MS, "readings": [{"metric": "a", "value": 1}, {"metric": "b", "value": None}]}
     )
     with pytest.raises(Reject, match=r"readings\[1\]\.value"):
-        decode(payload, "sensor-1", NOW, LIMITS)
+        decode(payload, "sensor-1", NOW_US, LIMITS)
 
 
 def test_dedup_ids_come_from_the_payload_or_the_reading() -> None:
     single = orjson.dumps({"id": "m-7", "ts": MS, "metric": "t", "value": 1})
-    assert decode(single, "s", NOW, LIMITS, dedup=True)[0][-1] == "m-7"
+    assert decode(single, "s", NOW_US, LIMITS, dedup=True)[0][-1] == "m-7"
     batch = orjson.dumps({"id": 9, "ts": MS, "readings": [{"metric": "a", "value": 1}] * 2})
-    assert [r[-1] for r in decode(batch, "s", NOW, LIMITS, dedup=True)] == ["9#0", "9#1"]
+    assert [r[-1] for r in decode(batch, "s", NOW_US, LIMITS, dedup=True)] == ["9#0", "9#1"]
     anonymous = orjson.dumps({"ts": MS, "metric": "t", "value": 1})
-    assert decode(anonymous, "s", NOW, LIMITS, dedup=True)[0][-1] == f"{NOW.isoformat()}|t"
+    assert decode(anonymous, "s", NOW_US, LIMITS, dedup=True)[0][-1] == f"{NOW.isoformat()}|t"
 
 
 @given(st.binary(max_size=300))
 def test_any_bytes_either_decode_or_reject_cleanly(payload: bytes) -> None:
     try:
-        rows = decode(payload, "sensor-1", NOW, LIMITS)
+        rows = decode(payload, "sensor-1", NOW_US, LIMITS)
     except Reject as reject:
         assert reject.reason in {
             "malformed_json",

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from datetime import UTC, datetime
 from pathlib import Path
 
 import mqtt5
 import orjson
 import pytest
 
+from gateway import pgtime
 from gateway.cli_simulate import options_from_args, register
 from gateway.decoder import DecodeLimits, Reject, decode
 from gateway.simulate import (
@@ -54,7 +54,7 @@ def test_batch_has_the_decoder_shape() -> None:
 @pytest.mark.parametrize("readings", [1, 4])
 def test_the_gateway_decodes_valid_bodies_and_rejects_malformed_ones(readings: int) -> None:
     payloads = Payloads("r", readings)
-    received = datetime.fromtimestamp(NOW_MS / 1000, UTC)
+    received = pgtime.from_epoch_ms(NOW_MS)
     rows = decode(payloads.build(1, 1, NOW_MS, malformed=False), "d", received, DecodeLimits())
     assert len(rows) == readings
     assert rows[0][0] == received
