@@ -10,11 +10,16 @@ from gateway.validation import ConfigError
 
 __all__ = ["TopicTemplate"]
 
+# Claims of this many distinct topics are remembered; a fleet far larger only parses more often.
+REMEMBERED_TOPICS = 65_536
+_UNSEEN = object()
+
 
 class TopicTemplate:
     """A compiled template: fixed levels, one `{identity}` level and an optional `{stream}`."""
 
     __slots__ = (
+        "_claims",
         "_fixed",
         "_identity",
         "_levels",
@@ -47,9 +52,22 @@ class TopicTemplate:
         self._stream = parts.index("{stream}") if "{stream}" in parts else -1
         self._fixed = [(i, p) for i, p in enumerate(parts) if p not in ("{identity}", "{stream}")]
         self._separator = separator
+        self._claims: dict[str, tuple[str, str] | None] = {}
 
     def parse(self, topic: str) -> tuple[str, str] | None:
-        """(identity, stream) of a topic, or None when it does not fit the template."""
+        """(identity, stream) of a topic, or None when it does not fit the template.
+
+        Every message of a device repeats its topic, so answers are remembered (boundedly).
+        """
+        claim = self._claims.get(topic, _UNSEEN)
+        if claim is _UNSEEN:
+            claims = self._claims
+            if len(claims) >= REMEMBERED_TOPICS:
+                claims.clear()
+            claim = claims[topic] = self._parse(topic)
+        return claim  # type: ignore[return-value]
+
+    def _parse(self, topic: str) -> tuple[str, str] | None:
         parts = topic.split(self._separator)
         if len(parts) != self._levels:
             return None

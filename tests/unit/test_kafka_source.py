@@ -17,10 +17,7 @@ from gateway.sources.kafka import KafkaRecord, KafkaSource, Partition, identity_
 def record(
     key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None, topic: str = "t"
 ) -> KafkaRecord:
-    raw: ConsumerRecord[bytes, bytes] = ConsumerRecord(
-        topic, 0, 7, 0, 0, key, b"{}", None, 0, 0, headers or []
-    )
-    return KafkaRecord(raw, 0, Partition(TopicPartition(topic, 0)))
+    return KafkaRecord(topic, 7, key, b"{}", headers or [], 0, Partition(TopicPartition(topic, 0)))
 
 
 def claim(identity_from: str, **config: Any) -> Any:

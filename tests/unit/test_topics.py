@@ -29,3 +29,15 @@ def test_stream_is_optional() -> None:
 def test_bad_templates_are_refused(bad: str) -> None:
     with pytest.raises(ConfigError):
         TopicTemplate(bad)
+
+
+def test_remembered_claims_stay_right_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.topics.REMEMBERED_TOPICS", 3)
+    template = TopicTemplate("devices/{identity}/{stream}")
+    topics = [f"devices/d-{n}/telemetry" for n in range(5)] + ["devices/x"]
+    for _ in range(2):  # once parsed, once remembered (or parsed again after a clear)
+        assert [template.parse(t) for t in topics] == [
+            *((f"d-{n}", "telemetry") for n in range(5)),
+            None,
+        ]
+        assert len(template._claims) <= 3

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import msgspec
+
 __all__ = ["Message"]
 
 
-class Message:
+class Message(msgspec.Struct, gc=False):
     """One application message.
 
     `received_at` is `time.monotonic()` (for latencies), `received_time` is `time.time()` (for
@@ -13,41 +15,21 @@ class Message:
     connection that delivered the message: an ack is only meaningful on that connection, because
     packet ids are reused and the broker redelivers unacked messages on the next one. `seq` is
     the message's place in that connection's ack window, -1 for QoS 0 (nothing to ack).
+
+    A msgspec struct, made once per message: its constructor runs in C (0.17 us against 0.45
+    for a slotted class's `__init__`), and it references nothing that could form a cycle, so
+    the garbage collector need not track it.
     """
 
-    __slots__ = (
-        "duplicate",
-        "generation",
-        "packet_id",
-        "payload",
-        "qos",
-        "received_at",
-        "received_time",
-        "seq",
-        "topic",
-    )
-
-    def __init__(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int,
-        packet_id: int,
-        duplicate: bool,
-        received_at: float,
-        received_time: float,
-        generation: int,
-        seq: int,
-    ) -> None:
-        self.topic = topic
-        self.payload = payload
-        self.qos = qos
-        self.packet_id = packet_id
-        self.duplicate = duplicate
-        self.received_at = received_at
-        self.received_time = received_time
-        self.generation = generation
-        self.seq = seq
+    topic: str
+    payload: bytes
+    qos: int
+    packet_id: int
+    duplicate: bool
+    received_at: float
+    received_time: float
+    generation: int
+    seq: int
 
     def __repr__(self) -> str:
         return (
