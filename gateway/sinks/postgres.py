@@ -10,6 +10,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import asyncpg
@@ -181,11 +182,11 @@ class PostgresSink:
         target = self.target
         first_ts = last_ts = None
         if target.ts_column is not None:
-            stamps = [row[target.ts_column] for row in rows]
+            stamps = list(map(itemgetter(target.ts_column), rows))
             first_ts, last_ts = min(stamps), max(stamps)
         identities = 0
         if target.identity_column is not None:
-            identities = len({row[target.identity_column] for row in rows})
+            identities = len(set(map(itemgetter(target.identity_column), rows)))
         checksum = hashlib.sha256(orjson.dumps(rows, default=_bytes_as_hex))
         return (
             self.role,
