@@ -24,7 +24,7 @@ from gateway.batching import BatchPolicy
 from gateway.config import GatewayConfig
 from gateway.decoder import COLUMNS, DEDUP_COLUMNS, DecodeLimits
 from gateway.http import HttpServer
-from gateway.identity_cache import CachedIdentity, IdentityCache
+from gateway.identity_cache import IdentityCache
 from gateway.metrics import Metrics
 from gateway.pg_errors import FailureKind
 from gateway.pipeline import Pipeline, Route, Sink, Source
@@ -131,8 +131,8 @@ class Gateway:
         )
 
     def _build_pipeline(self, doc: Declaration, writers: dict[str, list[str]]) -> Pipeline:
-        config, pools = self.config, self._pools
-        assert pools is not None
+        config, pools, cache = self.config, self._pools, self._cache
+        assert pools is not None and cache is not None
         routes: dict[tuple[str, str], Route] = {}
         sinks: dict[tuple[str, str], Sink] = {}
         for role, tables in writers.items():
@@ -156,7 +156,7 @@ class Gateway:
         )
         batching, limits = config.batching, config.limits
         return Pipeline(
-            lookup=self._lookup,
+            lookup=cache.get,
             routes=routes,
             sinks=sinks,
             rejects=rejects,
@@ -177,10 +177,6 @@ class Gateway:
     def _failure_counter(self, role: str, table: str) -> Callable[[FailureKind], None]:
         counter = self.metrics.flush_failures
         return lambda kind: counter.labels(role, table, kind.value).inc()
-
-    def _lookup(self, name: str) -> CachedIdentity | None:
-        assert self._cache is not None
-        return self._cache.get(name)
 
     async def _provision(self, name: str, rule: ProvisionRule) -> None:
         assert self._pools is not None and self._cache is not None

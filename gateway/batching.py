@@ -1,14 +1,16 @@
 """Batches per (role, table): rows accumulate until a row, byte or age limit, whichever first.
 
-A batch remembers the acknowledgement tokens of the messages whose rows it holds, so the source
-can be told exactly which messages are safe once the batch commits.
+A batch remembers the messages whose rows it holds, so their sources can be told exactly which
+messages are safe once the batch commits. Messages are kept in one list, and their sources as
+runs over it (a source and where its run starts): one source is the common case, and a run per
+source change costs nothing per message, where a (source, message) pair each would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,18 +28,26 @@ class BatchPolicy:
 
 
 class Batch:
-    """Rows bound for one table, and the tokens of the messages they came from."""
+    """Rows bound for one table, and the messages they came from, by source."""
 
-    __slots__ = ("nbytes", "rows", "started", "tokens")
+    __slots__ = ("messages", "nbytes", "rows", "runs", "started")
 
     def __init__(self) -> None:
         self.rows: list[tuple[Any, ...]] = []
-        self.tokens: list[Any] = []
+        self.messages: list[Any] = []
+        self.runs: list[tuple[Any, int]] = []  # (source, index of its first message)
         self.nbytes = 0
         self.started = time.monotonic()
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def by_source(self) -> Iterator[tuple[Any, list[Any]]]:
+        """Each source with its messages, in the order they were added."""
+        runs, messages = self.runs, self.messages
+        for index, (source, start) in enumerate(runs):
+            end = runs[index + 1][1] if index + 1 < len(runs) else len(messages)
+            yield source, messages[start:end]
 
 
 class Batcher:
@@ -61,13 +71,18 @@ class Batcher:
     def __len__(self) -> int:
         return len(self._batch.rows)
 
-    def add(self, rows: Sequence[tuple[Any, ...]], nbytes: int, token: Any) -> None:
+    def add(self, rows: Sequence[tuple[Any, ...]], nbytes: int, source: Any, message: Any) -> None:
+        """Rows of one message; with `source` None they belong to no message (nothing to ack)."""
         batch = self._batch
         if not batch.rows:
             batch.started = time.monotonic()
             self._timer = self._loop.call_later(self.policy.max_delay, self._expire, batch)
         batch.rows.extend(rows)
-        batch.tokens.append(token)
+        if source is not None:
+            runs = batch.runs
+            if not runs or runs[-1][0] is not source:
+                runs.append((source, len(batch.messages)))
+            batch.messages.append(message)
         batch.nbytes += nbytes
         if len(batch.rows) >= self.policy.max_rows or batch.nbytes >= self.policy.max_bytes:
             self._on_full(self)

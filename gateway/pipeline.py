@@ -2,8 +2,8 @@
 
 Sources hand over lists of messages; `submit` resolves and decodes each one synchronously (no
 per-message task, database round trip or model), appends its rows to the batcher of its (role,
-table), and remembers its acknowledgement token there. A message is acknowledged only when the
-batch holding its rows, or the reject record saying why it has none, is committed. Buffered rows
+table), and remembers the message there. A message is acknowledged only when the batch holding
+its rows, or the reject record saying why it has none, is committed. Buffered rows
 are bounded: when the bound is reached, the source pumps stop asking for more, so the brokers'
 own flow control (MQTT receive maximum, Kafka pause) holds everything else upstream.
 """
@@ -174,7 +174,7 @@ class Pipeline:
             if entry is None:
                 self._unknown_identity(source, message, identity, received_at)
                 continue
-            if not entry.active:
+            if entry.status != "active":  # not the `active` property: a call per message
                 self._reject(source, message, "retired_identity", identity, "retired", received_at)
                 continue
             route = routes.get((entry.role, stream))
@@ -190,7 +190,7 @@ class Pipeline:
                 self._reject(source, message, reject.reason, identity, reject.detail, received_at)
                 continue
             self._buffered += len(rows)
-            batchers[(route.role, route.table)].add(rows, len(payload), (source, message))
+            batchers[(route.role, route.table)].add(rows, len(payload), source, message)
         self.metrics.messages_received.labels(source.name).inc(count)
         if self._buffered >= self._max_buffered:
             self._capacity.clear()
@@ -262,7 +262,7 @@ class Pipeline:
         payload = bytes(message.payload[:PAYLOAD_PREFIX])
         row = (at, source.name, reason, identity, message.topic, payload, detail[:1000])
         self._buffered += 1
-        self._rejects.add((row,), len(payload), (source, message))
+        self._rejects.add((row,), len(payload), source, message)
         if self._buffered >= self._max_buffered:
             self._capacity.clear()
 
@@ -321,35 +321,23 @@ class Pipeline:
                 payload,
                 error,
             )
-            # No token: the message is acknowledged with its batch; its rows' fate is recorded.
+            # No message: it is acknowledged with its batch; its rows' fate is recorded here.
             self._buffered += 1
-            self._rejects.add((record,), len(payload), None)
+            self._rejects.add((record,), len(payload), None, None)
 
     def _acknowledge(self, batch: Batch) -> None:
-        groups: dict[int, tuple[Source, list[Any]]] = {}
-        for token in batch.tokens:
-            if token is None:
-                continue
-            source, message = token
-            group = groups.get(id(source))
-            if group is None:
-                groups[id(source)] = (source, [message])
-            else:
-                group[1].append(message)
-        for source, messages in groups.values():
+        for source, messages in batch.by_source():
             source.ack(messages)
 
     @staticmethod
     def _positions(batch: Batch) -> dict[str, Any]:
-        tokens = [token for token in batch.tokens if token is not None]
-        if not tokens:
+        if not batch.messages:
             return {}
-        first_source, first = tokens[0]
-        last_source, last = tokens[-1]
+        first_source, last_source = batch.runs[0][0], batch.runs[-1][0]
         return {
-            "messages": len(tokens),
-            "first": [first_source.name, first_source.position(first)],
-            "last": [last_source.name, last_source.position(last)],
+            "messages": len(batch.messages),
+            "first": [first_source.name, first_source.position(batch.messages[0])],
+            "last": [last_source.name, last_source.position(batch.messages[-1])],
         }
 
     def report_buffers(self) -> None:
