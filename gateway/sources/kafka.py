@@ -283,18 +283,10 @@ class KafkaSource:
             partition = self._partitions.get(tp)
             if partition is None:
                 continue  # revoked while fetched: its next owner reads these again
-            register = partition.window.register
+            first = partition.window.register_many([r.offset for r in batch])
             records.extend(
-                KafkaRecord(
-                    r.topic,
-                    r.offset,
-                    r.key,
-                    r.value or b"",
-                    r.headers,
-                    register(r.offset),
-                    partition,
-                )
-                for r in batch
+                KafkaRecord(r.topic, r.offset, r.key, r.value or b"", r.headers, seq, partition)
+                for seq, r in enumerate(batch, first)
             )
         return records
 

@@ -95,3 +95,16 @@ def test_any_completion_order_acks_in_receive_order_exactly_once(
     released += window.release()
     assert released == packet_ids
     assert len(window) == 0
+
+
+def test_registering_many_at_once_numbers_them_in_order() -> None:
+    window = AckWindow()
+    window.register(5)
+    first = window.register_many([10, 11, 12])
+    assert first == 1
+    for seq in (first + 2, first, 0):
+        window.complete(seq)
+    assert window.release() == [5, 10]
+    window.complete(first + 1)
+    assert window.release() == [11, 12]
+    assert window.register_many([]) == first + 3 and len(window) == 0

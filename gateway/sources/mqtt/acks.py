@@ -42,6 +42,14 @@ class AckWindow:
         self._done.append(0)
         return self._first_seq + len(self._packet_ids) - 1
 
+    def register_many(self, packet_ids: list[int]) -> int:
+        """Record messages received together; returns the first one's sequence number, the
+        others following it consecutively (a Kafka fetch: one call, not one per record)."""
+        first = self._first_seq + len(self._packet_ids)
+        self._packet_ids.extend(packet_ids)
+        self._done.extend(bytes(len(packet_ids)))
+        return first
+
     def complete(self, seq: int) -> None:
         """Mark a message done; done or released messages may be completed again harmlessly."""
         index = seq - self._first_seq
