@@ -17,13 +17,13 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import uvloop
 
+from gateway import pgtime
 from gateway.decoder import COLUMNS
 from gateway.migrate import migrate
 from gateway.roles.apply import apply_roles
@@ -241,11 +241,14 @@ def copy_ceiling(dsn: str, rows: int, connections: int) -> dict[str, Any]:
 
 
 async def _copy(dsn: str, total: int, connections: int) -> dict[str, Any]:
-    now = datetime.now(UTC)
+    # Rows and encoding as the gateway's own: timestamps as integers (gateway.pgtime).
+    now = pgtime.now()
     tags = '{"site":"site-3"}'
     rows = [(now, f"sensor-{n % 100:04d}", "temperature", n * 0.5, tags, now) for n in range(5000)]
     batches = total // len(rows)
     conns = [await asyncpg.connect(dsn) for _ in range(connections)]
+    for conn in conns:
+        await pgtime.use_integer_timestamps(conn)
     try:
 
         async def worker(conn: asyncpg.Connection, share: int) -> None:
