@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.app import Gateway
 from gateway.config import load_config
 from gateway.validation import ConfigError
 
@@ -82,3 +83,12 @@ def test_kafka_source_accepts_a_pattern_scram_512_and_fetch_sizes(tmp_path: Path
     (source,) = load_config(good).sources.kafka
     assert (source.topic_pattern, source.sasl_mechanism) == (r"telemetry\..*", "SCRAM-SHA-512")
     assert (source.max_poll_records, source.fetch_max_bytes) == (2000, 1_048_576)
+
+
+async def test_the_control_role_may_not_also_write_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Write pools speak integer timestamps; the control pool reads datetimes. One pool cannot
+    do both, so sharing a role is refused before anything connects."""
+    monkeypatch.setenv("GATEWAY_DATABASE__CONTROL_ROLE", "telemetry_ingest")
+    gateway = Gateway(load_config(EXAMPLE))
+    with pytest.raises(ConfigError, match="database.control_role"):
+        await gateway.start()
