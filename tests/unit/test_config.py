@@ -90,5 +90,5 @@ async def test_the_control_role_may_not_also_write_rows(monkeypatch: pytest.Monk
     do both, so sharing a role is refused before anything connects."""
     monkeypatch.setenv("GATEWAY_DATABASE__CONTROL_ROLE", "telemetry_ingest")
     gateway = Gateway(load_config(EXAMPLE))
-    with pytest.raises(ConfigError, match="database.control_role"):
+    with pytest.raises(ConfigError, match=r"database\.control_role"):
         await gateway.start()
