@@ -3,9 +3,9 @@
 Sources hand over lists of messages; `submit` resolves and decodes each one synchronously (no
 per-message task, database round trip or model), appends its rows to the batcher of its (role,
 table), and remembers the message there. A message is acknowledged only when the batch holding
-its rows, or the reject record saying why it has none, is committed. Buffered rows
-are bounded: when the bound is reached, the source pumps stop asking for more, so the brokers'
-own flow control (MQTT receive maximum, Kafka pause) holds everything else upstream.
+its rows, or the reject record saying why it has none, is committed. Buffered rows are bounded:
+when the bound is reached, the source pumps stop asking for more, so the brokers' own flow
+control (MQTT receive maximum, Kafka pause) holds everything else upstream.
 """
 
 from __future__ import annotations
