@@ -83,7 +83,6 @@ from gateway.simulate_kafka import KafkaFleetOptions, run_kafka_fleet
 
 ROOT = Path(__file__).resolve().parents[1]
 KAFKA_PASSWORD_ENV = "GATEWAY_BENCH_KAFKA_PASSWORD"
-COLUMNS = ("ts", "identity", "metric", "value", "tags", "received_at")
 ROWS = {"role": INGEST_ROLE, "table": "ingest.telemetry"}
 USERS = {"gateway": secrets.token_urlsafe(12), "bridge": secrets.token_urlsafe(12)}
 

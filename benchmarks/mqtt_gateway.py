@@ -91,7 +91,6 @@ from gateway.sources.mqtt import MqttClient, MqttOptions
 ROOT = Path(__file__).resolve().parents[1]
 MQTT_PASSWORD_ENV = "GATEWAY_BENCH_MQTT_PASSWORD"
 SUBSCRIPTION = "devices/+/telemetry"
-COLUMNS = ("ts", "identity", "metric", "value", "tags", "received_at")
 
 GOALS = {
     "drain_rows_per_s_readings_1": 100_000,

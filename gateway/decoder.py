@@ -31,7 +31,6 @@ Row = tuple[Any, ...]
 
 MAX_METRIC_LENGTH = 200
 NON_FINITE = (b"NaN", b"Infinity")
-_MICROSECOND = timedelta(microseconds=1)
 _NO_TAGS = msgspec.Raw(b"")
 
 
@@ -56,8 +55,8 @@ class DecodeLimits:
     max_ahead_us: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "max_age_us", self.max_age // _MICROSECOND)
-        object.__setattr__(self, "max_ahead_us", self.max_ahead // _MICROSECOND)
+        object.__setattr__(self, "max_age_us", pgtime.duration(self.max_age))
+        object.__setattr__(self, "max_ahead_us", pgtime.duration(self.max_ahead))
 
 
 Metric = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_METRIC_LENGTH)]
@@ -150,7 +149,7 @@ def _row(
     if raw_ts is None:
         ts = shared_ts
     elif type(raw_ts) is int:  # epoch milliseconds, the common case: checked inline
-        ts = raw_ts * 1000 - pgtime.UNIX_EPOCH_US
+        ts = raw_ts * 1000 - pgtime.UNIX_EPOCH_US  # pgtime.from_epoch_ms, without a call
         if not earliest <= ts <= latest:
             raise _out_of_window(ts, raw_ts, earliest, latest, index)
     else:

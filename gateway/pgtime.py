@@ -17,6 +17,7 @@ import asyncpg
 
 __all__ = [
     "PG_EPOCH",
+    "duration",
     "from_datetime",
     "from_epoch_ms",
     "now",
@@ -33,6 +34,11 @@ _INT64 = struct.Struct("!q")
 def from_datetime(moment: datetime) -> int:
     """An aware datetime in PostgreSQL's microseconds (naive ones raise TypeError)."""
     return (moment - PG_EPOCH) // _MICROSECOND
+
+
+def duration(span: timedelta) -> int:
+    """A span in the same microseconds, for windows around integer timestamps."""
+    return span // _MICROSECOND
 
 
 def from_epoch_ms(ms: int) -> int:
