@@ -21,10 +21,10 @@ from typing import Any
 import asyncpg
 import orjson
 
-from gateway.identity_cache import IdentityCache
-from gateway.identity_import import import_file
+from gateway.identities.cache import IdentityCache
+from gateway.identities.importer import import_file
+from gateway.identities.registry import Registry
 from gateway.migrate import migrate
-from gateway.registry import Registry
 from gateway.services.postgres import Postgres
 
 ROLES = [

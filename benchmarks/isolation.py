@@ -62,10 +62,10 @@ from mqtt_gateway import (
     running_gateway,
 )
 
+from gateway.fleet.mqtt import Fleet
 from gateway.roles.declaration import Declaration, load_declaration
 from gateway.services.mosquitto import Mosquitto, MqttUser
 from gateway.services.postgres import Postgres
-from gateway.simulate import Fleet
 
 READER_ROLE = "analytics_reader"
 BROKER_QUEUE_LIMIT = 100_000_000  # see `services`

@@ -3,7 +3,7 @@ committed after the COPY holding their rows commits.
 
 Measured, with single-reading records on a topic of `--partitions` partitions:
 
-- *drain*: N records pre-produced by the Kafka fleet (`gateway.simulate_kafka`, whose own rate is
+- *drain*: N records pre-produced by the Kafka fleet (`gateway.fleet.kafka`, whose own rate is
   reported), then the gateway joins a fresh consumer group and drains them; the time runs from
   its first record in hand (the rows' `received_at`) to the last commit
   (`pg_xact_commit_timestamp`), so start-up and the group join are not counted;
@@ -77,9 +77,9 @@ from gateway.config import (
     Secret,
     SourcesConfig,
 )
+from gateway.fleet.kafka import KafkaFleetOptions, run_kafka_fleet
 from gateway.services.kafka import Kafka
 from gateway.services.postgres import Postgres
-from gateway.simulate_kafka import KafkaFleetOptions, run_kafka_fleet
 
 ROOT = Path(__file__).resolve().parents[1]
 KAFKA_PASSWORD_ENV = "GATEWAY_BENCH_KAFKA_PASSWORD"
@@ -468,7 +468,7 @@ def naive_producer_child(address: KafkaAddress, topic: str, count: int) -> dict[
 
 
 async def _naive_producer(address: KafkaAddress, topic: str, count: int) -> dict[str, Any]:
-    from gateway.simulate import Payloads
+    from gateway.fleet.mqtt import Payloads
 
     payloads = Payloads("naive", 1)
     names = [name.encode() for name in KafkaFleetOptions(devices=1000).names()]

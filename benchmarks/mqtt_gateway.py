@@ -4,7 +4,7 @@ message acknowledged after the COPY holding its rows commits.
 Measured, for messages of one reading and of ten:
 
 - *drain*: the gateway's persistent session is made (the gateway starts once and stops), the
-  fleet (`gateway.simulate`) publishes N messages and waits for every PUBACK, then the gateway
+  fleet (`gateway.fleet.mqtt`) publishes N messages and waits for every PUBACK, then the gateway
   starts again; the time runs from its first message in hand (the rows' `received_at`) to the
   last commit (`pg_xact_commit_timestamp`), so process start-up is not counted;
 - *live*: the gateway is up, the fleet publishes as fast as it can; committed rows are counted
@@ -82,10 +82,10 @@ from gateway.config import (
     Secret,
     SourcesConfig,
 )
+from gateway.fleet.mqtt import Fleet, FleetOptions, FleetReport
 from gateway.services._process import free_port, log_tail
 from gateway.services.mosquitto import Mosquitto, MqttUser
 from gateway.services.postgres import Postgres
-from gateway.simulate import Fleet, FleetOptions, FleetReport
 from gateway.sources.mqtt import MqttClient, MqttOptions
 
 ROOT = Path(__file__).resolve().parents[1]

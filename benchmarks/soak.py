@@ -52,8 +52,8 @@ from isolation import (
 )
 from mqtt_gateway import Bench, GatewayProcess, gateway_live, running_gateway
 
+from gateway.fleet.mqtt import Fleet, FleetOptions, FleetReport
 from gateway.services.mosquitto import MqttUser
-from gateway.simulate import Fleet, FleetOptions, FleetReport
 
 UNKNOWN_PREFIX = "ghost-"
 

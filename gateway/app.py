@@ -24,14 +24,14 @@ from gateway.batching import BatchPolicy
 from gateway.config import GatewayConfig
 from gateway.decoder import COLUMNS, DEDUP_COLUMNS, DecodeLimits
 from gateway.http import HttpServer
-from gateway.identity_cache import IdentityCache
+from gateway.identities.cache import IdentityCache
+from gateway.identities.provisioning import ProvisionRule
+from gateway.identities.registry import Registry
 from gateway.metrics import Metrics
-from gateway.pg_errors import FailureKind
 from gateway.pipeline import Pipeline, Route, Sink, Source
 from gateway.pools import RolePools
-from gateway.provisioning import ProvisionRule
-from gateway.registry import Registry
 from gateway.roles.declaration import Declaration, load_declaration
+from gateway.sinks.pg_errors import FailureKind
 from gateway.sinks.postgres import CopyTarget, PostgresSink
 from gateway.sources.kafka import KafkaSource
 from gateway.sources.mqtt import mqtt_source

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from gateway.provisioning import ProvisionRule
+from gateway.identities.provisioning import ProvisionRule
 from gateway.topics import TopicTemplate
 from gateway.validation import ConfigError, from_pydantic
 

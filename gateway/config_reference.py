@@ -45,7 +45,7 @@ def _type(annotation: Any) -> str:
         "typing.",
         "pathlib.",
         "gateway.config.",
-        "gateway.provisioning.",
+        "gateway.identities.provisioning.",
         "<class '",
         "'>",
     ):

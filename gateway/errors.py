@@ -7,11 +7,11 @@
     ├── MigrationError          the schema history disagrees with the shipped migrations
     ├── PlanError               the roles declaration cannot be reconciled with the database
     │                           (an immutable id changed, a credential is missing, ...)
-    ├── IdentityError           the registry refused a request (tree in gateway.identity)
+    ├── IdentityError           the registry refused a request (tree in gateway.identities.model)
     ├── Reject                  a message that can never succeed; `reason` labels it
     │                           (gateway.decoder; handled inside the pipeline, never raised out)
     ├── ServiceError            a local service (PostgreSQL, Mosquitto, Kafka) failed to start
-    ├── FleetError              the simulated fleet could not run (gateway.simulate)
+    ├── FleetError              the simulated fleet could not run (gateway.fleet.mqtt)
     ├── KafkaSourceError        Kafka refused authentication or authorization
     └── MqttError               the MQTT transport (also: the client is closed)
         ├── MqttConnectError    no session: the broker refused (carries the reason code), or the

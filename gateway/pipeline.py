@@ -23,9 +23,9 @@ from gateway import pgtime
 from gateway.activity import Activity
 from gateway.batching import Batch, Batcher, BatchPolicy
 from gateway.decoder import DecodeLimits, Reject, decode
-from gateway.identity_cache import CachedIdentity
+from gateway.identities.cache import CachedIdentity
+from gateway.identities.provisioning import ProvisionRule, match_rule
 from gateway.metrics import Metrics
-from gateway.provisioning import ProvisionRule, match_rule
 from gateway.sinks.postgres import WriteOutcome
 
 __all__ = ["Pipeline", "Route", "Sink", "Source"]

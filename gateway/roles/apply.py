@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncpg
 import orjson
 
-from gateway import audit_log
-from gateway.identity_cache import CHANNEL
+from gateway import trail
+from gateway.identities.cache import CHANNEL
 from gateway.roles.catalog import read_catalog
 from gateway.roles.declaration import Declaration, shipped_tables
 from gateway.roles.plan import Plan, PlanError, make_plan
@@ -73,7 +73,7 @@ async def apply_roles(
             [statement for change in plan.changes for statement in change.sql],
             actor,
         )
-        await audit_log.record_many(
+        await trail.record_many(
             conn,
             actor,
             [

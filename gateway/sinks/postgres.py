@@ -17,7 +17,7 @@ import asyncpg
 import orjson
 
 from gateway.db import Conn
-from gateway.pg_errors import FailureKind, classify
+from gateway.sinks.pg_errors import FailureKind, classify
 
 __all__ = ["CopyTarget", "PostgresSink", "WriteOutcome"]
 

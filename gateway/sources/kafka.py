@@ -31,7 +31,7 @@ from aiokafka.errors import (
 from gateway.config import KafkaSourceConfig
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
-from gateway.sources.mqtt.acks import AckWindow
+from gateway.sources.acks import AckWindow
 from gateway.topics import TopicTemplate
 
 __all__ = ["KafkaError", "KafkaRecord", "KafkaSource", "KafkaSourceError"]

@@ -31,8 +31,8 @@ from gateway.config import (
     Secret,
     SourcesConfig,
 )
+from gateway.identities.registry import Registry
 from gateway.migrate import migrate
-from gateway.registry import Registry
 from gateway.roles.apply import apply_roles
 from gateway.roles.declaration import load_declaration
 from gateway.services._process import free_port

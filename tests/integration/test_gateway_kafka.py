@@ -23,8 +23,8 @@ from gateway.config import (
     SourcesConfig,
 )
 from gateway.errors import GatewayError
+from gateway.fleet.kafka import KafkaFleetOptions, run_kafka_fleet
 from gateway.services.kafka import Kafka
-from gateway.simulate_kafka import KafkaFleetOptions, run_kafka_fleet
 
 from .stack import GatewayProcess, Stack, reading, stack
 

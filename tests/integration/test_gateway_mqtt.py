@@ -13,8 +13,8 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import IdentitiesConfig
-from gateway.provisioning import ProvisionRule
-from gateway.registry import Registry
+from gateway.identities.provisioning import ProvisionRule
+from gateway.identities.registry import Registry
 from gateway.roles.apply import apply_roles
 from gateway.roles.declaration import load_declaration
 

@@ -10,8 +10,8 @@ import asyncpg
 import pytest
 
 from gateway.db import DatabaseError
-from gateway.identity_cache import CHANNEL, CachedIdentity, IdentityCache
-from gateway.registry import Registry
+from gateway.identities.cache import CHANNEL, CachedIdentity, IdentityCache
+from gateway.identities.registry import Registry
 from gateway.services.postgres import PostgresAddress
 
 from .test_registry import prepare

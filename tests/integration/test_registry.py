@@ -12,7 +12,8 @@ import asyncpg
 import orjson
 import pytest
 
-from gateway.identity import (
+from gateway.identities.importer import ImportFileError, import_file
+from gateway.identities.model import (
     IdentityExistsError,
     IdentityNameError,
     IdentityRetiredError,
@@ -22,10 +23,9 @@ from gateway.identity import (
     UnknownRoleError,
     validate_identity_name,
 )
-from gateway.identity_import import ImportFileError, import_file
+from gateway.identities.provisioning import ProvisionRule
+from gateway.identities.registry import Registry, _page_sql
 from gateway.migrate import migrate
-from gateway.provisioning import ProvisionRule
-from gateway.registry import Registry, _page_sql
 from gateway.services.postgres import PostgresAddress
 
 ROLES = [

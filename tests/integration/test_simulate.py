@@ -22,9 +22,9 @@ import mqtt5
 import orjson
 import pytest
 
-from gateway.cli_simulate import register
+from gateway.cli.simulate import register
+from gateway.fleet.mqtt import Fleet, FleetError, FleetOptions, FleetReport, run_fleet
 from gateway.services.mosquitto import Mosquitto, MqttUser
-from gateway.simulate import Fleet, FleetError, FleetOptions, FleetReport, run_fleet
 
 V5 = aiomqtt.ProtocolVersion.V5
 WAIT = 60  # seconds: generous bounds for a loaded 2-core machine, never a performance claim

@@ -25,12 +25,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from gateway import pgtime
 from gateway.app import Gateway
-from gateway.cli_simulate import register
+from gateway.cli.simulate import register
 from gateway.config import KafkaSourceConfig, Secret, SourcesConfig
 from gateway.decoder import DecodeLimits, Reject, decode
-from gateway.services.kafka import Kafka
-from gateway.simulate import device_quota
-from gateway.simulate_kafka import (
+from gateway.fleet.kafka import (
     KafkaFleet,
     KafkaFleetError,
     KafkaFleetOptions,
@@ -38,6 +36,8 @@ from gateway.simulate_kafka import (
     device_partitions,
     run_kafka_fleet,
 )
+from gateway.fleet.mqtt import device_quota
+from gateway.services.kafka import Kafka
 
 from .stack import stack
 

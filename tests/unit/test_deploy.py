@@ -27,7 +27,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from gateway.app import writer_roles
-from gateway.cli import parser, run
+from gateway.cli.main import parser, run
 from gateway.config import GatewayConfig, KafkaSourceConfig, MqttSourceConfig, load_config
 from gateway.http import HttpServer
 from gateway.roles.declaration import Declaration, load_declaration

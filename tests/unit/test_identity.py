@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.identity import (
+from gateway.identities.model import (
     MAX_NAME_LENGTH,
     IdentityNameError,
     InvalidIdentityError,

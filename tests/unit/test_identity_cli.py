@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from gateway.cli_identities import ProgressLine, parse_attributes
-from gateway.identity import InvalidIdentityError
+from gateway.cli.identities import ProgressLine, parse_attributes
+from gateway.identities.model import InvalidIdentityError
 
 
 def test_attributes_are_strings_unless_given_as_json() -> None:

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.identity import IdentityError
-from gateway.identity_import import (
+from gateway.identities.importer import (
     ImportFileError,
     ImportRow,
     LineError,
@@ -15,6 +14,7 @@ from gateway.identity_import import (
     parse,
     read,
 )
+from gateway.identities.model import IdentityError
 
 
 def errors(text: str, fmt: str = "csv") -> dict[int, str]:

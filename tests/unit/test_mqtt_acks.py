@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.sources.mqtt.acks import AckWindow
+from gateway.sources.acks import AckWindow
 
 
 def test_in_order_completion_releases_everything() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from gateway.pg_errors import FailureKind, classify
+from gateway.sinks.pg_errors import FailureKind, classify
 
 
 def postgres_error(sqlstate: str) -> asyncpg.PostgresError:

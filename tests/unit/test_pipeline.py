@@ -10,7 +10,7 @@ import orjson
 from gateway.activity import Activity
 from gateway.batching import BatchPolicy
 from gateway.decoder import DecodeLimits
-from gateway.identity_cache import CachedIdentity
+from gateway.identities.cache import CachedIdentity
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, Route
 from gateway.sinks.memory import MemorySink

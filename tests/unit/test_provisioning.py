@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from gateway.provisioning import ProvisionRule, match_rule
+from gateway.identities.provisioning import ProvisionRule, match_rule
 
 RULES = [
     ProvisionRule(pattern="sensor-eu-*", role="eu_ingest"),

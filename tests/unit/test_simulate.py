@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from gateway import pgtime
-from gateway.cli_simulate import options_from_args, register
+from gateway.cli.simulate import options_from_args, register
 from gateway.decoder import DecodeLimits, Reject, decode
-from gateway.simulate import (
+from gateway.fleet.mqtt import (
     KINDS,
     FleetError,
     FleetOptions,

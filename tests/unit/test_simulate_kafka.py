@@ -8,20 +8,20 @@ from pathlib import Path
 import pytest
 from aiokafka.partitioner import murmur2
 
-from gateway.cli_simulate import (
+from gateway.cli.simulate import (
     KAFKA_ONLY,
     MQTT_ONLY,
     kafka_options_from_args,
     options_from_args,
     register,
 )
-from gateway.simulate import FleetError, FleetOptions, KindCounts
-from gateway.simulate_kafka import (
+from gateway.fleet.kafka import (
     KafkaFleetError,
     KafkaFleetOptions,
     KafkaFleetReport,
     device_partitions,
 )
+from gateway.fleet.mqtt import FleetError, FleetOptions, KindCounts
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from gateway.config import MqttSourceConfig
-from gateway.sources.mqtt.acks import AckWindow
+from gateway.sources.acks import AckWindow
 from gateway.sources.mqtt.client import MqttClient
 from gateway.sources.mqtt.compat import Mqtt311Source
 from gateway.sources.mqtt.message import Message

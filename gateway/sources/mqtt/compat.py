@@ -32,7 +32,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import MqttSourceConfig
 from gateway.errors import MqttConnectError, MqttError, MqttSubscribeError
-from gateway.sources.mqtt.acks import AckWindow
+from gateway.sources.acks import AckWindow
 from gateway.sources.mqtt.message import Message
 from gateway.sources.mqtt.source import tls_context
 from gateway.topics import TopicTemplate

@@ -19,7 +19,7 @@ from typing import cast
 import mqtt5
 
 from gateway.errors import MqttConnectionLost, MqttError
-from gateway.sources.mqtt.acks import AckWindow
+from gateway.sources.acks import AckWindow
 from gateway.sources.mqtt.message import Message
 
 __all__ = ["MqttProtocol", "encode_pubacks", "reason_text"]

@@ -22,7 +22,7 @@ from typing import NamedTuple, Self
 import asyncpg
 
 from gateway.db import DatabaseError
-from gateway.identity import Status
+from gateway.identities.model import Status
 
 __all__ = ["CHANNEL", "CachedIdentity", "IdentityCache"]
 

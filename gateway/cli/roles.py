@@ -10,15 +10,15 @@ from typing import Any
 
 import orjson
 
-from gateway.audit import Severity, run_audit
-from gateway.audit_log import default_actor
 from gateway.db import admin_dsn, connect
 from gateway.migrate import migrate
 from gateway.roles.apply import apply_roles, plan_roles
+from gateway.roles.audit import Severity, run_audit
 from gateway.roles.catalog import read_catalog
 from gateway.roles.declaration import load_declaration
 from gateway.roles.plan import PlanError
 from gateway.roles.state import desired_state
+from gateway.trail import default_actor
 
 __all__ = ["register"]
 

@@ -1,7 +1,7 @@
 """A simulated device fleet producing telemetry records to Kafka, for tests, demos and benchmarks.
 
 The bodies, their ids (`<run>-<device index>-<seq>`), `ts` (the send time in epoch ms) and the
-exact share of malformed bodies come from the MQTT fleet (`gateway.simulate`), so a test can
+exact share of malformed bodies come from the MQTT fleet (`gateway.fleet.mqtt`), so a test can
 compare what the gateway recorded with what was sent. Each device's identity travels in the record
 key (the default) or in a header. Keyed records go to the partition Kafka's default partitioner
 picks for the key (murmur2, like Java producers), header-identified ones to `index % partitions`:
@@ -41,7 +41,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import DefaultPartitioner
 
 from gateway.errors import GatewayError
-from gateway.simulate import MALFORMED, KindCounts, Mix, Payloads, Progress
+from gateway.fleet.mqtt import MALFORMED, KindCounts, Mix, Payloads, Progress
 
 __all__ = [
     "KafkaFleet",

@@ -28,13 +28,13 @@ from gateway.config import (
     Secret,
     SourcesConfig,
 )
+from gateway.fleet.mqtt import Fleet, FleetOptions, FleetReport
 from gateway.migrate import migrate
 from gateway.roles.apply import apply_roles
 from gateway.roles.declaration import load_declaration
 from gateway.services.amqtt import Amqtt
 from gateway.services.mosquitto import Mosquitto, MqttBroker, mosquitto_binary
 from gateway.services.postgres import Postgres
-from gateway.simulate import Fleet, FleetOptions, FleetReport
 
 __all__ = ["DemoOptions", "run_demo"]
 

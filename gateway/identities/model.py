@@ -9,7 +9,7 @@ GatewayError
     ├── UnknownIdentityError     changing or showing a name that is not registered
     ├── IdentityRetiredError     retiring or assigning an identity that is already retired
     └── ImportFileError          an import file has bad lines, listed with their line
-                                 numbers (defined in gateway.identity_import)
+                                 numbers (defined in gateway.identities.importer)
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 async def demo(args: argparse.Namespace) -> int:
     """Run the whole product on embedded services and report what happened."""
-    from gateway.demo import DemoOptions, run_demo
+    from gateway.cli.demo import DemoOptions, run_demo
 
     return await run_demo(
         DemoOptions(
@@ -51,7 +51,7 @@ async def config_reference(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from gateway import cli_identities, cli_roles, cli_simulate
+    from gateway.cli import identities, roles, simulate
 
     root = argparse.ArgumentParser(prog="gateway", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -77,9 +77,9 @@ def parser() -> argparse.ArgumentParser:
         "config-reference", help="print every setting with its default and meaning (Markdown)"
     )
     reference.set_defaults(handler=config_reference)
-    cli_roles.register(commands)
-    cli_identities.register(commands)
-    cli_simulate.register(commands)
+    roles.register(commands)
+    identities.register(commands)
+    simulate.register(commands)
     return root
 
 

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.simulate import Fleet, FleetError, FleetOptions, Progress, load_credentials
-from gateway.simulate_kafka import MAX_BATCH_BYTES, Acks, KafkaFleet, KafkaFleetOptions
+from gateway.fleet.kafka import MAX_BATCH_BYTES, Acks, KafkaFleet, KafkaFleetOptions
+from gateway.fleet.mqtt import Fleet, FleetError, FleetOptions, Progress, load_credentials
 
 __all__ = ["kafka_options_from_args", "options_from_args", "register", "run_simulate"]
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import asyncpg
 import orjson
 
-from gateway.identity import (
+from gateway.identities.model import (
     IdentityError,
     IdentityNameError,
     InvalidIdentityError,

@@ -15,11 +15,11 @@ from typing import IO, Any
 import asyncpg
 import orjson
 
-from gateway.audit_log import default_actor
 from gateway.db import admin_dsn, connect
-from gateway.identity import KINDS, STATUSES, Identity, InvalidIdentityError
-from gateway.identity_import import import_file
-from gateway.registry import IdentityDetails, Registry
+from gateway.identities.importer import import_file
+from gateway.identities.model import KINDS, STATUSES, Identity, InvalidIdentityError
+from gateway.identities.registry import IdentityDetails, Registry
+from gateway.trail import default_actor
 
 __all__ = ["ProgressLine", "parse_attributes", "register"]
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import orjson
 
-from gateway import audit_log
-from gateway.identity import (
+from gateway import trail
+from gateway.identities.model import (
     STATUSES,
     Identity,
     IdentityExistsError,
@@ -31,7 +31,7 @@ from gateway.identity import (
 )
 
 if TYPE_CHECKING:
-    from gateway.provisioning import ProvisionRule
+    from gateway.identities.provisioning import ProvisionRule
 
 __all__ = ["AuditRecord", "IdentityDetails", "Registry", "identity_from_row"]
 
@@ -207,7 +207,7 @@ class Registry:
             if row is None:
                 raise IdentityExistsError(f"identity {name!r} already exists")
             identity = identity_from_row(row)
-            await audit_log.record(
+            await trail.record(
                 self._conn,
                 self.actor,
                 "identity.add",
@@ -237,7 +237,7 @@ class Registry:
                     return identity_from_row(existing)
             identity = identity_from_row(row)
             after = {**_snapshot(identity, role_id), "rule": rule.pattern}
-            await audit_log.record(self._conn, self.actor, "identity.provision", name, None, after)
+            await trail.record(self._conn, self.actor, "identity.provision", name, None, after)
         return identity
 
     async def assign(self, name: str, role: str) -> Identity:
@@ -257,7 +257,7 @@ class Registry:
                 role_id,
             )
             assert row is not None  # the row is locked above
-            await audit_log.record(
+            await trail.record(
                 self._conn,
                 self.actor,
                 "identity.assign",
@@ -284,7 +284,7 @@ class Registry:
             )
             assert row is not None  # the row is locked above
             identity = identity_from_row(row)
-            await audit_log.record(
+            await trail.record(
                 self._conn,
                 self.actor,
                 "identity.retire",

@@ -14,7 +14,7 @@ from fnmatch import fnmatchcase
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.identity import Kind
+from gateway.identities.model import Kind
 
 __all__ = ["ProvisionRule", "match_rule"]
 

@@ -1,0 +1,1 @@
+"""Simulated device fleets publishing telemetry over MQTT or Kafka, for demos and benchmarks."""

@@ -1,0 +1,1 @@
+"""Machine identities: the record, the registry, its cache, bulk imports and provisioning rules."""
