@@ -38,7 +38,7 @@ from gateway.services.postgres import Postgres
 
 __all__ = ["DemoOptions", "run_demo"]
 
-EXAMPLE_ROLES = Path(__file__).parents[1] / "config" / "roles.toml"
+EXAMPLE_ROLES = Path(__file__).parents[2] / "config" / "roles.toml"
 MQTT_PASSWORD_ENV = "GATEWAY_DEMO_MQTT_PASSWORD"
 
 
