@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.sources.mqtt.message import Message
-from gateway.sources.mqtt.protocol import MqttProtocol, encode_pubacks
+from gateway.sources.mqtt.protocol import MqttProtocol
 
 QOS1 = mqtt5.QoS.AT_LEAST_ONCE
 
@@ -154,20 +154,6 @@ async def test_pubacks_leave_in_receive_order_in_one_write() -> None:
         m.packet_id for m in inbox
     ]
     assert len(transport.written) - written == 4 * len(inbox)
-
-
-def test_encoded_pubacks_are_what_the_codec_reads() -> None:
-    data = encode_pubacks([1, 255, 256, 65535])
-    view = memoryview(data)
-    ids = []
-    offset = 0
-    while offset < len(data):
-        packet, size = mqtt5.read(view[offset:])
-        assert isinstance(packet, mqtt5.PubAckPacket)
-        assert packet.reason_code == mqtt5.PubAckReasonCode.SUCCESS
-        ids.append(packet.packet_id)
-        offset += size
-    assert ids == [1, 255, 256, 65535]
 
 
 async def test_malformed_input_closes_with_a_reason() -> None:

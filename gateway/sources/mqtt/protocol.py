@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import cast
@@ -21,15 +20,20 @@ import mqtt5
 from gateway.errors import MqttConnectionLost, MqttError
 from gateway.sources.acks import AckWindow
 from gateway.sources.mqtt.message import Message
+from gateway.sources.mqtt.wire import (
+    DISCONNECT,
+    MAX_PACKET_ID,
+    PINGREQ,
+    encode_pubacks,
+    packet_size,
+)
 
-__all__ = ["MqttProtocol", "encode_pubacks", "reason_text"]
+__all__ = ["MqttProtocol", "reason_text"]
 
 log = logging.getLogger(__name__)
 
-_PINGREQ = mqtt5.PingReqPacket().write()
 _PUBLISH = mqtt5.PublishPacket
 _read = mqtt5.read
-_MAX_PACKET_ID = 0xFFFF
 _PROTOCOL_ERROR = mqtt5.DisconnectReasonCode.PROTOCOL_ERROR
 _MALFORMED = mqtt5.DisconnectReasonCode.MALFORMED_PACKET
 _KEEP_ALIVE_TIMEOUT = mqtt5.DisconnectReasonCode.KEEP_ALIVE_TIMEOUT
@@ -38,30 +42,6 @@ _KEEP_ALIVE_TIMEOUT = mqtt5.DisconnectReasonCode.KEEP_ALIVE_TIMEOUT
 def reason_text(code: enum.IntEnum) -> str:
     """A reason code as people read it: `bad user name or password (134)`."""
     return f"{code.name.replace('_', ' ').lower()} ({int(code)})"
-
-
-def encode_pubacks(packet_ids: Sequence[int]) -> bytes:
-    """Success PUBACKs for the ids, in order, as one buffer.
-
-    MQTT v5 lets a successful PUBACK omit its reason code and properties, so each is four bytes:
-    type 0x40, remaining length 2, packet id; one `struct.pack` writes them all.
-    """
-    return struct.pack(f">{len(packet_ids)}I", *[0x4002_0000 | pid for pid in packet_ids])
-
-
-def _packet_size(data: bytes, offset: int) -> int:
-    """Total size of the packet starting at offset, from its fixed header; 0 while incomplete."""
-    length = 0
-    shift = 0
-    index = offset + 1
-    while index < len(data) and shift <= 21:
-        byte = data[index]
-        index += 1
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return index - offset + length
-        shift += 7
-    return 0
 
 
 class MqttProtocol(asyncio.Protocol):
@@ -166,7 +146,7 @@ class MqttProtocol(asyncio.Protocol):
                     packet, size = _read(view[offset:])
                 except IndexError:  # the rest of this packet is still on its way
                     self._rest = bytearray(view[offset:])
-                    self._need = _packet_size(data, offset)
+                    self._need = packet_size(data, offset)
                     break
                 offset += size
                 if type(packet) is _PUBLISH:
@@ -329,14 +309,14 @@ class MqttProtocol(asyncio.Protocol):
             )
             return
         if now - self.last_sent >= keep_alive / 2 or silent >= keep_alive / 2:
-            self._write(_PINGREQ)
+            self._write(PINGREQ)
         self._timer = self._loop.call_later(keep_alive / 2, self._tick)
 
     async def subscribe(self, subscriptions: Sequence[tuple[str, int]]) -> list[int]:
         """Send one SUBSCRIBE and return the SUBACK reason codes, in the order of the filters."""
         if not self.alive:
             raise await self.wait_closed()
-        self._packet_id = self._packet_id % _MAX_PACKET_ID + 1
+        self._packet_id = self._packet_id % MAX_PACKET_ID + 1
         packet_id = self._packet_id
         filters = [
             mqtt5.TopicFilter(
@@ -370,7 +350,7 @@ class MqttProtocol(asyncio.Protocol):
         if not self.alive:
             return
         self.flush_acks()
-        self._write(mqtt5.DisconnectPacket().write())
+        self._write(DISCONNECT)
         self._error = MqttConnectionLost("disconnected by the client")
         self._disconnecting = True
         if self._timer is not None:
