@@ -3,21 +3,28 @@
 Each launcher (PostgreSQL, Mosquitto, Kafka) prepares its directory once, then starts and stops
 its process as often as a test needs (a restart keeps the data), and fails fast with the tail of
 the service's own log when the process dies or does not become ready in time.
+
+Nothing outlives the launcher's process: a server gets its stop signal from the kernel when the
+process that started it dies (Linux's parent-death signal), and a watchdog
+(`gateway.services.watchdog`) stops it and removes its directory when the launcher dies
+without cleaning up, even from SIGKILL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -27,6 +34,8 @@ from gateway.errors import GatewayError
 __all__ = ["LocalService", "ServiceError", "free_port", "log_tail", "run_tool"]
 
 LOOPBACK = "127.0.0.1"
+WATCHDOG = Path(__file__).with_name("watchdog.py")
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class ServiceError(GatewayError):
@@ -72,6 +81,64 @@ def run_tool(
             f"{what} failed (exit {done.returncode}): {' '.join(argv)}\n{done.stdout}{done.stderr}"
         )
     return done.stdout
+
+
+def die_with_parent(sig: int) -> Callable[[], None] | None:
+    """A hook for the child between fork and exec: the kernel sends it `sig` when we die.
+
+    The signal follows the thread that started the child; the launchers start servers from
+    the event loop's thread, which lives as long as the services do.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, sig)
+
+    return hook
+
+
+class Watchdog:
+    """Our half of the pipe to a watchdog process (see `gateway.services.watchdog`)."""
+
+    def __init__(self, directory: Path, stop_signal: int, *, remove: bool) -> None:
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-I",
+                str(WATCHDOG),
+                str(directory),
+                str(int(stop_signal)),
+                "remove" if remove else "keep",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            # Out of our process group: Ctrl-C or a signal to the group must not reach it.
+            start_new_session=True,
+            text=True,
+        )
+
+    def track(self, pid: int) -> None:
+        """The server's process id from now on; 0 when none is running."""
+        self._send(str(pid))
+
+    async def close(self) -> None:
+        """We cleaned up ourselves: the watchdog leaves without doing anything."""
+        self._send("done")
+        if self._process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+        await asyncio.to_thread(self._process.wait)
+
+    def _send(self, line: str) -> None:
+        if self._process.stdin is None:
+            return
+        # A watchdog that died can only mean less cleanup after a crash, never a failure now.
+        with contextlib.suppress(OSError, ValueError):
+            self._process.stdin.write(line + "\n")
+            self._process.stdin.flush()
 
 
 def service_user(name: str) -> str | None:
@@ -122,7 +189,9 @@ class ServiceProcess:
         env: dict[str, str] | None = None,
         user: str | None = None,
         cwd: Path | None = None,
+        death_signal: int = signal.SIGTERM,
     ) -> ServiceProcess:
+        """Start argv in its own session (our Ctrl-C is not its); `death_signal` when we die."""
         log = log_path.open("ab")
         try:
             process = await asyncio.create_subprocess_exec(
@@ -134,6 +203,7 @@ class ServiceProcess:
                 user=user,
                 cwd=cwd,
                 start_new_session=True,
+                preexec_fn=die_with_parent(death_signal),
             )
         except FileNotFoundError as exc:
             raise ServiceError(f"{name}: {argv[0]} is not installed") from exc
@@ -181,6 +251,7 @@ class LocalService:
         self._keep_dir = keep_dir
         self._dir: Path | None = None
         self._process: ServiceProcess | None = None
+        self._watchdog: Watchdog | None = None
 
     @property
     def directory(self) -> Path:
@@ -199,6 +270,7 @@ class LocalService:
     async def __aenter__(self) -> Self:
         self._dir = Path(tempfile.mkdtemp(prefix=f"gateway-{self.name}-"))
         try:
+            self._watchdog = Watchdog(self._dir, self.stop_signal, remove=not self._keep_dir)
             await self._prepare()
             await self.start()
         except BaseException:
@@ -225,12 +297,14 @@ class LocalService:
         if self._process is not None:
             await self._process.stop(sig=self.stop_signal)
             self._process = None
+            self._track(0)
 
     async def kill(self) -> None:
         """Kill the process without warning; the data directory stays."""
         if self._process is not None:
             await self._process.kill()
             self._process = None
+            self._track(0)
 
     async def restart(self) -> None:
         await self.stop()
@@ -242,6 +316,13 @@ class LocalService:
         finally:
             if self._dir is not None and not self._keep_dir:
                 shutil.rmtree(self._dir, ignore_errors=True)
+            if self._watchdog is not None:
+                await self._watchdog.close()
+                self._watchdog = None
+
+    def _track(self, pid: int) -> None:
+        if self._watchdog is not None:
+            self._watchdog.track(pid)
 
     async def _spawn_and_wait(
         self,
@@ -254,12 +335,20 @@ class LocalService:
     ) -> ServiceProcess:
         """Start argv, wait until it listens on port; else kill it and raise with its log."""
         process = await ServiceProcess.spawn(
-            self.name, argv, self.log_path, env=env, user=user, cwd=self.directory
+            self.name,
+            argv,
+            self.log_path,
+            env=env,
+            user=user,
+            cwd=self.directory,
+            death_signal=self.stop_signal,
         )
+        self._track(process.process.pid)
         try:
             await wait_for_port(port, deadline=time.monotonic() + timeout, alive=process)
         except BaseException:
             await process.kill()
+            self._track(0)
             raise
         return process
 
