@@ -22,13 +22,12 @@ from typing import NamedTuple, Self
 import asyncpg
 
 from gateway.db import DatabaseError
-from gateway.identities.model import Status
+from gateway.identities.model import CHANNEL, Status
 
-__all__ = ["CHANNEL", "CachedIdentity", "IdentityCache"]
+__all__ = ["CachedIdentity", "IdentityCache"]
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "gateway_identities"
 RELOAD_ALL = "*"
 # A full load groups names per (role, status) into space-joined strings (names never contain a
 # space): a few large text values decode far faster than a million rows (measured: 0.2 s

@@ -23,6 +23,7 @@ from typing import Any, Literal, get_args
 from gateway.errors import GatewayError
 
 __all__ = [
+    "CHANNEL",
     "KINDS",
     "MAX_NAME_LENGTH",
     "STATUSES",
@@ -44,6 +45,11 @@ Kind = Literal["device", "service"]
 Status = Literal["active", "retired"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 STATUSES: tuple[Status, ...] = get_args(Status)
+
+# The NOTIFY channel of identity changes: the registry's triggers (migrations 001 and 003) send
+# the names whose role or status changed, `roles apply` sends `*` after renaming or removing a
+# role; every identity cache listens. Here, beside the record, so both sides share the name.
+CHANNEL = "gateway_identities"
 
 MAX_NAME_LENGTH = 128
 # The same rule as the CHECK on gateway.identities.name: a name travels in MQTT topic levels

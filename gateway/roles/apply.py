@@ -11,7 +11,7 @@ import asyncpg
 import orjson
 
 from gateway import trail
-from gateway.identities.cache import CHANNEL
+from gateway.identities.model import CHANNEL
 from gateway.roles.catalog import read_catalog
 from gateway.roles.declaration import Declaration, shipped_tables
 from gateway.roles.plan import Plan, PlanError, make_plan

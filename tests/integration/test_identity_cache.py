@@ -10,7 +10,8 @@ import asyncpg
 import pytest
 
 from gateway.db import DatabaseError
-from gateway.identities.cache import CHANNEL, CachedIdentity, IdentityCache
+from gateway.identities.cache import CachedIdentity, IdentityCache
+from gateway.identities.model import CHANNEL
 from gateway.identities.registry import Registry
 from gateway.services.postgres import PostgresAddress
 
