@@ -1,8 +1,8 @@
 """The gateway's configuration: a TOML file, overridden by `GATEWAY_*` environment variables.
 
 Nested keys use `__` in the environment (`GATEWAY_DATABASE__HOST=db`). Every error names the
-path of the bad value and what was expected. Secrets are never in the file: passwords come from
-an environment variable or a file named here, or from the roles declaration's credential sources.
+path of the bad value and what was expected. Secrets are never in the file, only where to find
+them (`Secret`: an environment variable or a file), here and in the roles declaration alike.
 """
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.identities.provisioning import ProvisionRule
@@ -38,9 +46,15 @@ class Section(BaseModel):
 
 
 class Secret(Section):
-    """A secret's location: an environment variable or a file (e.g. a mounted Kubernetes Secret)."""
+    """A secret's location: an environment variable or a file (e.g. a mounted Kubernetes Secret).
 
-    env: str | None = None
+    The one secret type: broker passwords here and role passwords in the roles declaration
+    (`roles.<name>.password`) are both written `{ env = "VAR" }` or `{ file = "/path" }`.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    env: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     """Environment variable holding the secret."""
     file: Path | None = None
     """File holding the secret (surrounding whitespace is ignored)."""
@@ -51,19 +65,30 @@ class Secret(Section):
             raise ValueError("give exactly one of `env` or `file`")
         return self
 
-    def read(self) -> str:
+    def describe(self) -> str:
+        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+
+    def read(self) -> str | None:
+        """The secret, or None while its variable is unset or empty or its file missing or
+        empty (read at each use, so a rotated secret is picked up)."""
         if self.env is not None:
-            value = os.environ.get(self.env)
-            if not value:
-                raise ConfigError("secret", [(f"env {self.env}", "is not set")])
-            return value
+            return os.environ.get(self.env) or None
         assert self.file is not None
         try:
-            return self.file.read_text().strip()
+            return self.file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
         except OSError as exc:
             raise ConfigError(
                 "secret", [(f"file {self.file}", exc.strerror or "unreadable")]
             ) from exc
+
+    def require(self) -> str:
+        """The secret; a ConfigError naming its variable or file when it is not there."""
+        value = self.read()
+        if value is None:
+            raise ConfigError("secret", [(self.describe(), "is not set")])
+        return value
 
 
 class DatabaseConfig(Section):
@@ -220,6 +245,9 @@ class RouteConfig(Section):
 
 
 class BatchingConfig(Section):
+    """When batches are cut. The engine's `BatchPolicy` is built from this model, which states
+    the defaults once: here, where the configuration reference documents them."""
+
     max_rows: int = Field(default=5000, ge=1)
     """A batch is written at this many rows..."""
     max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
@@ -247,6 +275,9 @@ class IdentitiesConfig(Section):
 
 
 class LimitsConfig(Section):
+    """What a message may be. The decoder's `DecodeLimits` take their defaults from this model,
+    so they are stated once: here, where the configuration reference documents them."""
+
     max_payload_bytes: int = Field(default=256 * 1024, ge=64)
     """Larger messages are rejected as `payload_too_large`."""
     max_age_seconds: float = Field(default=7 * 86400, gt=0)

@@ -1,14 +1,13 @@
 """The roles declaration (`config/roles.toml`): what each PostgreSQL role may do, as code.
 
 Each declared role becomes a NOLOGIN group role holding its privileges plus a LOGIN member role
-(`<name>_login`) that exactly one gateway pool uses. Credentials are never in the declaration,
-only where to find them (an environment variable or a file).
+(`<name>_login`) that exactly one gateway pool uses. Passwords are never in the declaration,
+only where to find them (a `Secret`, as in the gateway configuration: a variable or a file).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import tomllib
 from enum import StrEnum
@@ -25,11 +24,11 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.config import Secret
 from gateway.migrate import migrations
 from gateway.validation import ConfigError, from_pydantic
 
 __all__ = [
-    "Credential",
     "Declaration",
     "Grant",
     "Privilege",
@@ -106,32 +105,6 @@ class Pool(Strict):
         return self
 
 
-class Credential(Strict):
-    """Where the LOGIN role's password comes from: exactly one of an env variable or a file."""
-
-    env: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
-    file: Path | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Credential:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("give exactly one of `env` or `file`")
-        return self
-
-    def describe(self) -> str:
-        return f"environment variable {self.env}" if self.env else f"file {self.file}"
-
-    def read(self) -> str | None:
-        """The password, or None when its source is not there."""
-        if self.env is not None:
-            return os.environ.get(self.env) or None
-        assert self.file is not None
-        try:
-            return self.file.read_text().strip() or None
-        except FileNotFoundError:
-            return None
-
-
 class RoleSpec(Strict):
     id: RoleId
     tier: Tier
@@ -141,7 +114,7 @@ class RoleSpec(Strict):
     connection_limit: int = Field(ge=1)
     statement_timeout: Duration = "30s"
     pool: Pool | None = None
-    password: Credential
+    password: Secret
 
     @property
     def pool_size(self) -> Pool:
