@@ -29,9 +29,11 @@ from aiokafka.errors import (
 )
 
 from gateway.config import KafkaSourceConfig
+from gateway.contracts import Source
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.sources.acks import AckWindow
+from gateway.tls import client_context
 from gateway.topics import TopicTemplate
 
 __all__ = ["KafkaError", "KafkaRecord", "KafkaSource", "KafkaSourceError"]
@@ -117,17 +119,12 @@ def ssl_context(config: KafkaSourceConfig) -> ssl.SSLContext | None:
     if config.security_protocol not in ("SSL", "SASL_SSL"):
         return None
     try:
-        context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
-        if config.cert_file is not None:
-            context.load_cert_chain(
-                str(config.cert_file), str(config.key_file) if config.key_file else None
-            )
+        return client_context(config.ca_file, config.cert_file, config.key_file)
     except OSError as exc:  # ssl.SSLError is one too
         raise KafkaSourceError(
             f"kafka source {config.name}: cannot load its TLS files (ca_file {config.ca_file}, "
             f"cert_file {config.cert_file}, key_file {config.key_file}): {exc}"
         ) from exc
-    return context
 
 
 async def tls_failure(
@@ -161,7 +158,7 @@ async def tls_failure(
     return None
 
 
-class KafkaSource:
+class KafkaSource(Source[KafkaRecord]):
     """A member of a consumer group feeding the pipeline; see the module docstring."""
 
     unclaimed_reason = "missing_identity"
@@ -176,7 +173,7 @@ class KafkaSource:
     ) -> None:
         self.name = config.name
         self.config = config
-        self.claim = identity_claim(config)
+        self._claim = identity_claim(config)
         self._metrics = metrics
         self._flush = flush
         self._flush_timeout = flush_timeout
@@ -201,7 +198,7 @@ class KafkaSource:
 
     async def start(self) -> None:
         config = self.config
-        password = config.password.read() if config.password else None
+        password = config.password.require() if config.password else None
         context = ssl_context(config)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=config.bootstrap_servers,
@@ -258,6 +255,11 @@ class KafkaSource:
             self._consumer = None
 
     # -- records -----------------------------------------------------------------------------
+
+    @property
+    def claim(self) -> Callable[[KafkaRecord], tuple[str, str] | None]:
+        """Chosen once from `identity_from`: the record's key, a header or the topic name."""
+        return self._claim
 
     async def receive(self) -> list[KafkaRecord]:
         if self._backlog:

@@ -31,6 +31,7 @@ import aiomqtt.exceptions
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import MqttSourceConfig
+from gateway.contracts import Source
 from gateway.errors import MqttConnectError, MqttError, MqttSubscribeError
 from gateway.sources.acks import AckWindow
 from gateway.sources.mqtt.message import Message
@@ -103,7 +104,7 @@ class PahoAdapter:
         self._paho._sock_close()
 
 
-class Mqtt311Source:
+class Mqtt311Source(Source[Message]):
     """One persistent MQTT 3.1.1 session (optionally in a `$share` group) feeding the pipeline."""
 
     def __init__(
@@ -232,7 +233,7 @@ class Mqtt311Source:
             config.host,
             config.port,
             username=config.username,
-            password=config.password.read() if config.password else None,
+            password=config.password.require() if config.password else None,
             identifier=config.client_id,
             protocol=aiomqtt.ProtocolVersion.V311,
             clean_session=False,

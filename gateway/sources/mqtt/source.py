@@ -6,26 +6,24 @@ import ssl
 from collections.abc import Callable, Sequence
 
 from gateway.config import MqttSourceConfig
+from gateway.contracts import Source
 from gateway.sources.mqtt.client import MqttClient
 from gateway.sources.mqtt.message import Message
 from gateway.sources.mqtt.options import MqttOptions
+from gateway.tls import client_context
 from gateway.topics import TopicTemplate
 
 __all__ = ["MqttSource", "tls_context"]
 
 
 def tls_context(config: MqttSourceConfig) -> ssl.SSLContext | None:
+    """The client context of a source with `tls` on (both MQTT transports use it)."""
     if not config.tls:
         return None
-    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
-    if config.cert_file is not None:
-        context.load_cert_chain(
-            str(config.cert_file), str(config.key_file) if config.key_file else None
-        )
-    return context
+    return client_context(config.ca_file, config.cert_file, config.key_file)
 
 
-class MqttSource:
+class MqttSource(Source[Message]):
     """One persistent MQTT v5 session (optionally in a `$share` group) feeding the pipeline."""
 
     def __init__(
@@ -42,7 +40,7 @@ class MqttSource:
             host=config.host,
             port=config.port,
             username=config.username,
-            password=config.password.read() if config.password else None,
+            password=config.password.require() if config.password else None,
             subscriptions=[(config.subscription, config.qos)],
             clean_start=False,
             session_expiry_interval=config.session_expiry,
