@@ -13,8 +13,6 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Callable
-from datetime import timedelta
 from typing import Any, cast
 
 import asyncpg
@@ -22,17 +20,18 @@ import asyncpg
 from gateway.activity import Activity
 from gateway.batching import BatchPolicy
 from gateway.config import GatewayConfig
-from gateway.decoder import COLUMNS, DEDUP_COLUMNS, DecodeLimits
+from gateway.contracts import Sink, Source, Table
+from gateway.decoder import DecodeLimits
 from gateway.http import HttpServer
 from gateway.identities.cache import IdentityCache
 from gateway.identities.provisioning import ProvisionRule
 from gateway.identities.registry import Registry
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline, Route, Sink, Source
+from gateway.pipeline import Pipeline
 from gateway.pools import RolePools
-from gateway.roles.declaration import Declaration, load_declaration
-from gateway.sinks.pg_errors import FailureKind
-from gateway.sinks.postgres import CopyTarget, PostgresSink
+from gateway.roles.declaration import load_declaration
+from gateway.routes import build_routes, writer_roles
+from gateway.sinks.postgres import PostgresSink
 from gateway.sources.kafka import KafkaSource
 from gateway.sources.mqtt import mqtt_source
 from gateway.validation import ConfigError
@@ -41,18 +40,6 @@ __all__ = ["Gateway"]
 
 log = logging.getLogger(__name__)
 
-REJECT_COLUMNS = ("at", "source", "reason", "identity", "topic", "payload_prefix", "detail")
-
-
-def writer_roles(doc: Declaration, config: GatewayConfig) -> dict[str, list[str]]:
-    """For each declared role, the route tables it may write (roles with none are left out)."""
-    found: dict[str, list[str]] = {}
-    for role in doc.roles:
-        tables = [r.table for r in config.routes if doc.may_insert(role, r.table)]
-        if tables:
-            found[role] = tables
-    return found
-
 
 class Gateway:
     def __init__(self, config: GatewayConfig, *, actor: str = "gateway") -> None:
@@ -60,7 +47,7 @@ class Gateway:
         self.actor = actor
         self.metrics = Metrics()
         self.activity = Activity()
-        self.sources: list[Source] = []
+        self.sources: list[Source[Any]] = []
         self.pipeline: Pipeline | None = None
         self.http: HttpServer | None = None
         self._pools: RolePools | None = None
@@ -100,7 +87,18 @@ class Gateway:
             lambda: pools.connect(control), on_entries=self.metrics.identity_cache_entries.set
         )
         await self._cache.start()
-        self.pipeline = self._build_pipeline(doc, writers)
+        self.pipeline = Pipeline(
+            lookup=self._cache.get,
+            routes=build_routes(config, doc, self._open_sink),
+            metrics=self.metrics,
+            activity=self.activity,
+            policy=BatchPolicy.from_config(config.batching),
+            limits=DecodeLimits.from_config(config.limits),
+            max_buffered_rows=config.batching.max_buffered_rows,
+            unknown=config.identities.unknown,
+            provision_rules=config.identities.provision,
+            provision=self._provision,
+        )
 
         self.http = HttpServer(
             config.http.host,
@@ -112,7 +110,7 @@ class Gateway:
         await self.http.start()
         self._tasks.append(asyncio.create_task(self._record_activity(), name="activity"))
         pipeline = self.pipeline
-        sources: list[Source] = [mqtt_source(c) for c in config.sources.mqtt]
+        sources: list[Source[Any]] = [mqtt_source(c) for c in config.sources.mqtt]
         sources += [
             KafkaSource(c, metrics=self.metrics, flush=pipeline.flush) for c in config.sources.kafka
         ]
@@ -130,53 +128,16 @@ class Gateway:
             self.http.port,
         )
 
-    def _build_pipeline(self, doc: Declaration, writers: dict[str, list[str]]) -> Pipeline:
-        config, pools, cache = self.config, self._pools, self._cache
-        assert pools is not None and cache is not None
-        routes: dict[tuple[str, str], Route] = {}
-        sinks: dict[tuple[str, str], Sink] = {}
-        for role, tables in writers.items():
-            for route in config.routes:
-                if route.table in tables:
-                    routes[(role, route.stream)] = Route(role, route.table, route.dedup)
-                    schema, table = route.table.split(".")
-                    columns = DEDUP_COLUMNS if route.dedup else COLUMNS
-                    sinks[(role, route.table)] = PostgresSink(
-                        role,
-                        CopyTarget(schema, table, columns, dedup=route.dedup),
-                        pools[role],
-                        on_failure=self._failure_counter(role, route.table),
-                    )
-        rejects_role = config.database.rejects_role
-        rejects = PostgresSink(
-            rejects_role,
-            CopyTarget("ingest", "rejects", REJECT_COLUMNS, None, None, write_log=False),
-            pools[rejects_role],
-            on_failure=self._failure_counter(rejects_role, "ingest.rejects"),
+    def _open_sink(self, role: str, table: Table) -> Sink:
+        """PostgreSQL over the role's own pool; its failures counted per role and table."""
+        assert self._pools is not None
+        counter, name = self.metrics.flush_failures, table.qualified
+        return PostgresSink(
+            role,
+            table,
+            self._pools[role],
+            on_failure=lambda kind: counter.labels(role, name, kind.value).inc(),
         )
-        batching, limits = config.batching, config.limits
-        return Pipeline(
-            lookup=cache.get,
-            routes=routes,
-            sinks=sinks,
-            rejects=rejects,
-            metrics=self.metrics,
-            activity=self.activity,
-            policy=BatchPolicy(batching.max_rows, batching.max_bytes, batching.max_delay_ms / 1000),
-            limits=DecodeLimits(
-                max_payload_bytes=limits.max_payload_bytes,
-                max_age=timedelta(seconds=limits.max_age_seconds),
-                max_ahead=timedelta(seconds=limits.max_ahead_seconds),
-            ),
-            max_buffered_rows=batching.max_buffered_rows,
-            unknown=config.identities.unknown,
-            provision_rules=config.identities.provision,
-            provision=self._provision,
-        )
-
-    def _failure_counter(self, role: str, table: str) -> Callable[[FailureKind], None]:
-        counter = self.metrics.flush_failures
-        return lambda kind: counter.labels(role, table, kind.value).inc()
 
     async def _provision(self, name: str, rule: ProvisionRule) -> None:
         assert self._pools is not None and self._cache is not None

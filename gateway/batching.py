@@ -14,17 +14,28 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.config import BatchingConfig
+from gateway.contracts import Route, Row, Source
+
 __all__ = ["Batch", "BatchPolicy", "Batcher"]
 
 
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
     """When to cut a batch. Size it with the sources' in-flight windows (MQTT receive maximum,
-    Kafka max_poll_records): a batch can never be larger than what the brokers let through."""
+    Kafka max_poll_records): a batch can never be larger than what the brokers let through.
 
-    max_rows: int = 5000
-    max_bytes: int = 4 * 1024 * 1024
-    max_delay: float = 0.05
+    No defaults here: the configuration (`BatchingConfig`) states them once, and the policy is
+    built from it (`from_config`), so a test and a running gateway cannot disagree on them.
+    """
+
+    max_rows: int
+    max_bytes: int
+    max_delay: float  # seconds
+
+    @classmethod
+    def from_config(cls, config: BatchingConfig) -> BatchPolicy:
+        return cls(config.max_rows, config.max_bytes, config.max_delay_ms / 1000)
 
 
 class Batch:
@@ -33,16 +44,16 @@ class Batch:
     __slots__ = ("messages", "nbytes", "rows", "runs", "started")
 
     def __init__(self) -> None:
-        self.rows: list[tuple[Any, ...]] = []
+        self.rows: list[Row] = []
         self.messages: list[Any] = []
-        self.runs: list[tuple[Any, int]] = []  # (source, index of its first message)
+        self.runs: list[tuple[Source[Any], int]] = []  # (source, index of its first message)
         self.nbytes = 0
         self.started = time.monotonic()
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def by_source(self) -> Iterator[tuple[Any, list[Any]]]:
+    def by_source(self) -> Iterator[tuple[Source[Any], list[Any]]]:
         """Each source with its messages, in the order they were added."""
         runs, messages = self.runs, self.messages
         for index, (source, start) in enumerate(runs):
@@ -51,17 +62,17 @@ class Batch:
 
 
 class Batcher:
-    """The open batch of one (role, table); calls `on_full` when it should be flushed."""
+    """The open batch of one route's (role, table); calls `on_full` when it should be flushed."""
 
-    __slots__ = ("_batch", "_loop", "_on_full", "_timer", "key", "policy")
+    __slots__ = ("_batch", "_loop", "_on_full", "_timer", "policy", "route")
 
     def __init__(
         self,
-        key: tuple[str, str],
+        route: Route,
         policy: BatchPolicy,
         on_full: Callable[[Batcher], None],
     ) -> None:
-        self.key = key
+        self.route = route
         self.policy = policy
         self._on_full = on_full
         self._batch = Batch()
@@ -71,7 +82,9 @@ class Batcher:
     def __len__(self) -> int:
         return len(self._batch.rows)
 
-    def add(self, rows: Sequence[tuple[Any, ...]], nbytes: int, source: Any, message: Any) -> None:
+    def add(
+        self, rows: Sequence[Row], nbytes: int, source: Source[Any] | None, message: Any
+    ) -> None:
         """Rows of one message; with `source` None they belong to no message (nothing to ack)."""
         batch = self._batch
         if not batch.rows:

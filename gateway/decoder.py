@@ -21,13 +21,14 @@ from typing import Annotated, Any
 import msgspec
 
 from gateway import pgtime
+from gateway.config import LimitsConfig
+from gateway.contracts import Row
 from gateway.errors import GatewayError
 
-__all__ = ["COLUMNS", "DEDUP_COLUMNS", "DecodeLimits", "Reject", "Row", "decode"]
+__all__ = ["COLUMNS", "DEDUP_COLUMNS", "DecodeLimits", "Reject", "decode"]
 
 COLUMNS = ("ts", "identity", "metric", "value", "tags", "received_at")
 DEDUP_COLUMNS = (*COLUMNS, "message_id")
-Row = tuple[Any, ...]
 
 MAX_METRIC_LENGTH = 200
 NON_FINITE = (b"NaN", b"Infinity")
@@ -43,20 +44,35 @@ class Reject(GatewayError):
         self.detail = detail
 
 
+_CONFIGURED = LimitsConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class DecodeLimits:
-    """What a payload may be; timestamps outside the window are usually clock faults."""
+    """What a payload may be; timestamps outside the window are usually clock faults.
 
-    max_payload_bytes: int = 256 * 1024
+    The defaults are the configuration's (`LimitsConfig`), stated there once where the reference
+    documents them; only `max_readings`, which is not configurable, is stated here.
+    """
+
+    max_payload_bytes: int = _CONFIGURED.max_payload_bytes
     max_readings: int = 10_000
-    max_age: timedelta = timedelta(days=7)
-    max_ahead: timedelta = timedelta(minutes=5)
+    max_age: timedelta = timedelta(seconds=_CONFIGURED.max_age_seconds)
+    max_ahead: timedelta = timedelta(seconds=_CONFIGURED.max_ahead_seconds)
     max_age_us: int = field(init=False, repr=False)  # the window in rows' own unit, once
     max_ahead_us: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_age_us", pgtime.duration(self.max_age))
         object.__setattr__(self, "max_ahead_us", pgtime.duration(self.max_ahead))
+
+    @classmethod
+    def from_config(cls, config: LimitsConfig) -> DecodeLimits:
+        return cls(
+            max_payload_bytes=config.max_payload_bytes,
+            max_age=timedelta(seconds=config.max_age_seconds),
+            max_ahead=timedelta(seconds=config.max_ahead_seconds),
+        )
 
 
 Metric = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_METRIC_LENGTH)]

@@ -15,97 +15,42 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
 from gateway import pgtime
 from gateway.activity import Activity
 from gateway.batching import Batch, Batcher, BatchPolicy
+from gateway.contracts import Message, Route, Row, Source
 from gateway.decoder import DecodeLimits, Reject, decode
 from gateway.identities.cache import CachedIdentity
 from gateway.identities.provisioning import ProvisionRule, match_rule
 from gateway.metrics import Metrics
-from gateway.sinks.postgres import WriteOutcome
 
-__all__ = ["Pipeline", "Route", "Sink", "Source"]
+__all__ = ["REJECT_COLUMNS", "Pipeline"]
 
 log = logging.getLogger(__name__)
 
-REJECTS_KEY = ("rejects", "ingest.rejects")
+# A reject record's columns, in the order `_reject` fills them: the rejects route's table.
+REJECT_COLUMNS = ("at", "source", "reason", "identity", "topic", "payload_prefix", "detail")
 _TS, _IDENTITY = itemgetter(0), itemgetter(1)  # of telemetry rows; map() runs them in C
 PAYLOAD_PREFIX = 256
 MAX_PENDING_PROVISION = 10_000
 
-
-class Message(Protocol):
-    topic: str
-    payload: bytes
-
-
-class Source(Protocol):
-    """What the engine needs of a source; MQTT and Kafka adapters implement it."""
-
-    name: str
-    unclaimed_reason: str  # the reject reason when `claim` finds no identity
-
-    def claim(self, message: Any) -> tuple[str, str] | None:
-        """(identity, stream) from the message, or None when it carries no usable claim."""
-
-    def position(self, message: Any) -> Any:
-        """Where the message sits in its source (packet id, partition/offset) for the audit."""
-
-    def ack(self, messages: Sequence[Any]) -> None:
-        """The messages are committed (or rejected for good): the source may forget them."""
-
-    async def receive(self) -> list[Any]:
-        """The next messages, at least one."""
-
-    def pause(self) -> None:
-        """Buffers are full: stop taking more in (or rely on holding acknowledgements)."""
-
-    async def resume(self) -> None:
-        """Buffers have room again."""
-
-    @property
-    def connected(self) -> bool:
-        """Whether the source is taking messages in right now (readiness)."""
-
-    async def start(self) -> None:
-        """Connect; return once messages can flow, or raise why they cannot."""
-
-    async def close(self) -> None:
-        """Stop taking messages in and let the broker keep what was not acknowledged."""
-
-
-class Sink(Protocol):
-    async def write(
-        self, rows: Sequence[tuple[Any, ...]], positions: dict[str, Any]
-    ) -> WriteOutcome:
-        """Commit the rows; return how many landed and which were refused for data reasons."""
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where a role's readings of one stream go."""
-
-    role: str
-    table: str
-    dedup: bool = False
-
+M = TypeVar("M", bound=Message)
 
 Lookup = Callable[[str], CachedIdentity | None]
 Provision = Callable[[str, ProvisionRule], Awaitable[None]]
 
 
 class Pipeline:
+    """The engine over `routes`: one per (role, stream), and the one marked `rejects`."""
+
     def __init__(
         self,
         *,
         lookup: Lookup,
-        routes: dict[tuple[str, str], Route],
-        sinks: dict[tuple[str, str], Sink],
-        rejects: Sink,
+        routes: Iterable[Route],
         metrics: Metrics,
         activity: Activity,
         policy: BatchPolicy,
@@ -116,9 +61,19 @@ class Pipeline:
         provision: Provision | None = None,
     ) -> None:
         self._lookup = lookup
-        self._routes = routes
-        self._sinks = sinks
-        self._rejects_sink = rejects
+        self._routes: dict[tuple[str, str], Route] = {}
+        by_table: dict[tuple[str, str], Route] = {}  # routes into one table share its batches
+        rejects: list[Route] = []
+        for route in routes:
+            if route.rejects:
+                rejects.append(route)
+            elif route.stream is None:
+                raise ValueError(f"the route of {route.role} to {route.table} has no stream")
+            else:
+                self._routes[(route.role, route.stream)] = route
+                by_table[(route.role, route.table)] = route
+        if len(rejects) != 1:
+            raise ValueError(f"exactly one route must take reject records, not {len(rejects)}")
         self.metrics = metrics
         self.activity = activity
         self._limits = limits
@@ -126,16 +81,16 @@ class Pipeline:
         self._unknown = unknown
         self._rules = list(provision_rules)
         self._provision = provision
-        self._streams = {stream for _, stream in routes}
+        self._streams = {stream for _, stream in self._routes}
         self._batchers: dict[tuple[str, str], Batcher] = {
-            key: Batcher(key, policy, self._flush_soon) for key in sinks
+            key: Batcher(route, policy, self._flush_soon) for key, route in by_table.items()
         }
-        self._rejects = Batcher(REJECTS_KEY, policy, self._flush_soon)
+        self._rejects = Batcher(rejects[0], policy, self._flush_soon)
         self._flushing: set[asyncio.Task[None]] = set()
         self._buffered = 0
         self._capacity = asyncio.Event()
         self._capacity.set()
-        self._pending: dict[str, list[tuple[Source, Any]]] = {}
+        self._pending: dict[str, list[tuple[Source[Any], Any]]] = {}
         self._pending_count = 0
 
     # -- intake ----------------------------------------------------------------------------
@@ -148,7 +103,7 @@ class Pipeline:
     def has_capacity(self) -> bool:
         return self._capacity.is_set()
 
-    async def pump(self, source: Source) -> None:
+    async def pump(self, source: Source[M]) -> None:
         """Feed the pipeline from a source until cancelled, pausing it while buffers are full."""
         while True:
             if not self._capacity.is_set():
@@ -157,7 +112,7 @@ class Pipeline:
                 await source.resume()
             self.submit(source, await source.receive())
 
-    def submit(self, source: Source, messages: Iterable[Any]) -> None:
+    def submit(self, source: Source[M], messages: Iterable[M]) -> None:
         """Route, decode and buffer each message; bad ones become reject records."""
         received_at = pgtime.now()
         count = 0
@@ -196,7 +151,7 @@ class Pipeline:
             self._capacity.clear()
 
     def _unknown_identity(
-        self, source: Source, message: Any, identity: str, received_at: int
+        self, source: Source[M], message: M, identity: str, received_at: int
     ) -> None:
         if self._unknown == "quarantine":
             self._reject(source, message, "quarantined", identity, "unknown identity", received_at)
@@ -228,7 +183,7 @@ class Pipeline:
             log.warning("provisioning %s failed: %s", identity, exc, extra={"identity": identity})
         waiting = self._pending.pop(identity, [])
         self._pending_count -= len(waiting)
-        by_source: dict[int, tuple[Source, list[Any]]] = {}
+        by_source: dict[int, tuple[Source[Any], list[Any]]] = {}
         for source, message in waiting:
             by_source.setdefault(id(source), (source, []))[1].append(message)
         # Resubmitted messages are counted again as received; reject a provisioning failure
@@ -249,8 +204,8 @@ class Pipeline:
 
     def _reject(
         self,
-        source: Source,
-        message: Any,
+        source: Source[M],
+        message: M,
         reason: str,
         identity: str | None,
         detail: str,
@@ -271,22 +226,21 @@ class Pipeline:
     def _flush_soon(self, batcher: Batcher) -> None:
         batch = batcher.take()
         if batch is not None:
-            self._spawn(self._write(batcher.key, batch))
+            self._spawn(self._write(batcher.route, batch))
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
 
-    async def _write(self, key: tuple[str, str], batch: Batch) -> None:
+    async def _write(self, route: Route, batch: Batch) -> None:
         started = time.monotonic()
-        sink = self._rejects_sink if key == REJECTS_KEY else self._sinks[key]
-        outcome = await sink.write(batch.rows, self._positions(batch))
+        outcome = await route.sink.write(batch.rows, self._positions(batch))
         if outcome.bad_rows:
-            self._refused_by_database(key, outcome.bad_rows)
-        role, table = key
+            self._refused_by_database(route, outcome.bad_rows)
+        role, table = route.role, route.table
         now = time.monotonic()
-        if key != REJECTS_KEY:
+        if not route.rejects:  # reject records are not readings: nothing to count as written
             self.metrics.rows_written.labels(role, table).inc(outcome.written)
             self.metrics.batch_rows.observe(outcome.written)
             self.metrics.flush_duration.labels(role, table).observe(now - started)
@@ -299,11 +253,9 @@ class Pipeline:
         if self._buffered < self._max_buffered:
             self._capacity.set()
 
-    def _refused_by_database(
-        self, key: tuple[str, str], bad_rows: list[tuple[tuple[Any, ...], str]]
-    ) -> None:
+    def _refused_by_database(self, route: Route, bad_rows: list[tuple[Row, str]]) -> None:
         """Rows the database refused go to rejects, tied to their identity, payload rebuilt."""
-        if key == REJECTS_KEY:
+        if route.rejects:
             for row, error in bad_rows:
                 log.error("reject record refused by the database: %s (%r)", error, row[:5])
             return
@@ -317,7 +269,7 @@ class Pipeline:
                 "database",
                 "database_refused",
                 identity,
-                key[1],
+                route.table,
                 payload,
                 error,
             )

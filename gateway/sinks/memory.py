@@ -6,14 +6,12 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.sinks.postgres import WriteOutcome
+from gateway.contracts import Row, Sink, WriteOutcome
 
 __all__ = ["MemorySink"]
 
-Row = tuple[Any, ...]
 
-
-class MemorySink:
+class MemorySink(Sink):
     """Keeps committed rows. `hold` blocks writes until released (a database outage);
     `refuse(row)` marks rows the 'database' refuses for data reasons."""
 

@@ -9,21 +9,19 @@ import hashlib
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
 import asyncpg
 import orjson
 
+from gateway.contracts import Row, Sink, Table, WriteOutcome
 from gateway.db import Conn
 from gateway.sinks.pg_errors import FailureKind, classify
 
-__all__ = ["CopyTarget", "PostgresSink", "WriteOutcome"]
+__all__ = ["PostgresSink"]
 
 log = logging.getLogger(__name__)
-
-Row = tuple[Any, ...]
 
 # Column types of the telemetry shape, for the staging table of deduplicated routes (typing it
 # from the target with `LIKE` would need SELECT on the target, which an ingest role lacks).
@@ -44,39 +42,19 @@ WRITE_LOG = (
 )
 
 
-@dataclass(frozen=True)
-class CopyTarget:
-    """A table and the columns a row fills, in order; where its time and identity columns are."""
+class PostgresSink(Sink):
+    """Writes batches for one (role, table); never gives up on a batch it can still write.
 
-    schema: str
-    table: str
-    columns: tuple[str, ...]
-    ts_column: int | None = 0
-    identity_column: int | None = 1
-    write_log: bool = True
-    # Rows go through a temporary staging table and `INSERT ... ON CONFLICT DO NOTHING`, so a
-    # redelivered message adds nothing. Needs only INSERT on the table (and TEMP, which every
-    # role has by default): no conflict target is named, so no SELECT is required.
-    dedup: bool = False
-
-    @property
-    def name(self) -> str:
-        return f"{self.schema}.{self.table}"
-
-
-@dataclass
-class WriteOutcome:
-    written: int
-    bad_rows: list[tuple[Row, str]]
-
-
-class PostgresSink:
-    """Writes batches for one (role, table); never gives up on a batch it can still write."""
+    A table with `dedup` is written through a temporary staging table and `INSERT ... ON
+    CONFLICT DO NOTHING`, so a redelivered message adds nothing. That needs only INSERT on the
+    table (and TEMP, which every role has by default): no conflict target is named, so no SELECT
+    is required.
+    """
 
     def __init__(
         self,
         role: str,
-        target: CopyTarget,
+        target: Table,
         pool: asyncpg.Pool,
         *,
         on_failure: Callable[[FailureKind], None] = lambda kind: None,
@@ -115,13 +93,13 @@ class PostgresSink:
                 attempt += 1
                 log.warning(
                     "write to %s as %s failed (%s, attempt %d), retrying in %.2fs: %s",
-                    self.target.name,
+                    self.target.qualified,
                     self.role,
                     kind,
                     attempt,
                     delay,
                     exc,
-                    extra={"role": self.role, "table": self.target.name},
+                    extra={"role": self.role, "table": self.target.qualified},
                 )
                 await asyncio.sleep(delay)
 
@@ -153,7 +131,7 @@ class PostgresSink:
                 inserted = await self._copy_deduplicated(conn, rows)
             else:
                 await conn.copy_records_to_table(
-                    target.table, schema_name=target.schema, columns=target.columns, records=rows
+                    target.name, schema_name=target.schema, columns=target.columns, records=rows
                 )
                 inserted = len(rows)
             if target.write_log:
@@ -163,7 +141,7 @@ class PostgresSink:
     async def _copy_deduplicated(self, conn: Conn, rows: Sequence[Row]) -> int:
         """COPY into a session-private staging table, then insert what is not there yet."""
         target = self.target
-        staging = f"gateway_staging_{target.table}"
+        staging = f"gateway_staging_{target.name}"
         columns = ", ".join(f'"{column}"' for column in target.columns)
         definition = ", ".join(f'"{c}" {STAGING_TYPES[c]}' for c in target.columns)
         await conn.execute(
@@ -171,7 +149,7 @@ class PostgresSink:
         )
         await conn.copy_records_to_table(staging, columns=target.columns, records=rows)
         status = await conn.execute(
-            f'INSERT INTO "{target.schema}"."{target.table}" ({columns}) '
+            f'INSERT INTO "{target.schema}"."{target.name}" ({columns}) '
             f'SELECT {columns} FROM "{staging}" ON CONFLICT DO NOTHING'
         )
         return int(status.rsplit(" ", 1)[1])
@@ -190,7 +168,7 @@ class PostgresSink:
         checksum = hashlib.sha256(orjson.dumps(rows, default=_bytes_as_hex))
         return (
             self.role,
-            target.name,
+            target.qualified,
             inserted,
             identities,
             orjson.dumps(positions).decode(),

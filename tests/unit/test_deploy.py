@@ -26,11 +26,11 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from gateway.app import writer_roles
 from gateway.cli.main import parser, run
 from gateway.config import GatewayConfig, KafkaSourceConfig, MqttSourceConfig, load_config
 from gateway.http import HttpServer
 from gateway.roles.declaration import Declaration, load_declaration
+from gateway.routes import writer_roles
 
 ROOT = Path(__file__).parents[2]
 DEPLOY = ROOT / "deploy"

@@ -9,10 +9,12 @@ import orjson
 
 from gateway.activity import Activity
 from gateway.batching import BatchPolicy
+from gateway.config import BatchingConfig
+from gateway.contracts import Route
 from gateway.decoder import DecodeLimits
 from gateway.identities.cache import CachedIdentity
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline, Route
+from gateway.pipeline import Pipeline
 from gateway.sinks.memory import MemorySink
 from gateway.sources.memory import MemorySource
 
@@ -34,12 +36,13 @@ def build(
 ) -> Pipeline:
     return Pipeline(
         lookup=IDENTITIES.get,
-        routes={("telemetry_ingest", "telemetry"): Route("telemetry_ingest", "ingest.telemetry")},
-        sinks={("telemetry_ingest", "ingest.telemetry"): sink},
-        rejects=rejects,
+        routes=[
+            Route("telemetry_ingest", "ingest.telemetry", sink, "telemetry"),
+            Route("rejects_writer", "ingest.rejects", rejects, rejects=True),
+        ],
         metrics=Metrics(),
         activity=Activity(),
-        policy=BatchPolicy(max_rows=max_rows, max_delay=0.01),
+        policy=BatchPolicy.from_config(BatchingConfig(max_rows=max_rows, max_delay_ms=10)),
         limits=DecodeLimits(),
         max_buffered_rows=max_buffered,
     )
