@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from gateway.app import Gateway
-from gateway.config import load_config
+from gateway.config import Secret, load_config
+from gateway.roles.declaration import RoleSpec
 from gateway.validation import ConfigError
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "gateway.toml"
@@ -92,3 +93,27 @@ async def test_the_control_role_may_not_also_write_rows(monkeypatch: pytest.Monk
     gateway = Gateway(load_config(EXAMPLE))
     with pytest.raises(ConfigError, match=r"database\.control_role"):
         await gateway.start()
+
+
+def test_a_secret_names_its_variable_or_file_when_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GATEWAY_TEST_ABSENT", raising=False)
+    with pytest.raises(ConfigError, match="environment variable GATEWAY_TEST_ABSENT: is not set"):
+        Secret(env="GATEWAY_TEST_ABSENT").require()
+    missing = tmp_path / "absent"
+    assert Secret(file=missing).read() is None
+    with pytest.raises(ConfigError, match=f"file {missing}: is not set"):
+        Secret(file=missing).require()
+    present = tmp_path / "password"
+    present.write_text("s3cret\n")
+    assert Secret(file=present).require() == "s3cret"
+
+
+def test_broker_and_role_passwords_are_one_secret_type(tmp_path: Path) -> None:
+    bad = tmp_path / "gateway.toml"
+    bad.write_text('[[sources.mqtt]]\npassword = { env = "A", file = "/b" }\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad)
+    assert "exactly one" in dict(caught.value.problems)["sources.mqtt[0].password"]
+    assert RoleSpec.model_fields["password"].annotation is Secret

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
+import pytest
 
 from gateway.activity import Activity
 from gateway.batching import BatchPolicy
-from gateway.config import BatchingConfig
-from gateway.contracts import Route
+from gateway.config import BatchingConfig, load_config
+from gateway.contracts import Route, Table
 from gateway.decoder import DecodeLimits
 from gateway.identities.cache import CachedIdentity
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline
+from gateway.pipeline import REJECT_COLUMNS, Pipeline
+from gateway.roles.declaration import load_declaration
+from gateway.routes import build_routes
 from gateway.sinks.memory import MemorySink
 from gateway.sources.memory import MemorySource
 
+EXAMPLE_CONFIG = Path(__file__).parents[2] / "config" / "gateway.toml"
 IDENTITIES = {
     "sensor-1": CachedIdentity("telemetry_ingest", "telemetry_ingest_login", "active"),
     "sensor-2": CachedIdentity("telemetry_ingest", "telemetry_ingest_login", "active"),
@@ -124,3 +129,60 @@ async def test_rows_refused_by_the_database_become_rejects_and_the_rest_lands() 
     assert len(sink.rows) == 19
     assert [row[2] for row in rejects.rows] == ["database_refused"]
     assert len(source.acked) == 20
+
+
+async def test_reject_records_are_not_counted_as_rows_written() -> None:
+    sink, rejects = MemorySink(), MemorySink()
+    pipeline = build(sink, rejects)
+    source = MemorySource()
+    source.put([("devices/sensor-1/telemetry", reading()), ("devices/nobody/telemetry", reading())])
+    pipeline.submit(source, await source.receive())
+    await pipeline.flush()
+    assert (len(sink.rows), len(rejects.rows)) == (1, 1)
+    registry = pipeline.metrics.registry
+    written = {"role": "telemetry_ingest", "table": "ingest.telemetry"}
+    assert registry.get_sample_value("gateway_rows_written_total", written) == 1
+    tables = {
+        sample.labels["table"]
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == "gateway_rows_written_total"
+    }
+    assert tables == {"ingest.telemetry"}
+
+
+def test_exactly_one_route_takes_reject_records() -> None:
+    telemetry = Route("telemetry_ingest", "ingest.telemetry", MemorySink(), "telemetry")
+    for rejects in ([], [Route("a", "ingest.rejects", MemorySink(), rejects=True)] * 2):
+        with pytest.raises(ValueError, match="exactly one route"):
+            Pipeline(
+                lookup=IDENTITIES.get,
+                routes=[telemetry, *rejects],
+                metrics=Metrics(),
+                activity=Activity(),
+                policy=BatchPolicy.from_config(BatchingConfig()),
+                limits=DecodeLimits(),
+                max_buffered_rows=10,
+            )
+
+
+def test_routes_follow_the_declaration_and_end_with_the_rejects_route() -> None:
+    config = load_config(EXAMPLE_CONFIG)
+    doc = load_declaration(EXAMPLE_CONFIG.parents[1] / config.database.roles_file)
+    opened: list[tuple[str, Table]] = []
+
+    def open_sink(role: str, table: Table) -> MemorySink:
+        opened.append((role, table))
+        return MemorySink()
+
+    routes = build_routes(config, doc, open_sink)
+    *readings, rejects = routes
+    assert rejects.rejects and rejects.stream is None
+    assert (rejects.role, rejects.table) == (config.database.rejects_role, "ingest.rejects")
+    assert readings and not any(route.rejects for route in readings)
+    for route in readings:
+        assert doc.may_insert(route.role, route.table) and route.stream is not None
+    assert [(role, table.qualified) for role, table in opened] == [
+        (route.role, route.table) for route in routes
+    ]
+    assert opened[-1][1].columns == REJECT_COLUMNS and not opened[-1][1].write_log
