@@ -2,8 +2,8 @@
 
 Docker cannot build or run here, nor is there a cluster, so these read the files and hold them
 to what the gateway really is: its CLI commands, its HTTP endpoints, its configuration models and
-roles declaration. The Prometheus rules go through `promtool check rules` and `promtool test
-rules`, which must be installed (`make prometheus`): those tests fail, never skip.
+roles declaration. What `promtool` checks (the rules, their unit tests, the compose Prometheus
+config) is in tests/integration/test_promtool.py: unit tests run no external binary.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import asyncio
 import json
 import re
 import shlex
-import shutil
-import subprocess
 import tomllib
 import urllib.error
 import urllib.request
@@ -598,35 +596,6 @@ def test_every_pod_at_once_stays_within_each_roles_connection_limit(where: str) 
 
 
 # --- Prometheus rules ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    found = shutil.which("promtool")
-    assert found, "promtool is missing: run `make prometheus` (Debian's prometheus package)"
-    return found
-
-
-def run_promtool(promtool: str, *args: str) -> str:
-    result = subprocess.run(
-        [promtool, *args], cwd=PROMETHEUS, capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def test_rules_pass_promtool_check(promtool: str) -> None:
-    assert "SUCCESS" in run_promtool(promtool, "check", "rules", "rules.yml")
-
-
-def test_rules_pass_their_unit_tests(promtool: str) -> None:
-    tests = sorted(str(p.relative_to(PROMETHEUS)) for p in (PROMETHEUS / "tests").glob("*.yml"))
-    assert tests, "no promtool rule tests"
-    assert "SUCCESS" in run_promtool(promtool, "test", "rules", *tests)
-
-
-def test_compose_prometheus_config_passes_promtool_check(promtool: str) -> None:
-    run_promtool(promtool, "check", "config", "--syntax-only", "prometheus.yml")
 
 
 def test_every_alert_is_unit_tested() -> None:
