@@ -77,7 +77,8 @@ from gateway.config import (
     Secret,
     SourcesConfig,
 )
-from gateway.fleet.kafka import KafkaFleetOptions, run_kafka_fleet
+from gateway.fleet.kafka import run_kafka_fleet
+from gateway.fleet.options import KafkaFleetOptions
 from gateway.services.kafka import Kafka
 from gateway.services.postgres import Postgres
 
@@ -468,7 +469,7 @@ def naive_producer_child(address: KafkaAddress, topic: str, count: int) -> dict[
 
 
 async def _naive_producer(address: KafkaAddress, topic: str, count: int) -> dict[str, Any]:
-    from gateway.fleet.mqtt import Payloads
+    from gateway.fleet.payloads import Payloads
 
     payloads = Payloads("naive", 1)
     names = [name.encode() for name in KafkaFleetOptions(devices=1000).names()]

@@ -82,7 +82,9 @@ from gateway.config import (
     Secret,
     SourcesConfig,
 )
-from gateway.fleet.mqtt import Fleet, FleetOptions, FleetReport
+from gateway.fleet.mqtt import Fleet
+from gateway.fleet.options import FleetOptions
+from gateway.fleet.report import FleetReport
 from gateway.services._process import free_port, log_tail
 from gateway.services.mosquitto import Mosquitto, MqttUser
 from gateway.services.postgres import Postgres

@@ -52,7 +52,9 @@ from isolation import (
 )
 from mqtt_gateway import Bench, GatewayProcess, gateway_live, running_gateway
 
-from gateway.fleet.mqtt import Fleet, FleetOptions, FleetReport
+from gateway.fleet.mqtt import Fleet
+from gateway.fleet.options import FleetOptions
+from gateway.fleet.report import FleetReport
 from gateway.services.mosquitto import MqttUser
 
 UNKNOWN_PREFIX = "ghost-"

@@ -11,7 +11,7 @@
     ├── Reject                  a message that can never succeed; `reason` labels it
     │                           (gateway.decoder; handled inside the pipeline, never raised out)
     ├── ServiceError            a local service (PostgreSQL, Mosquitto, Kafka) failed to start
-    ├── FleetError              the simulated fleet could not run (gateway.fleet.mqtt)
+    ├── FleetError              the simulated fleet could not run (gateway.fleet.common)
     ├── KafkaSourceError        Kafka refused authentication or authorization
     └── MqttError               the MQTT transport (also: the client is closed)
         ├── MqttConnectError    no session: the broker refused (carries the reason code), or the

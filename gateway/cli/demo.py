@@ -28,7 +28,9 @@ from gateway.config import (
     Secret,
     SourcesConfig,
 )
-from gateway.fleet.mqtt import Fleet, FleetOptions, FleetReport
+from gateway.fleet.mqtt import Fleet
+from gateway.fleet.options import FleetOptions
+from gateway.fleet.report import FleetReport
 from gateway.migrate import migrate
 from gateway.roles.apply import apply_roles
 from gateway.roles.declaration import load_declaration

@@ -21,8 +21,10 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.fleet.kafka import MAX_BATCH_BYTES, Acks, KafkaFleet, KafkaFleetOptions
-from gateway.fleet.mqtt import Fleet, FleetError, FleetOptions, Progress, load_credentials
+from gateway.fleet.common import FleetError, Progress, load_credentials
+from gateway.fleet.kafka import KafkaFleet
+from gateway.fleet.mqtt import Fleet
+from gateway.fleet.options import MAX_BATCH_BYTES, Acks, FleetOptions, KafkaFleetOptions
 
 __all__ = ["kafka_options_from_args", "options_from_args", "register", "run_simulate"]
 

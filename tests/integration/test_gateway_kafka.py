@@ -23,7 +23,8 @@ from gateway.config import (
     SourcesConfig,
 )
 from gateway.errors import GatewayError
-from gateway.fleet.kafka import KafkaFleetOptions, run_kafka_fleet
+from gateway.fleet.kafka import run_kafka_fleet
+from gateway.fleet.options import KafkaFleetOptions
 from gateway.services.kafka import Kafka
 
 from .stack import GatewayProcess, Stack, reading, stack

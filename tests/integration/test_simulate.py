@@ -23,7 +23,10 @@ import orjson
 import pytest
 
 from gateway.cli.simulate import register
-from gateway.fleet.mqtt import Fleet, FleetError, FleetOptions, FleetReport, run_fleet
+from gateway.fleet.common import FleetError
+from gateway.fleet.mqtt import Fleet, run_fleet
+from gateway.fleet.options import FleetOptions
+from gateway.fleet.report import FleetReport
 from gateway.services.mosquitto import Mosquitto, MqttUser
 
 V5 = aiomqtt.ProtocolVersion.V5

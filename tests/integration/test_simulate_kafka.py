@@ -28,15 +28,10 @@ from gateway.app import Gateway
 from gateway.cli.simulate import register
 from gateway.config import KafkaSourceConfig, Secret, SourcesConfig
 from gateway.decoder import DecodeLimits, Reject, decode
-from gateway.fleet.kafka import (
-    KafkaFleet,
-    KafkaFleetError,
-    KafkaFleetOptions,
-    KafkaFleetReport,
-    device_partitions,
-    run_kafka_fleet,
-)
-from gateway.fleet.mqtt import device_quota
+from gateway.fleet.common import KafkaFleetError, device_quota
+from gateway.fleet.kafka import KafkaFleet, device_partitions, run_kafka_fleet
+from gateway.fleet.options import KafkaFleetOptions
+from gateway.fleet.report import FleetReport
 from gateway.services.kafka import Kafka
 
 from .stack import stack
@@ -102,14 +97,14 @@ def body_index(value: bytes) -> tuple[int, int]:
     return int(index), int(seq)
 
 
-def assert_delivered(report: KafkaFleetReport, records: list[Record], planned: int) -> None:
+def assert_delivered(report: FleetReport, records: list[Record], planned: int) -> None:
     assert report.ok, report.problems()
     assert report.sent == report.acked == len(records) == planned
-    assert report.failed == report.unanswered == 0
+    assert report.refused == report.unanswered == 0
 
 
 def assert_in_device_order(
-    options: KafkaFleetOptions, report: KafkaFleetReport, records: list[Record]
+    options: KafkaFleetOptions, report: FleetReport, records: list[Record]
 ) -> None:
     """Each device's records sit in one partition, the one promised, in the order sent."""
     partitions = device_partitions(options, range(report.partitions))
@@ -239,9 +234,9 @@ async def test_refusals_are_explained(kafka: Kafka) -> None:
     # Describe but not Write: the metadata is there, every record is refused.
     describer = replace(stranger, username="describer", password=USERS["describer"], count=50)
     report = await run_kafka_fleet(describer)
-    assert not report.ok and report.acked == 0 and report.failed == report.sent > 0
+    assert not report.ok and report.acked == 0 and report.refused == report.sent > 0
     assert any("TopicAuthorizationFailedError" in error for error in report.errors)
-    assert f"{report.failed} of {report.sent} records were not delivered" in report.problems()
+    assert f"{report.refused} of {report.sent} records were not delivered" in report.problems()
     assert await read_all(kafka, topic) == []
 
 

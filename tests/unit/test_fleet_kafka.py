@@ -1,4 +1,4 @@
-"""The Kafka fleet's pure parts: options, names and partitions, the report, the command line."""
+"""The Kafka fleet's pure parts: options, names and partitions, the command line."""
 
 from __future__ import annotations
 
@@ -15,13 +15,9 @@ from gateway.cli.simulate import (
     options_from_args,
     register,
 )
-from gateway.fleet.kafka import (
-    KafkaFleetError,
-    KafkaFleetOptions,
-    KafkaFleetReport,
-    device_partitions,
-)
-from gateway.fleet.mqtt import FleetError, FleetOptions, KindCounts
+from gateway.fleet.common import FleetError, KafkaFleetError
+from gateway.fleet.kafka import device_partitions
+from gateway.fleet.options import FleetOptions, KafkaFleetOptions
 
 
 @pytest.mark.parametrize(
@@ -88,54 +84,6 @@ def test_keyed_devices_go_where_java_producers_put_their_keys() -> None:
 def test_header_devices_go_round_robin() -> None:
     options = KafkaFleetOptions(devices=7, identity_header="device")
     assert device_partitions(options, [3, 1, 0, 2]) == [0, 1, 2, 3, 0, 1, 2]
-
-
-def report(**changes: object) -> KafkaFleetReport:
-    values: dict[str, object] = {
-        "topic": "telemetry",
-        "partitions": 4,
-        "devices": 10,
-        "identity_from": "key",
-        "acks": "all",
-        "readings": 3,
-        "planned": 100,
-        "duration": 2.0,
-        "kinds": {"valid": KindCounts(90, 90, 0), "malformed": KindCounts(10, 10, 0)},
-        "errors": [],
-    }
-    values.update(changes)
-    return KafkaFleetReport(**values)  # type: ignore[arg-type]
-
-
-def test_a_clean_report() -> None:
-    clean = report()
-    assert (clean.sent, clean.acked, clean.failed, clean.unanswered) == (100, 100, 0, 0)
-    assert clean.rate == 50.0 and clean.malformed_sent == 10
-    assert clean.ok and clean.problems() == []
-    assert clean.expected() == {"valid_messages": 90, "rows": 270, "malformed_messages": 10}
-    summary = clean.as_json()
-    assert summary["transport"] == "kafka" and summary["ok"] is True
-    assert summary["kinds"]["malformed"] == {"sent": 10, "acked": 10, "failed": 0}
-    assert {"sent", "acked", "failed", "errors", "rate", "identity_from"} <= set(summary)
-    text = clean.render()
-    assert "sent        100 of 100 in 2.00 s (50 msg/s)" in text
-    assert "expected    90 valid messages (270 rows), 10 malformed rejects" in text
-
-
-def test_failures_and_silence_are_problems() -> None:
-    failed = report(
-        kinds={"valid": KindCounts(90, 40, 45), "malformed": KindCounts(10, 5, 5)},
-        errors=["delivery failed: TopicAuthorizationFailedError('telemetry')"],
-    )
-    assert (failed.acked, failed.failed, failed.unanswered) == (45, 50, 5)
-    assert failed.expected() == {"valid_messages": 40, "rows": 120, "malformed_messages": 5}
-    assert failed.problems() == [
-        "delivery failed: TopicAuthorizationFailedError('telemetry')",
-        "50 of 100 records were not delivered",
-        "5 of 100 records got no answer in time",
-    ]
-    assert not failed.ok and failed.as_json()["ok"] is False
-    assert report(duration=0.0).rate == 0.0
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -1,0 +1,81 @@
+"""The fleets' message bodies and their mix: decoder shapes, unique ids, exact kind shares."""
+
+from __future__ import annotations
+
+import itertools
+
+import orjson
+import pytest
+
+from gateway import pgtime
+from gateway.decoder import DecodeLimits, Reject, decode
+from gateway.fleet.payloads import KINDS, Mix, Payloads
+
+NOW_MS = 1_732_500_000_000
+
+
+def test_single_reading_has_the_decoder_shape() -> None:
+    body = orjson.loads(Payloads("run1", readings=1).build(7, 3, NOW_MS, malformed=False))
+    assert set(body) == {"id", "ts", "metric", "value", "tags"}
+    assert body["id"] == "run1-7-3"
+    assert body["ts"] == NOW_MS
+    assert isinstance(body["metric"], str) and body["metric"]
+    assert isinstance(body["value"], float)
+    assert isinstance(body["tags"], dict)
+
+
+def test_batch_has_the_decoder_shape() -> None:
+    body = orjson.loads(Payloads("run1", readings=5).build(0, 0, NOW_MS, malformed=False))
+    assert set(body) == {"id", "ts", "readings"}
+    assert len(body["readings"]) == 5
+    for reading in body["readings"]:
+        assert set(reading) == {"metric", "value", "tags"}
+        assert isinstance(reading["value"], float)
+
+
+@pytest.mark.parametrize("readings", [1, 4])
+def test_the_gateway_decodes_valid_bodies_and_rejects_malformed_ones(readings: int) -> None:
+    payloads = Payloads("r", readings)
+    received = pgtime.from_epoch_ms(NOW_MS)
+    rows = decode(payloads.build(1, 1, NOW_MS, malformed=False), "d", received, DecodeLimits())
+    assert len(rows) == readings
+    assert rows[0][0] == received
+    with pytest.raises(Reject) as rejected:
+        decode(payloads.build(1, 2, NOW_MS, malformed=True), "d", received, DecodeLimits())
+    assert rejected.value.reason == "malformed_json"
+
+
+def test_malformed_bodies_keep_their_id_but_are_not_json() -> None:
+    body = Payloads("run1", readings=1).build(2, 9, NOW_MS, malformed=True)
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(body)
+    assert b'"id":"run1-2-9"' in body
+
+
+def test_ids_are_unique_across_devices_sequences_and_runs() -> None:
+    ids = {
+        orjson.loads(Payloads(run, 1).build(device, seq, NOW_MS, malformed=False))["id"]
+        for run, device, seq in itertools.product(("a", "b"), range(12), range(12))
+    }
+    assert len(ids) == 2 * 12 * 12
+
+
+def test_mix_gives_exact_shares_spread_evenly() -> None:
+    mix = Mix(malformed=0.01, spoofed=0.02)
+    kinds = [mix.next() for _ in range(10_000)]
+    assert kinds.count(KINDS.index("malformed")) == 100
+    assert kinds.count(KINDS.index("spoofed")) == 200
+    spoofs = [i for i, kind in enumerate(kinds) if kind == KINDS.index("spoofed")]
+    assert {b - a for a, b in itertools.pairwise(spoofs)} == {50}
+
+
+@pytest.mark.parametrize(
+    ("malformed", "spoofed", "total", "expected"),
+    [(0, 0, 1000, (1000, 0, 0)), (0.5, 0.5, 10, (0, 5, 5)), (0.01, 0.0, 50, (49, 1, 0))],
+)
+def test_mix_counts_round_to_nearest(
+    malformed: float, spoofed: float, total: int, expected: tuple[int, int, int]
+) -> None:
+    mix = Mix(malformed, spoofed)
+    kinds = [mix.next() for _ in range(total)]
+    assert tuple(kinds.count(k) for k in range(3)) == expected
