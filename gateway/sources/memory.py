@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gateway.contracts import Source
 from gateway.sources.acks import AckWindow
 from gateway.topics import TopicTemplate
 
@@ -111,7 +112,7 @@ class MemoryBroker:
             self._unacked.clear()
 
 
-class MemorySource:
+class MemorySource(Source[MemoryMessage]):
     """A session on a `MemoryBroker` (its own unless given one); see the module docstring.
 
     `max_inflight` bounds the unacknowledged messages it holds, like MQTT's receive maximum;
@@ -129,7 +130,7 @@ class MemorySource:
         max_inflight: int | None = None,
     ) -> None:
         self.name = name
-        self.connected = True
+        self._connected = True
         self.broker = broker if broker is not None else MemoryBroker()
         self.max_inflight = max_inflight
         self.paused = False
@@ -172,8 +173,12 @@ class MemorySource:
     async def start(self) -> None:
         pass
 
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
     async def close(self) -> None:
-        self.connected = False
+        self._connected = False
         self.broker.detach(self)
 
     @property
@@ -183,7 +188,7 @@ class MemorySource:
 
     async def receive(self) -> list[MemoryMessage]:
         while True:
-            if self.connected and not self.paused:
+            if self._connected and not self.paused:
                 room = None if self.max_inflight is None else self.max_inflight - len(self._window)
                 batch = self.broker.take(self, room)
                 if batch:
