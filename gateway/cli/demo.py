@@ -3,7 +3,8 @@
 It starts an embedded PostgreSQL and an MQTT broker (Mosquitto when installed, else the
 pure-Python amqtt, reached over MQTT 3.1.1), applies the example roles, provisions a demo fleet,
 runs the gateway and a simulated fleet (with a share of malformed and spoofed messages) under a
-live progress line, and ends with what happened and where to look next.
+live progress line, and ends with what happened and where to look next. With `--hold` the
+services stay up until Ctrl-C or SIGTERM, and it prints the commands to query them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shlex
+import shutil
+import signal
 import sys
+import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +41,13 @@ from gateway.roles.apply import apply_roles
 from gateway.roles.declaration import load_declaration
 from gateway.services.amqtt import Amqtt
 from gateway.services.mosquitto import Mosquitto, MqttBroker, mosquitto_binary
-from gateway.services.postgres import Postgres
+from gateway.services.postgres import Postgres, postgres_binaries
 
-__all__ = ["DemoOptions", "run_demo"]
+__all__ = ["EXIT_INTERRUPTED", "DemoOptions", "gateway_command", "run_demo"]
 
 EXAMPLE_ROLES = Path(__file__).parents[2] / "config" / "roles.toml"
 MQTT_PASSWORD_ENV = "GATEWAY_DEMO_MQTT_PASSWORD"
+EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C; SIGTERM ends the demo the same way
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,33 @@ def say(text: str = "") -> None:
 
 
 async def run_demo(options: DemoOptions) -> int:
+    """The demo; SIGTERM and SIGHUP stop it as Ctrl-C does, services stopped and removed."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        if not terminated:  # a second signal must not cut the clean-up short
+            terminated = True
+            task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, terminate)
+    try:
+        return await demo(options)
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        task.uncancel()
+        return EXIT_INTERRUPTED
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+async def demo(options: DemoOptions) -> int:
     doc = load_declaration(options.roles_file)
     for spec in doc.roles.values():
         if spec.password.env is not None:
@@ -120,15 +153,21 @@ async def run_demo(options: DemoOptions) -> int:
                     protocol=broker.protocol,
                 )
             )
-            report = await run_with_progress(fleet, postgres.dsn, gateway)
-            await settle(postgres.dsn, report)
-            await summarise(postgres.dsn, report)
+            report, outcome = await run_with_progress(fleet, postgres.dsn, gateway)
+            summarise(report, outcome)
+            say("\nWhere to look next")
+            say("  README.md: running, roles and identities, delivery guarantees, reject reasons")
+            say("  ingest.telemetry, ingest.rejects, gateway.write_log, gateway.identity_activity")
             if options.hold:
-                say(f"  psql '{postgres.dsn}'")
-                say(f"  curl -s {metrics_url} | grep ^gateway_")
-                say("\nServices stay up; press Ctrl-C to stop.")
+                say("\nThe services stay up until Ctrl-C. To query them, in another shell here:")
+                for line in hold_commands(postgres.dsn, metrics_url, options.roles_file):
+                    say(f"  {line}")
                 await asyncio.Event().wait()
-            say("  gateway demo --hold keeps the services up to query them (psql, /metrics)")
+            setup, command = gateway_command()
+            say("\nTo keep the services up and query them (psql, /metrics, roles, identities):")
+            if setup is not None:
+                say(f"  {setup}")
+            say(f"  {command} demo --hold")
         finally:
             await gateway.stop()
     return 0
@@ -161,55 +200,102 @@ def demo_config(postgres: Postgres, broker: MqttBroker) -> GatewayConfig:
     )
 
 
-async def run_with_progress(fleet: Fleet, dsn: str, gateway: Gateway) -> FleetReport:
+@dataclass(frozen=True)
+class Outcome:
+    """What the database holds after the run, read in one snapshot."""
+
+    rows: int
+    rejects: int
+    per_role: list[asyncpg.Record]
+    per_reason: list[asyncpg.Record]
+    latency: tuple[float, float] | None
+
+
+def progress_line(
+    elapsed: float, sent: int, refused: int, rows: int, rate: float, rejects: int, buffered: int
+) -> str:
+    return (
+        f"  {elapsed:5.1f} s  published {sent:>8,}  refused by broker {refused:>5,}"
+        f"  rows {rows:>8,} ({rate:>7,.0f}/s)  rejects {rejects:>5,}  buffered {buffered:>6,} "
+    )
+
+
+async def run_with_progress(
+    fleet: Fleet, dsn: str, gateway: Gateway
+) -> tuple[FleetReport, Outcome]:
+    """Run the fleet under a progress line; its last line is drawn once everything settled,
+    from the same snapshot the summary is made of."""
     conn = await asyncpg.connect(dsn)
     started = time.monotonic()
     task = asyncio.create_task(fleet.run())
     # A live line on a terminal; one line every two seconds in a log.
     live = sys.stdout.isatty()
+
+    def draw(text: str) -> None:
+        sys.stdout.write(("\r" if live else "") + text + ("" if live else "\n"))
+        sys.stdout.flush()
+
+    def buffered() -> int:
+        return gateway.pipeline.buffered_rows if gateway.pipeline is not None else 0
+
     last_rows, last_at = 0, started
     try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=0.5 if live else 2)
+        while not (await asyncio.wait({task}, timeout=0.5 if live else 2))[0]:
             progress = fleet.progress()
-            rows = await conn.fetchval("SELECT count(*) FROM ingest.telemetry")
-            rejects = await conn.fetchval("SELECT count(*) FROM ingest.rejects")
+            rows, rejects = await counts(conn)
             now = time.monotonic()
             rate = (rows - last_rows) / max(now - last_at, 1e-6)
             last_rows, last_at = rows, now
-            buffered = gateway.pipeline.buffered_rows if gateway.pipeline is not None else 0
-            sys.stdout.write(
-                ("\r" if live else "") + f"  {now - started:5.1f} s  published {progress.sent:>8,}"
-                f"  refused by broker {progress.refused:>5,}  rows {rows:>8,} ({rate:>7,.0f}/s)"
-                f"  rejects {rejects:>5,}  buffered {buffered:>6,} " + ("" if live else "\n")
+            draw(
+                progress_line(
+                    now - started, progress.sent, progress.refused, rows, rate, rejects, buffered()
+                )
             )
-            sys.stdout.flush()
-    finally:
-        await conn.close()
+        report = task.result()
+        await settle(conn, report)
+        outcome = await read_outcome(conn)
+        elapsed = time.monotonic() - started
+        # The average over the run: the last interval alone is mostly waiting for stragglers.
+        rate = outcome.rows / max(elapsed, 1e-6)
+        draw(
+            progress_line(
+                elapsed,
+                report.sent,
+                report.refused,
+                outcome.rows,
+                rate,
+                outcome.rejects,
+                buffered(),
+            )
+        )
         if live:
             say()
-    return task.result()
+    finally:
+        task.cancel()
+        await conn.close()
+    return report, outcome
 
 
-async def settle(dsn: str, report: FleetReport, timeout: float = 30) -> None:
+async def counts(conn: asyncpg.Connection) -> tuple[int, int]:
+    rows = await conn.fetchval("SELECT count(*) FROM ingest.telemetry")
+    rejects = await conn.fetchval("SELECT count(*) FROM ingest.rejects")
+    return rows, rejects
+
+
+async def settle(conn: asyncpg.Connection, report: FleetReport, timeout: float = 30) -> None:
     """Wait until everything the broker accepted is written or rejected."""
     expected = report.expected()
-    conn = await asyncpg.connect(dsn)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            rows = await conn.fetchval("SELECT count(*) FROM ingest.telemetry")
-            rejects = await conn.fetchval("SELECT count(*) FROM ingest.rejects")
-            if rows >= expected["rows"] and rejects >= expected["malformed_messages"]:
-                return
-            await asyncio.sleep(0.1)
-    finally:
-        await conn.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows, rejects = await counts(conn)
+        if rows >= expected["rows"] and rejects >= expected["malformed_messages"]:
+            return
+        await asyncio.sleep(0.1)
 
 
-async def summarise(dsn: str, report: FleetReport) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
+async def read_outcome(conn: asyncpg.Connection) -> Outcome:
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        rows, rejects = await counts(conn)
         per_role = await conn.fetch(
             "SELECT role, target, sum(rows) AS rows, count(*) AS batches "
             "FROM gateway.write_log GROUP BY role, target ORDER BY role"
@@ -217,39 +303,85 @@ async def summarise(dsn: str, report: FleetReport) -> None:
         per_reason = await conn.fetch(
             "SELECT reason, count(*) AS n FROM ingest.rejects GROUP BY reason ORDER BY reason"
         )
-        latency = await conn.fetchrow(
+        latency = await conn.fetchval(
             """
-            SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY ms) AS p
+            SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY ms)
               FROM (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - ts) * 1000 AS ms
                       FROM ingest.telemetry) AS latencies
             """
         )
-    finally:
-        await conn.close()
+    return Outcome(
+        rows=rows,
+        rejects=rejects,
+        per_role=per_role,
+        per_reason=per_reason,
+        latency=(latency[0], latency[1]) if latency is not None else None,
+    )
+
+
+def summarise(report: FleetReport, outcome: Outcome) -> None:
     expected = report.expected()
     say("\nSummary")
     say(
         f"  fleet        {report.sent:,} messages in {report.duration:.1f} s ({report.rate:,.0f}/s)"
     )
-    for row in per_role:
+    for row in outcome.per_role:
         say(f"  written      {row['rows']:,} rows as {row['role']} into {row['target']}")
     say(f"  expected     {expected['rows']:,} rows")
-    for row in per_reason:
+    for row in outcome.per_reason:
         say(f"  rejected     {row['n']:,} x {row['reason']}")
     spoofed = report.kinds["spoofed"]
     if report.protocol == "5":
         say(f"  spoofing     {spoofed.sent:,} attempts, {spoofed.refused:,} refused by the broker")
     else:
-        landed = sum(row["rows"] for row in per_role)
+        landed = sum(row["rows"] for row in outcome.per_role)
         verdict = "none got through" if landed == expected["rows"] else "SOME GOT THROUGH"
         say(
             f"  spoofing     {spoofed.sent:,} attempts, dropped by the broker (MQTT 3.1.1 "
             f"cannot refuse a publish): {verdict}"
         )
-    if latency is not None and latency["p"] is not None:
-        p50, p99 = latency["p"]
+    if outcome.latency is not None:
+        p50, p99 = outcome.latency
         say(f"  latency      p50 {p50:.0f} ms, p99 {p99:.0f} ms (device clock to commit)")
-    say("\nWhere to look next")
-    say("  README.md: running, roles and identities, delivery guarantees, reject reasons")
-    say("  gateway roles plan / gateway audit / gateway identities list (set GATEWAY_ADMIN_DSN)")
-    say("  ingest.telemetry, ingest.rejects, gateway.write_log, gateway.identity_activity")
+
+
+def shell_path(path: Path) -> str:
+    """A path as a user types it here: relative below the current folder, quoted if need be."""
+    try:
+        shown = str(path.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(path)
+    return shlex.quote(shown)
+
+
+def gateway_command() -> tuple[str | None, str]:
+    """How to run `gateway` from the user's shell: a line to run first (or None), the command.
+
+    `make demo` installs into .venv, which is not on PATH: the virtualenv is activated first.
+    """
+    script = Path(sysconfig.get_path("scripts")) / "gateway"
+    found = shutil.which("gateway")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return None, "gateway"
+    activate = script.with_name("activate")
+    if script.exists() and activate.exists():
+        return f". {shell_path(activate)}", "gateway"
+    return None, f"{shlex.quote(sys.executable)} -m gateway.cli"
+
+
+def hold_commands(dsn: str, metrics_url: str, roles_file: Path) -> list[str]:
+    """Commands that run as printed against the held services."""
+    setup, gateway = gateway_command()
+    # `roles plan` and `audit` read config/roles.toml in the current folder unless told.
+    same = Path("config/roles.toml").resolve() == roles_file.resolve()
+    roles = "" if same else f" --roles {shell_path(roles_file)}"
+    psql = shell_path(postgres_binaries() / "psql")
+    return [
+        *([setup] if setup is not None else []),
+        f"export GATEWAY_ADMIN_DSN={shlex.quote(dsn)}",
+        f"{gateway} roles plan{roles}",
+        f"{gateway} audit{roles}",
+        f"{gateway} identities list --role telemetry_ingest --limit 5",
+        f'{psql} "$GATEWAY_ADMIN_DSN" -c "SELECT count(*) FROM ingest.telemetry"',
+        f"curl -s {metrics_url} | grep ^gateway_",
+    ]

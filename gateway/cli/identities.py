@@ -26,9 +26,11 @@ __all__ = ["ProgressLine", "parse_attributes", "register"]
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `identities` and its subcommands to the `gateway` parser."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dsn", help="admin database DSN (default: $GATEWAY_ADMIN_DSN)")
-    common.add_argument(
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument("--dsn", help="admin database DSN (default: $GATEWAY_ADMIN_DSN)")
+    # Only what changes something is audited, so only that takes an actor.
+    changes = argparse.ArgumentParser(add_help=False, parents=[database])
+    changes.add_argument(
         "--actor", default=None, help="who the audit log names (default: $GATEWAY_ACTOR or user)"
     )
     identities = commands.add_parser(
@@ -36,7 +38,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     actions = identities.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    add = actions.add_parser("add", parents=[common], help="register one identity")
+    add = actions.add_parser("add", parents=[changes], help="register one identity")
     add.add_argument("name")
     add.add_argument("--role", required=True, help="declared role name")
     add.add_argument("--kind", choices=KINDS, default="device")
@@ -50,7 +52,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add.set_defaults(handler=_add)
 
     imp = actions.add_parser(
-        "import", parents=[common], help="register many identities from CSV or JSON Lines"
+        "import", parents=[changes], help="register many identities from CSV or JSON Lines"
     )
     imp.add_argument("file", type=Path, help="CSV (name,role[,kind][,attributes]) or JSON Lines")
     imp.add_argument(
@@ -60,25 +62,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     imp.set_defaults(handler=_import)
 
-    lst = actions.add_parser("list", parents=[common], help="list identities, by name")
+    lst = actions.add_parser("list", parents=[database], help="list identities, by name")
     lst.add_argument("--role", help="only this role")
     lst.add_argument("--status", choices=STATUSES, help="only this status")
     lst.add_argument("--limit", type=_positive, default=100, help="page size (default 100)")
     lst.add_argument("--after", metavar="NAME", help="start after this name (next page)")
     lst.add_argument("--json", action="store_true", help="print JSON")
-    lst.set_defaults(handler=_list)
+    lst.set_defaults(handler=_list, actor=None)
 
-    show = actions.add_parser("show", parents=[common], help="one identity and its history")
+    show = actions.add_parser("show", parents=[database], help="one identity and its history")
     show.add_argument("name")
     show.add_argument("--json", action="store_true", help="print JSON")
-    show.set_defaults(handler=_show)
+    show.set_defaults(handler=_show, actor=None)
 
-    assign = actions.add_parser("assign", parents=[common], help="give an identity another role")
+    assign = actions.add_parser("assign", parents=[changes], help="give an identity another role")
     assign.add_argument("name")
     assign.add_argument("--role", required=True, help="declared role name")
     assign.set_defaults(handler=_assign)
 
-    retire = actions.add_parser("retire", parents=[common], help="retire an identity for good")
+    retire = actions.add_parser("retire", parents=[changes], help="retire an identity for good")
     retire.add_argument("name")
     retire.set_defaults(handler=_retire)
 

@@ -55,17 +55,28 @@ def parser() -> argparse.ArgumentParser:
 
     root = argparse.ArgumentParser(prog="gateway", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run_demo = commands.add_parser("demo", help="run the gateway on embedded services")
+    run_demo = commands.add_parser(
+        "demo",
+        help="run the gateway on embedded services",
+        description=demo.__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    # DemoOptions' defaults (a unit test keeps them equal); importing the demo here would slow
+    # down every command.
     run_demo.add_argument("--devices", type=int, default=50, help="simulated devices")
     run_demo.add_argument("--rate", type=float, default=2000, help="messages per second")
     run_demo.add_argument("--duration", type=float, default=10, help="seconds of traffic")
     run_demo.add_argument("--readings", type=int, default=1, help="readings per message")
-    run_demo.add_argument("--hold", action="store_true", help="keep services up until Ctrl-C")
+    run_demo.add_argument(
+        "--hold",
+        action="store_true",
+        help="keep the services up until Ctrl-C or SIGTERM, and print how to query them",
+    )
     run_demo.add_argument(
         "--broker",
         choices=("auto", "mosquitto", "amqtt"),
         default="auto",
-        help="MQTT broker: Mosquitto when installed (auto), else the pure-Python amqtt "
+        help="MQTT broker: auto is Mosquitto when installed, else the pure-Python amqtt "
         "(MQTT 3.1.1, through the gateway's 3.1.1 transport)",
     )
     run_demo.set_defaults(handler=demo)

@@ -1,4 +1,4 @@
-"""Pieces of `gateway identities` that need no database: attributes and the progress line."""
+"""Pieces of `gateway identities` that need no database: options, attributes, the progress line."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import io
 import pytest
 
 from gateway.cli.identities import ProgressLine, parse_attributes
+from gateway.cli.main import parser
 from gateway.identities.model import InvalidIdentityError
 
 
@@ -49,3 +50,27 @@ def test_progress_elsewhere_prints_a_line_per_ten_percent() -> None:
         progress("staging", done, 1000)
     progress.finish()
     assert stream.getvalue().splitlines() == [f"staging {p}%" for p in range(0, 101, 10)]
+
+
+@pytest.mark.parametrize("action", [["list"], ["show", "sensor-0001"]])
+def test_reading_commands_take_no_actor(
+    action: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parser().parse_args(["identities", *action, "--actor", "me"])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --actor me" in capsys.readouterr().err
+    assert parser().parse_args(["identities", *action]).actor is None
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        ["add", "meter-0001", "--role", "telemetry_ingest"],
+        ["import", "fleet.csv"],
+        ["assign", "meter-0001", "--role", "state_writer"],
+        ["retire", "meter-0001"],
+    ],
+)
+def test_changing_commands_name_their_actor(action: list[str]) -> None:
+    assert parser().parse_args(["identities", *action, "--actor", "me"]).actor == "me"
