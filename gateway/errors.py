@@ -12,6 +12,7 @@
     │                           (gateway.decoder; handled inside the pipeline, never raised out)
     ├── ServiceError            a local service (PostgreSQL, Mosquitto, Kafka) failed to start
     ├── FleetError              the simulated fleet could not run (gateway.fleet.common)
+    │   └── KafkaFleetError     the Kafka fleet's producer was refused or failed
     ├── KafkaSourceError        Kafka refused authentication or authorization
     └── MqttError               the MQTT transport (also: the client is closed)
         ├── MqttConnectError    no session: the broker refused (carries the reason code), or the

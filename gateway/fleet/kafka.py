@@ -41,6 +41,7 @@ from gateway.fleet.common import PACE_TICK, UNLIMITED, KafkaFleetError, Progress
 from gateway.fleet.options import MAX_BATCH_BYTES, KafkaFleetOptions
 from gateway.fleet.payloads import MALFORMED, Mix, Payloads
 from gateway.fleet.report import FleetReport, KindCounts
+from gateway.tls import client_context
 
 __all__ = ["KafkaFleet", "device_partitions", "run_kafka_fleet"]
 
@@ -298,7 +299,7 @@ class KafkaFleet:
 def _ssl_context(options: KafkaFleetOptions) -> ssl.SSLContext | None:
     if options.security_protocol not in ("SSL", "SASL_SSL"):
         return None
-    return ssl.create_default_context(cafile=str(options.ca_file) if options.ca_file else None)
+    return client_context(options.ca_file)
 
 
 async def run_kafka_fleet(options: KafkaFleetOptions) -> FleetReport:
