@@ -31,20 +31,25 @@ setup: $(STAMP) mosquitto kafka-jars prometheus
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Python 3.11 or newer is needed (PYTHON=$(PYTHON))"; exit 1; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
-	rm -f $(VENV)/.installed-* && touch $@
+	@echo "Installing the gateway and its test tools into $(VENV) with pip ..."
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+	@echo "Installed into $(VENV): \`. $(BIN)/activate\` puts the gateway command on PATH."
 
 # Debian's mosquitto; installed when missing and when we may (root, or password-less sudo).
+# apt-get says nothing (nor debconf) unless it fails: then its whole output is shown.
+APT_GET := env DEBIAN_FRONTEND=noninteractive apt-get -y -q
 mosquitto:
 	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; \
 		elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
 		else echo "mosquitto is missing and cannot be installed without root: apt-get install mosquitto"; exit 1; fi; \
-		$$SUDO apt-get install -y -q mosquitto >/dev/null || \
-		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q mosquitto >/dev/null; } || \
-		{ echo "could not install mosquitto with apt-get"; exit 1; }; }
+		echo "Installing Mosquitto (the MQTT broker) with apt-get ..."; log=$$(mktemp); \
+		{ $$SUDO $(APT_GET) install mosquitto || \
+		{ $$SUDO $(APT_GET) update && $$SUDO $(APT_GET) install mosquitto; }; } >$$log 2>&1 || \
+		{ cat $$log; rm -f $$log; echo "could not install mosquitto with apt-get"; exit 1; }; rm -f $$log; }
 
 # Debian's prometheus (the server and promtool) for the rules tests and the Prometheus
 # integration test; installed when missing and when we may. The tests start their own server on a
@@ -54,9 +59,10 @@ prometheus:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; \
 		elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
 		else echo "prometheus is missing and cannot be installed without root: apt-get install prometheus"; exit 1; fi; \
-		$$SUDO apt-get install -y -q --no-install-recommends prometheus >/dev/null || \
-		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q --no-install-recommends prometheus >/dev/null; } || \
-		{ echo "could not install prometheus with apt-get"; exit 1; }; }
+		echo "Installing Prometheus (server and promtool, for the tests) with apt-get ..."; log=$$(mktemp); \
+		{ $$SUDO $(APT_GET) install --no-install-recommends prometheus || \
+		{ $$SUDO $(APT_GET) update && $$SUDO $(APT_GET) install --no-install-recommends prometheus; }; } >$$log 2>&1 || \
+		{ cat $$log; rm -f $$log; echo "could not install prometheus with apt-get"; exit 1; }; rm -f $$log; }
 
 # The Kafka broker's jars, resolved from Maven Central into a cache outside the repository.
 kafka-jars: $(STAMP)
