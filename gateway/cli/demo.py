@@ -101,6 +101,7 @@ async def run_demo(options: DemoOptions) -> int:
 
 
 async def demo(options: DemoOptions) -> int:
+    """Services up, traffic, summary; with `hold`, then wait until cancelled."""
     doc = load_declaration(options.roles_file)
     for spec in doc.roles.values():
         if spec.password.env is not None:
@@ -159,7 +160,10 @@ async def demo(options: DemoOptions) -> int:
             say("  README.md: running, roles and identities, delivery guarantees, reject reasons")
             say("  ingest.telemetry, ingest.rejects, gateway.write_log, gateway.identity_activity")
             if options.hold:
-                say("\nThe services stay up until Ctrl-C. To query them, in another shell here:")
+                say(
+                    "\nThe services stay up until Ctrl-C or SIGTERM. To query them, in another "
+                    "shell in this folder:"
+                )
                 for line in hold_commands(postgres.dsn, metrics_url, options.roles_file):
                     say(f"  {line}")
                 await asyncio.Event().wait()
