@@ -16,13 +16,13 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import NamedTuple, Self
+from typing import NamedTuple
 
 import asyncpg
 
 from gateway.db import DatabaseError
 from gateway.identities.model import CHANNEL, Status
+from gateway.lifecycle import Lifecycle
 
 __all__ = ["CachedIdentity", "IdentityCache"]
 
@@ -70,7 +70,7 @@ class _ConnectionLost(Exception):
     """The listening connection ended; raised inside the follower to trigger a reconnect."""
 
 
-class IdentityCache:
+class IdentityCache(Lifecycle):
     """Identity name -> (role, login role, status) for the whole registry, in memory.
 
     `connect` is a DSN or a coroutine function returning a new connection; the cache holds one
@@ -146,18 +146,6 @@ class IdentityCache:
                 await self._task
             self._task = None
         await self._drop_connection()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def _run(self) -> None:
         while True:

@@ -16,12 +16,11 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Iterable
-from types import TracebackType
-from typing import Self
 
 import mqtt5
 
 from gateway.errors import MqttConnectError, MqttError, MqttSubscribeError
+from gateway.lifecycle import Lifecycle
 from gateway.sources.mqtt.message import Message
 from gateway.sources.mqtt.options import MqttOptions
 from gateway.sources.mqtt.protocol import MqttProtocol, reason_text
@@ -46,7 +45,7 @@ _RETRIABLE_REFUSALS = frozenset(
 )
 
 
-class MqttClient:
+class MqttClient(Lifecycle):
     """A persistent MQTT v5 session read in batches; see the module docstring.
 
     Use as `async with MqttClient(options) as client:`, then loop on `await client.receive()`
@@ -75,18 +74,6 @@ class MqttClient:
         """Whether the broker still had our session at the last connect."""
 
     # lifecycle
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.disconnect()
 
     async def start(self) -> None:
         """Connect and subscribe, then keep the connection up in the background.
@@ -129,6 +116,8 @@ class MqttClient:
             protocol.abort("disconnected by the client")
         self._set_disconnected()
         self._wake()
+
+    close = disconnect  # what `async with` calls on the way out
 
     @property
     def connected(self) -> bool:
