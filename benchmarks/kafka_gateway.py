@@ -591,7 +591,7 @@ async def copy_phase(bench: Bench, connections: int) -> dict[str, Any]:
 # -- reporting -----------------------------------------------------------------------------------
 
 STAGES = (  # (stage, substrings of a profile entry's file or name), first match wins
-    ("kafka source (gateway)", ("gateway/sources/kafka.py", "gateway/sources/mqtt/acks.py")),
+    ("kafka source (gateway)", ("gateway/sources/kafka.py", "gateway/sources/acks.py")),
     ("aiokafka fetch and parse", ("aiokafka", "_crecords", "kafka/")),
     ("decode", ("gateway/decoder.py", "orjson.loads", "fromtimestamp")),
     ("pipeline (route, batch, ack)", ("gateway/pipeline.py", "gateway/batching.py")),
