@@ -708,7 +708,7 @@ async def naive_phase(bench: Bench) -> dict[str, Any]:
 # -- where the gateway's time goes ---------------------------------------------------------------
 
 STAGES = (  # (stage, substrings of a profile entry's file or name), first match wins
-    ("mqtt source", ("gateway/sources/mqtt", "mqtt5")),
+    ("mqtt source", ("gateway/sources/mqtt", "gateway/sources/acks.py", "mqtt5")),
     ("decode", ("gateway/decoder.py", "orjson.loads", "fromtimestamp")),
     ("pipeline (route, batch, ack)", ("gateway/pipeline.py", "gateway/batching.py", "topics.py")),
     ("sink (COPY, write_log)", ("gateway/sinks/", "asyncpg", "_hashlib", "orjson.dumps")),
