@@ -183,17 +183,12 @@ def _register_kafka(simulate: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> FleetOptions:
     """The fleet options the command line asks for; raises FleetError on a missing secret."""
     _only_defaults(args, KAFKA_ONLY, "a Kafka option: add --kafka")
-    password: str | None = args.password
-    if args.password_env is not None:
-        password = os.environ.get(args.password_env)
-        if password is None:
-            raise FleetError(f"--password-env: ${args.password_env} is not set")
     return FleetOptions(
         host=args.host,
         port=args.port,
         devices=args.devices,
         prefix=args.prefix,
-        password=password,
+        password=_secret(args, "password"),
         credentials=load_credentials(args.credentials) if args.credentials else None,
         rate=args.rate,
         count=args.count,
@@ -214,11 +209,6 @@ def options_from_args(args: argparse.Namespace) -> FleetOptions:
 def kafka_options_from_args(args: argparse.Namespace) -> KafkaFleetOptions:
     """The Kafka fleet options the command line asks for; raises FleetError on a bad mix."""
     _only_defaults(args, MQTT_ONLY, "an MQTT option, not for --kafka")
-    password: str | None = args.sasl_password
-    if args.sasl_password_env is not None:
-        password = os.environ.get(args.sasl_password_env)
-        if password is None:
-            raise FleetError(f"--sasl-password-env: ${args.sasl_password_env} is not set")
     return KafkaFleetOptions(
         bootstrap_servers=args.bootstrap_servers,
         topic=args.topic,
@@ -234,11 +224,23 @@ def kafka_options_from_args(args: argparse.Namespace) -> KafkaFleetOptions:
         security_protocol=args.security_protocol,
         sasl_mechanism=args.sasl_mechanism,
         username=args.username,
-        password=password,
+        password=_secret(args, "sasl_password"),
         ca_file=args.ca_file,
         batch_bytes=args.batch_bytes,
         drain_timeout=args.drain_timeout,
     )
+
+
+def _secret(args: argparse.Namespace, dest: str) -> str | None:
+    """The secret given as `--<dest>`, or read from the variable that `--<dest>-env` names."""
+    secret: str | None = getattr(args, dest)
+    variable: str | None = getattr(args, f"{dest}_env")
+    if variable is not None:
+        secret = os.environ.get(variable)
+        if secret is None:
+            flag = "--" + dest.replace("_", "-") + "-env"
+            raise FleetError(f"{flag}: ${variable} is not set")
+    return secret
 
 
 def _only_defaults(args: argparse.Namespace, defaults: dict[str, Any], what: str) -> None:
