@@ -68,14 +68,7 @@ class FleetOptions:
             problems.append("devices must be at least 1")
         if not 1 <= self.processes <= max(self.devices, 1):
             problems.append("processes must be between 1 and the number of devices")
-        if self.rate < 0:
-            problems.append("rate must be 0 (unlimited) or positive")
-        if self.count is not None and self.count < 0:
-            problems.append("count must not be negative")
-        if self.duration is not None and self.duration <= 0:
-            problems.append("duration must be positive")
-        if self.readings < 1:
-            problems.append("readings must be at least 1")
+        problems += _pace_problems(self.rate, self.count, self.duration, self.readings)
         if not (0 <= self.malformed <= 1 and 0 <= self.spoofed <= 1):
             problems.append("malformed and spoofed are shares between 0 and 1")
         elif self.malformed + self.spoofed > 1:
@@ -160,14 +153,7 @@ class KafkaFleetOptions:
             problems.append("devices must be at least 1")
         if self.identity_header is not None and not self.identity_header:
             problems.append("identity_header must not be empty")
-        if self.rate < 0:
-            problems.append("rate must be 0 (unlimited) or positive")
-        if self.count is not None and self.count < 0:
-            problems.append("count must not be negative")
-        if self.duration is not None and self.duration <= 0:
-            problems.append("duration must be positive")
-        if self.readings < 1:
-            problems.append("readings must be at least 1")
+        problems += _pace_problems(self.rate, self.count, self.duration, self.readings)
         if not 0 <= self.malformed <= 1:
             problems.append("malformed is a share between 0 and 1")
         if self.acks not in (0, 1, "all"):
@@ -196,3 +182,19 @@ class KafkaFleetOptions:
 
     def names(self) -> list[str]:
         return [self.name(i) for i in range(self.devices)]
+
+
+def _pace_problems(
+    rate: float, count: int | None, duration: float | None, readings: int
+) -> list[str]:
+    """What is wrong with how fast, how long and how much a fleet sends (both fleets share it)."""
+    problems = []
+    if rate < 0:
+        problems.append("rate must be 0 (unlimited) or positive")
+    if count is not None and count < 0:
+        problems.append("count must not be negative")
+    if duration is not None and duration <= 0:
+        problems.append("duration must be positive")
+    if readings < 1:
+        problems.append("readings must be at least 1")
+    return problems
