@@ -7,8 +7,9 @@ operator apply exactly the plan they reviewed (`gateway roles apply --expect DIG
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -203,8 +204,8 @@ def make_plan(doc: Declaration, live: State, *, passwords: dict[str, str | None]
         if role.login:
             changes.extend(_password(doc, name, have, live, passwords, notes))
 
-    changes.extend(_memberships(want.memberships, live.memberships))
-    changes.extend(_grants(want.grants, live.grants))
+    changes.extend(_reconcile(want.memberships, live.memberships, _membership_change))
+    changes.extend(_reconcile(want.grants, live.grants, _privilege_change))
 
     wanted_names = set(want.roles)
     orphans = sorted(
@@ -313,50 +314,41 @@ def _password(
     ]
 
 
-def _memberships(want: set[Membership], have: set[Membership]) -> list[Change]:
-    changes = []
-    for m in sorted(have - want):
-        changes.append(
-            Change(
-                "revoke_membership",
-                m.member,
-                f"revoke membership of {m.member} in {m.role} (undeclared)",
-                (f"REVOKE {ident(m.role)} FROM {ident(m.member)} GRANTED BY {ident(m.grantor)}",),
-            )
-        )
-    for m in sorted(want - have):
-        changes.append(
-            Change(
-                "grant_membership",
-                m.member,
-                f"grant {m.role} to {m.member} (inherit, no SET ROLE)",
-                (f"GRANT {ident(m.role)} TO {ident(m.member)} WITH INHERIT TRUE, SET FALSE",),
-            )
-        )
-    return changes
+_Held = TypeVar("_Held", Membership, Grant)
 
 
-def _grants(want: set[Grant], have: set[Grant]) -> list[Change]:
-    changes = []
-    for grant in sorted(have - want):
-        changes.append(
-            Change(
-                "revoke_privilege",
-                grant.grantee,
-                f"revoke {describe_grant(grant)} (undeclared)",
-                (grant_sql(grant, "REVOKE"),),
-            )
+def _reconcile(
+    want: set[_Held], have: set[_Held], change: Callable[[_Held, str], Change]
+) -> list[Change]:
+    """REVOKE what is held but undeclared, then GRANT what is declared but missing."""
+    revokes = [change(held, "REVOKE") for held in sorted(have - want)]
+    return revokes + [change(wanted, "GRANT") for wanted in sorted(want - have)]
+
+
+def _membership_change(m: Membership, verb: str) -> Change:
+    if verb == "REVOKE":
+        return Change(
+            "revoke_membership",
+            m.member,
+            f"revoke membership of {m.member} in {m.role} (undeclared)",
+            (f"REVOKE {ident(m.role)} FROM {ident(m.member)} GRANTED BY {ident(m.grantor)}",),
         )
-    for grant in sorted(want - have):
-        changes.append(
-            Change(
-                "grant_privilege",
-                grant.grantee,
-                f"grant {describe_grant(grant)}",
-                (grant_sql(grant, "GRANT"),),
-            )
-        )
-    return changes
+    return Change(
+        "grant_membership",
+        m.member,
+        f"grant {m.role} to {m.member} (inherit, no SET ROLE)",
+        (f"GRANT {ident(m.role)} TO {ident(m.member)} WITH INHERIT TRUE, SET FALSE",),
+    )
+
+
+def _privilege_change(grant: Grant, verb: str) -> Change:
+    undeclared = " (undeclared)" if verb == "REVOKE" else ""
+    return Change(
+        f"{verb.lower()}_privilege",
+        grant.grantee,
+        f"{verb.lower()} {describe_grant(grant)}{undeclared}",
+        (grant_sql(grant, verb),),
+    )
 
 
 def _registry(want: State, live: State) -> list[Change]:
