@@ -1,7 +1,8 @@
 """Real services for integration tests, one of each per test session.
 
 A service that cannot start fails the tests that need it, with the service's log in the error:
-nothing here skips.
+nothing here skips. PostgreSQL comes one way (see `databases`): the session's server, which
+`GATEWAY_TEST_PG_DSN` may name, and a fresh database on it per test or per stack.
 """
 
 from __future__ import annotations
@@ -9,16 +10,19 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
-import asyncpg
 import pytest
 
-from gateway.migrate import migrate
-from gateway.roles.apply import apply_roles
+from gateway.bootstrap import EXAMPLE_ROLES, bootstrap
 from gateway.roles.declaration import load_declaration
 from gateway.services.mosquitto import Mosquitto
-from gateway.services.postgres import DSN_ENV, ExternalPostgres, Postgres, PostgresAddress
+from gateway.services.postgres import Postgres, PostgresAddress
+
+from .databases import Server, fresh_database, own_cluster, session_server
+
+from .stack import Stack, stack
+
+__all__ = ["EXAMPLE_ROLES"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -28,24 +32,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-async def postgres() -> AsyncIterator[Postgres | ExternalPostgres]:
-    dsn = os.environ.get(DSN_ENV)
-    async with ExternalPostgres(dsn) if dsn else Postgres() as server:
+async def postgres() -> AsyncIterator[Server]:
+    async with session_server() as server:
         yield server
 
 
 @pytest.fixture
-async def database(postgres: Postgres | ExternalPostgres) -> AsyncIterator[PostgresAddress]:
+async def database(postgres: Server) -> AsyncIterator[PostgresAddress]:
     """A fresh, empty database for one test; roles are cluster-wide, so name them uniquely."""
-    name = f"test_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(postgres.dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        address = postgres.address
-        yield PostgresAddress(address.host, address.port, address.superuser, address.password, name)
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database(postgres) as address:
+        yield address
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +50,12 @@ async def mosquitto() -> AsyncIterator[Mosquitto]:
         yield broker
 
 
-EXAMPLE_ROLES = Path(__file__).parents[2] / "config" / "roles.toml"
+@pytest.fixture(scope="module")
+async def deployment(postgres: Server, role_passwords: dict[str, str]) -> AsyncIterator[Stack]:
+    """The module's service stack: its own database on the session's PostgreSQL, bootstrapped
+    with the example roles, and its own Mosquitto."""
+    async with stack(postgres) as deployed:
+        yield deployed
 
 
 @pytest.fixture(scope="session")
@@ -75,18 +76,13 @@ def role_passwords() -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="module")
 async def cluster() -> AsyncIterator[Postgres]:
     """A PostgreSQL of the module's own: roles are cluster-wide, so role tests share nothing."""
-    async with Postgres() as server:
+    async with own_cluster() as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 async def governed(cluster: Postgres, role_passwords: dict[str, str]) -> Postgres:
     """The module's cluster, migrated, with the example roles applied."""
-    conn = await asyncpg.connect(cluster.dsn)
-    try:
-        await migrate(conn)
-        _, version = await apply_roles(conn, load_declaration(EXAMPLE_ROLES), actor="tests")
-        assert version is not None
-    finally:
-        await conn.close()
+    applied = await bootstrap(cluster.dsn, actor="tests")
+    assert applied.version is not None
     return cluster

@@ -1,5 +1,9 @@
-"""A whole deployment for end-to-end tests: PostgreSQL with the example roles applied, Mosquitto,
-registered devices, and a gateway configuration pointing at both."""
+"""A whole deployment for end-to-end tests: a database with the example roles applied, Mosquitto,
+registered devices, and a gateway configuration pointing at both.
+
+The database is a fresh one on the server it is given: the session's (conftest's `deployment`
+fixture), or a cluster of the test's own when the test stops the server.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +19,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import asyncpg
 import orjson
 
+from gateway.bootstrap import EXAMPLE_ROLES, bootstrap
 from gateway.config import (
     BatchingConfig,
     DatabaseConfig,
@@ -32,20 +36,32 @@ from gateway.config import (
     SourcesConfig,
 )
 from gateway.identities.registry import Registry
-from gateway.migrate import migrate
-from gateway.roles.apply import apply_roles
-from gateway.roles.declaration import load_declaration
 from gateway.services._process import free_port
 from gateway.services.mosquitto import Mosquitto, MqttUser
-from gateway.services.postgres import Postgres
+from gateway.services.postgres import PostgresAddress
 
-EXAMPLE_ROLES = Path(__file__).parents[2] / "config" / "roles.toml"
+from .databases import Server, fresh_database
+
+__all__ = [
+    "EXAMPLE_ROLES",
+    "GatewayProcess",
+    "Publisher",
+    "Stack",
+    "config_environment",
+    "publish",
+    "reading",
+    "stack",
+]
+
 MQTT_PASSWORD_ENV = "GATEWAY_TEST_MQTT_PASSWORD"
 
 
 @dataclass
 class Stack:
-    postgres: Postgres
+    postgres: Server
+    """The server; stop and start it only when it is a cluster of the test's own."""
+    database: PostgresAddress
+    """This stack's database on it, as its superuser."""
     broker: Mosquitto
     devices: dict[str, MqttUser] = field(default_factory=dict)
 
@@ -64,9 +80,9 @@ class Stack:
         )
         values: dict[str, Any] = {
             "database": DatabaseConfig(
-                host=self.postgres.address.host,
-                port=self.postgres.address.port,
-                dbname="postgres",
+                host=self.database.host,
+                port=self.database.port,
+                dbname=self.database.database,
                 roles_file=EXAMPLE_ROLES,
             ),
             "sources": SourcesConfig(mqtt=[source]),
@@ -79,7 +95,7 @@ class Stack:
         return GatewayConfig(**values)
 
     async def admin(self) -> asyncpg.Connection:
-        conn: asyncpg.Connection = await asyncpg.connect(self.postgres.dsn)
+        conn: asyncpg.Connection = await asyncpg.connect(self.database.dsn)
         return conn
 
     async def add_devices(self, names: Sequence[str], role: str = "telemetry_ingest") -> None:
@@ -145,16 +161,12 @@ async def publish(client: aiomqtt.Client, topic: str, payloads: Sequence[bytes])
 
 
 @asynccontextmanager
-async def stack(passwords: dict[str, str]) -> AsyncIterator[Stack]:
-    del passwords  # the fixture exported them for the roles declaration
-    async with Postgres() as postgres, Mosquitto() as broker:
-        conn = await asyncpg.connect(postgres.dsn)
-        try:
-            await migrate(conn)
-            await apply_roles(conn, load_declaration(EXAMPLE_ROLES), actor="tests")
-        finally:
-            await conn.close()
-        yield Stack(postgres, broker)
+async def stack(server: Server) -> AsyncIterator[Stack]:
+    """A bootstrapped database on `server` and a Mosquitto; the role passwords must be exported
+    (the `role_passwords` fixture)."""
+    async with fresh_database(server) as database, Mosquitto() as broker:
+        await bootstrap(database.dsn, actor="tests")
+        yield Stack(server, database, broker)
 
 
 def config_environment(config: GatewayConfig) -> dict[str, str]:

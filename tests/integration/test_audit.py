@@ -14,21 +14,19 @@ import asyncpg
 import orjson
 import pytest
 
-from gateway.migrate import migrate
+from gateway.bootstrap import bootstrap
 from gateway.roles.apply import apply_roles
 from gateway.roles.declaration import load_declaration, parse_declaration
 from gateway.services.postgres import Postgres
 
 from .conftest import EXAMPLE_ROLES
+from .databases import own_cluster
 
 
 @pytest.fixture
 async def applied(role_passwords: dict[str, str]) -> AsyncIterator[Postgres]:
-    async with Postgres() as server:
-        conn = await asyncpg.connect(server.dsn)
-        await migrate(conn)
-        await apply_roles(conn, load_declaration(EXAMPLE_ROLES), actor="tests")
-        await conn.close()
+    async with own_cluster() as server:  # audit findings are about cluster-wide roles
+        await bootstrap(server.dsn, actor="tests")
         yield server
 
 

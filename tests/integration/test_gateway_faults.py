@@ -11,6 +11,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.config import BatchingConfig, RouteConfig
 
+from .databases import own_cluster
 from .stack import GatewayProcess, Publisher, Stack, publish, reading, stack
 
 DEVICES = [f"sensor-f{i}" for i in range(8)]
@@ -18,7 +19,7 @@ DEVICES = [f"sensor-f{i}" for i in range(8)]
 
 @pytest.fixture(scope="module")
 async def env(role_passwords: dict[str, str]) -> AsyncIterator[Stack]:
-    async with stack(role_passwords) as deployment:
+    async with own_cluster() as server, stack(server) as deployment:  # its tests stop the server
         await deployment.add_devices(DEVICES)
         yield deployment
 

@@ -27,6 +27,7 @@ from gateway.fleet.kafka import run_kafka_fleet
 from gateway.fleet.options import KafkaFleetOptions
 from gateway.services.kafka import Kafka
 
+from .databases import own_cluster
 from .stack import GatewayProcess, Stack, reading, stack
 
 TOPIC = "telemetry"
@@ -85,7 +86,12 @@ class KafkaStack:
 
 @pytest.fixture(scope="module")
 async def env(role_passwords: dict[str, str]) -> AsyncIterator[KafkaStack]:
-    async with stack(role_passwords) as deployment, Kafka(users=PASSWORDS) as kafka:
+    # A cluster of its own: a test stops the server.
+    async with (
+        own_cluster() as server,
+        stack(server) as deployment,
+        Kafka(users=PASSWORDS) as kafka,
+    ):
         await deployment.add_devices(DEVICES)
         for topic, partitions in PARTITIONS.items():
             await kafka.create_topic(topic, partitions)

@@ -24,7 +24,7 @@ from gateway.config import GatewayConfig, KafkaSourceConfig, Secret, SourcesConf
 from gateway.errors import GatewayError
 from gateway.services.kafka import SCRAM, Kafka
 
-from .stack import Stack, reading, stack
+from .stack import Stack, reading
 
 TOPIC = "telemetry"
 PARTITIONS = 2
@@ -114,8 +114,8 @@ class TlsStack:
 
 
 @pytest.fixture(scope="module")
-async def env(role_passwords: dict[str, str]) -> AsyncIterator[TlsStack]:
-    async with stack(role_passwords) as deployment, Kafka(users=PASSWORDS, tls=True) as kafka:
+async def env(deployment: Stack) -> AsyncIterator[TlsStack]:
+    async with Kafka(users=PASSWORDS, tls=True) as kafka:
         await deployment.add_devices(DEVICES)
         await kafka.create_topic(TOPIC, PARTITIONS)
         await kafka.allow("bridge", ["Write", "Describe"], topic=TOPIC)

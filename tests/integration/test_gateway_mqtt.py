@@ -18,16 +18,15 @@ from gateway.identities.registry import Registry
 from gateway.roles.apply import apply_roles
 from gateway.roles.declaration import load_declaration
 
-from .stack import EXAMPLE_ROLES, Stack, publish, reading, stack
+from .stack import EXAMPLE_ROLES, Stack, publish, reading
 
 DEVICES = ["sensor-a", "sensor-b", "sensor-c"]
 
 
 @pytest.fixture(scope="module")
-async def env(role_passwords: dict[str, str]) -> AsyncIterator[Stack]:
-    async with stack(role_passwords) as deployment:
-        await deployment.add_devices([*DEVICES, "sensor-retired", "sensor-moved"])
-        yield deployment
+async def env(deployment: Stack) -> Stack:
+    await deployment.add_devices([*DEVICES, "sensor-retired", "sensor-moved"])
+    return deployment
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -15,23 +14,22 @@ import pytest
 
 from gateway.services._process import free_port
 
-from .stack import EXAMPLE_ROLES, MQTT_PASSWORD_ENV, Stack, publish, reading, stack
+from .stack import EXAMPLE_ROLES, MQTT_PASSWORD_ENV, Stack, publish, reading
 
 
 @pytest.fixture(scope="module")
-async def env(role_passwords: dict[str, str]) -> AsyncIterator[Stack]:
-    async with stack(role_passwords) as deployment:
-        await deployment.add_devices(["sensor-r0"])
-        yield deployment
+async def env(deployment: Stack) -> Stack:
+    await deployment.add_devices(["sensor-r0"])
+    return deployment
 
 
 def write_config(env: Stack, path: Path, http_port: int) -> None:
     path.write_text(
         f"""
 [database]
-host = "{env.postgres.address.host}"
-port = {env.postgres.address.port}
-dbname = "postgres"
+host = "{env.database.host}"
+port = {env.database.port}
+dbname = "{env.database.database}"
 roles_file = "{EXAMPLE_ROLES}"
 
 [[sources.mqtt]]

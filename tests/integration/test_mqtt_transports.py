@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -20,7 +19,7 @@ from gateway.config import GatewayConfig, MqttSourceConfig, Secret, SourcesConfi
 from gateway.errors import MqttConnectError
 from gateway.sources.mqtt import AnyMqttSource, Message, Mqtt311Source, MqttSource, mqtt_source
 
-from .stack import Stack, publish, reading, stack
+from .stack import Stack, publish, reading
 
 PROTOCOLS = {"5": "v5", "3.1.1": "v311"}
 TESTS = ["land", "commit", "restart", "share", "bad", "generation", "takeover"]
@@ -29,12 +28,11 @@ WAIT = 60
 
 
 @pytest.fixture(scope="module")
-async def env(role_passwords: dict[str, str]) -> AsyncIterator[Stack]:
-    async with stack(role_passwords) as deployment:
-        await deployment.add_devices(
-            [f"{test}-{slug}" for test in TESTS for slug in PROTOCOLS.values()]
-        )
-        yield deployment
+async def env(deployment: Stack) -> Stack:
+    await deployment.add_devices(
+        [f"{test}-{slug}" for test in TESTS for slug in PROTOCOLS.values()]
+    )
+    return deployment
 
 
 @pytest.fixture(params=list(PROTOCOLS), ids=list(PROTOCOLS.values()))

@@ -3,18 +3,16 @@ routes each row to its partition, grants on the parent suffice, and dedup still 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 
 from gateway.app import Gateway
+from gateway.bootstrap import bootstrap
 from gateway.config import RouteConfig
-from gateway.roles.apply import apply_roles
-from gateway.roles.declaration import load_declaration
 
-from .stack import EXAMPLE_ROLES, Stack, publish, stack
+from .stack import Stack, publish
 
 PARTITIONED = """
 DROP TABLE ingest.telemetry;
@@ -37,18 +35,17 @@ CREATE UNIQUE INDEX telemetry_message_id ON ingest.telemetry (identity, message_
 
 
 @pytest.fixture(scope="module")
-async def env(role_passwords: dict[str, str]) -> AsyncIterator[Stack]:
-    async with stack(role_passwords) as deployment:
-        conn = await deployment.admin()
-        try:
-            split = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
-            await conn.execute(PARTITIONED.format(split=split))
-            # The new table has no grants yet: applying the same declaration restores them.
-            await apply_roles(conn, load_declaration(EXAMPLE_ROLES), actor="tests")
-        finally:
-            await conn.close()
-        await deployment.add_devices(["sensor-p0"])
-        yield deployment
+async def env(deployment: Stack) -> Stack:
+    conn = await deployment.admin()
+    try:
+        split = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+        await conn.execute(PARTITIONED.format(split=split))
+        # The new table has no grants yet: bootstrapping again restores them.
+        await bootstrap(conn, actor="tests")
+    finally:
+        await conn.close()
+    await deployment.add_devices(["sensor-p0"])
+    return deployment
 
 
 async def test_rows_land_in_their_partitions_exactly_once(env: Stack) -> None:

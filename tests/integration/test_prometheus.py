@@ -26,7 +26,7 @@ import yaml
 from gateway.app import Gateway
 from gateway.services._process import free_port, log_tail
 
-from .stack import Stack, publish, reading, stack
+from .stack import Stack, publish, reading
 
 RULES = Path(__file__).parents[2] / "deploy" / "prometheus" / "rules.yml"
 DEVICES = {"prom-a": 30, "prom-b": 20}  # good messages each
@@ -123,11 +123,10 @@ async def prometheus(workdir: Path, target: str) -> AsyncIterator[Prometheus]:
 
 
 @pytest.fixture(scope="module")
-async def env(role_passwords: dict[str, str]) -> AsyncIterator[Stack]:
-    async with stack(role_passwords) as deployment:
-        await deployment.add_devices(list(DEVICES))
-        deployment.devices[GHOST] = deployment.broker.add_user(GHOST)
-        yield deployment
+async def env(deployment: Stack) -> Stack:
+    await deployment.add_devices(list(DEVICES))
+    deployment.devices[GHOST] = deployment.broker.add_user(GHOST)
+    return deployment
 
 
 async def send_load(env: Stack) -> None:

@@ -20,12 +20,13 @@ from gateway.roles.plan import PlanError
 from gateway.services.postgres import Postgres
 
 from .conftest import EXAMPLE_ROLES
+from .databases import own_cluster
 
 
 @pytest.fixture
 async def fresh(role_passwords: dict[str, str]) -> AsyncIterator[Postgres]:
     """A new, migrated cluster per test: these tests change cluster-wide roles."""
-    async with Postgres() as server:
+    async with own_cluster() as server:
         conn = await asyncpg.connect(server.dsn)
         await migrate(conn)
         await conn.close()

@@ -34,6 +34,7 @@ from gateway.fleet.options import KafkaFleetOptions
 from gateway.fleet.report import FleetReport
 from gateway.services.kafka import Kafka
 
+from .databases import Server
 from .stack import stack
 
 WAIT = 60  # seconds: generous bounds for a loaded 2-core machine, never a performance claim
@@ -301,7 +302,10 @@ async def test_the_installed_command(kafka: Kafka) -> None:
 
 
 async def test_the_gateway_records_what_the_fleet_says(
-    kafka: Kafka, role_passwords: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    kafka: Kafka,
+    postgres: Server,
+    role_passwords: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Keys and headers the gateway reads as identities; the malformed share becomes rejects."""
     topics = [await new_topic(kafka, 2), await new_topic(kafka, 2)]
@@ -313,7 +317,7 @@ async def test_the_gateway_records_what_the_fleet_says(
     by_key = sasl(kafka, topics[0], devices=4, prefix="gw-", count=800, malformed=0.05)
     by_header = replace(by_key, topic=topics[1], count=300, readings=2, identity_header="device")
     monkeypatch.setenv("TEST_SIM_KAFKA_GATEWAY", USERS["gateway"])
-    async with stack(role_passwords) as deployment:
+    async with stack(postgres) as deployment:
         await deployment.add_devices(by_key.names())
         reports = [await run_kafka_fleet(by_key), await run_kafka_fleet(by_header)]
         sources = [
