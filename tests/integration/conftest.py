@@ -20,6 +20,8 @@ from gateway.services.postgres import Postgres, PostgresAddress
 
 from .databases import Server, fresh_database, own_cluster, session_server
 
+# The source contract suite's fixtures, kept beside its per-source adapters.
+from .sources import contract_kafka, contract_mosquitto, harness, source_kind  # noqa: F401
 from .stack import Stack, stack
 
 __all__ = ["EXAMPLE_ROLES"]
