@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import multiprocessing
 import os
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -24,14 +23,12 @@ import asyncpg
 import uvloop
 
 from gateway import pgtime
+from gateway.bootstrap import EXAMPLE_ROLES, INGEST_ROLE, bootstrap, example_passwords
 from gateway.decoder import COLUMNS
-from gateway.migrate import migrate
-from gateway.roles.apply import apply_roles
 from gateway.roles.declaration import Declaration, load_declaration
 from gateway.services.postgres import Postgres
 
-ROLES_FILE = Path(__file__).resolve().parents[1] / "config" / "roles.toml"
-INGEST_ROLE = "telemetry_ingest"
+ROLES_FILE = EXAMPLE_ROLES
 
 __all__ = [
     "INGEST_ROLE",
@@ -281,26 +278,14 @@ async def _copy(dsn: str, total: int, connections: int) -> dict[str, Any]:
 
 def example_roles() -> Declaration:
     """The shipped roles declaration, with a fresh password for every role not given one."""
-    doc = load_declaration(ROLES_FILE)
-    for spec in doc.roles.values():
-        if spec.password.env is not None:
-            os.environ.setdefault(spec.password.env, secrets.token_urlsafe(16))
+    doc = load_declaration(EXAMPLE_ROLES)
+    example_passwords(doc)
     return doc
 
 
 async def prepare_database(postgres: Postgres, doc: Declaration, names: list[str]) -> str:
     """Migrate, apply the roles, register `names` on the ingest role; returns its login DSN."""
-    conn = await asyncpg.connect(postgres.dsn)
-    try:
-        await migrate(conn)
-        await apply_roles(conn, doc, actor="benchmark")
-        await conn.executemany(
-            "INSERT INTO gateway.identities (name, role_id) "
-            "SELECT $1, id FROM gateway.roles WHERE name = $2",
-            [(name, INGEST_ROLE) for name in names],
-        )
-    finally:
-        await conn.close()
+    await bootstrap(postgres.dsn, roles=doc, identities=names, role=INGEST_ROLE, actor="benchmark")
     password = doc.roles[INGEST_ROLE].password.read()
     assert password is not None
     return postgres.address.dsn_for(doc.login_role(INGEST_ROLE), password)
