@@ -24,6 +24,7 @@ from pathlib import Path
 import asyncpg
 
 from gateway.app import Gateway
+from gateway.bootstrap import EXAMPLE_ROLES, bootstrap, example_passwords
 from gateway.config import (
     BatchingConfig,
     DatabaseConfig,
@@ -36,8 +37,6 @@ from gateway.config import (
 from gateway.fleet.mqtt import Fleet
 from gateway.fleet.options import FleetOptions
 from gateway.fleet.report import FleetReport
-from gateway.migrate import migrate
-from gateway.roles.apply import apply_roles
 from gateway.roles.declaration import load_declaration
 from gateway.services.amqtt import Amqtt
 from gateway.services.mosquitto import Mosquitto, MqttBroker, mosquitto_binary
@@ -45,7 +44,6 @@ from gateway.services.postgres import Postgres, postgres_binaries
 
 __all__ = ["EXIT_INTERRUPTED", "DemoOptions", "gateway_command", "run_demo"]
 
-EXAMPLE_ROLES = Path(__file__).parents[2] / "config" / "roles.toml"
 MQTT_PASSWORD_ENV = "GATEWAY_DEMO_MQTT_PASSWORD"
 EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C; SIGTERM ends the demo the same way
 
@@ -103,9 +101,7 @@ async def run_demo(options: DemoOptions) -> int:
 async def demo(options: DemoOptions) -> int:
     """Services up, traffic, summary; with `hold`, then wait until cancelled."""
     doc = load_declaration(options.roles_file)
-    for spec in doc.roles.values():
-        if spec.password.env is not None:
-            os.environ.setdefault(spec.password.env, secrets.token_urlsafe(16))
+    example_passwords(doc)
     chosen = pick_broker(options.broker)
     say(f"Starting an embedded PostgreSQL 18 and {chosen.name} ...")
     async with Postgres(settings={"track_commit_timestamp": "on"}) as postgres, chosen as broker:
@@ -114,19 +110,9 @@ async def demo(options: DemoOptions) -> int:
             f"  {broker.name:<10}  {broker.host}:{broker.port}, MQTT {broker.protocol} "
             "(ACL: devices publish only as themselves)"
         )
-        conn = await asyncpg.connect(postgres.dsn)
-        try:
-            await migrate(conn)
-            plan, version = await apply_roles(conn, doc, actor="demo")
-            say(f"Applied {len(plan.changes)} role changes as version {version}.")
-            names = [f"sensor-{i:04d}" for i in range(options.devices)]
-            await conn.executemany(
-                "INSERT INTO gateway.identities (name, role_id) "
-                "SELECT $1, id FROM gateway.roles WHERE name = 'telemetry_ingest'",
-                [(name,) for name in names],
-            )
-        finally:
-            await conn.close()
+        names = [f"sensor-{i:04d}" for i in range(options.devices)]
+        ready = await bootstrap(postgres.dsn, roles=doc, identities=names, actor="demo")
+        say(f"Applied {len(ready.plan.changes)} role changes as version {ready.version}.")
         device_password = secrets.token_urlsafe(12)
         for name in names:
             broker.add_user(name, device_password)
