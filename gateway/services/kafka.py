@@ -47,7 +47,7 @@ from gateway.services._process import (
     run_tool,
     wait_for_port,
 )
-from gateway.services.tls import CertificateAuthority, KeyPair
+from gateway.services.certificates import CertificateAuthority, KeyPair
 
 __all__ = ["KAFKA_VERSION", "Kafka", "cache_dir", "kafka_jars", "main"]
 
