@@ -5,8 +5,8 @@ The ACL is the security boundary of the MQTT path: a device may publish only und
 broker. The same rules ship in `deploy/mosquitto/aclfile` (a test keeps the two equal).
 
 With `tls=True` a second listener speaks TLS with a certificate for `localhost` and 127.0.0.1,
-signed by a throwaway CA from `gateway.services.certificates` (`ca_file`), so clients can be tested both
-with and without the CA they need to trust.
+signed by a throwaway CA from `gateway.services.certificates` (`ca_file`), so clients can be
+tested both with and without the CA they need to trust.
 """
 
 from __future__ import annotations
