@@ -31,12 +31,10 @@ import aiomqtt.exceptions
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import MqttSourceConfig
-from gateway.contracts import Source
 from gateway.errors import MqttConnectError, MqttError, MqttSubscribeError
 from gateway.sources.acks import AckWindow
 from gateway.sources.mqtt.message import Message
-from gateway.sources.mqtt.source import tls_context
-from gateway.topics import TopicTemplate
+from gateway.sources.mqtt.source import MqttSourceBase, tls_context
 
 __all__ = ["Mqtt311Source", "PahoAdapter"]
 
@@ -104,7 +102,7 @@ class PahoAdapter:
         self._paho._sock_close()
 
 
-class Mqtt311Source(Source[Message]):
+class Mqtt311Source(MqttSourceBase):
     """One persistent MQTT 3.1.1 session (optionally in a `$share` group) feeding the pipeline."""
 
     def __init__(
@@ -113,9 +111,7 @@ class Mqtt311Source(Source[Message]):
         *,
         on_connection_change: Callable[[bool], None] | None = None,
     ) -> None:
-        self.name = config.name
-        self.config = config
-        self._parse = TopicTemplate(config.topic_template).parse
+        super().__init__(config)
         self._on_connection_change = on_connection_change
         self._where = f"{config.host}:{config.port}"
         self._inbox: list[Message] = []
@@ -134,24 +130,6 @@ class Mqtt311Source(Source[Message]):
     def connected(self) -> bool:
         """True while a connection is up (what /readyz reports)."""
         return self._connected
-
-    unclaimed_reason = "topic_mismatch"
-
-    def pause(self) -> None:
-        """Nothing to do: held acks fill the broker's in-flight window and the broker stops.
-
-        For 3.1.1 clients that window is the broker's setting (Mosquitto: max_inflight_messages);
-        where it is unlimited, paho keeps reading and messages wait here instead.
-        """
-
-    async def resume(self) -> None:
-        pass
-
-    def claim(self, message: Message) -> tuple[str, str] | None:
-        return self._parse(message.topic)
-
-    def position(self, message: Message) -> int:
-        return message.packet_id
 
     def ack(self, messages: Sequence[Message]) -> None:
         """Acknowledge committed messages, in any order; see `PahoAdapter.complete`.

@@ -13,7 +13,7 @@ from gateway.sources.mqtt.options import MqttOptions
 from gateway.tls import client_context
 from gateway.topics import TopicTemplate
 
-__all__ = ["MqttSource", "tls_context"]
+__all__ = ["MqttSource", "MqttSourceBase", "tls_context"]
 
 
 def tls_context(config: MqttSourceConfig) -> ssl.SSLContext | None:
@@ -23,7 +23,35 @@ def tls_context(config: MqttSourceConfig) -> ssl.SSLContext | None:
     return client_context(config.ca_file, config.cert_file, config.key_file)
 
 
-class MqttSource(Source[Message]):
+class MqttSourceBase(Source[Message]):
+    """What both MQTT transports share: the topic claim, the packet id as position, no pausing."""
+
+    unclaimed_reason = "topic_mismatch"
+
+    def __init__(self, config: MqttSourceConfig) -> None:
+        self.name = config.name
+        self.config = config
+        self._parse = TopicTemplate(config.topic_template).parse
+
+    def pause(self) -> None:
+        """Nothing to do: held acks fill the broker's in-flight window and the broker stops.
+
+        MQTT v5 bounds that window with our receive maximum. For 3.1.1 clients it is the
+        broker's setting (Mosquitto: max_inflight_messages); where it is unlimited, paho keeps
+        reading and messages wait here instead.
+        """
+
+    async def resume(self) -> None:
+        pass
+
+    def claim(self, message: Message) -> tuple[str, str] | None:
+        return self._parse(message.topic)
+
+    def position(self, message: Message) -> int:
+        return message.packet_id
+
+
+class MqttSource(MqttSourceBase):
     """One persistent MQTT v5 session (optionally in a `$share` group) feeding the pipeline."""
 
     def __init__(
@@ -32,9 +60,7 @@ class MqttSource(Source[Message]):
         *,
         on_connection_change: Callable[[bool], None] | None = None,
     ) -> None:
-        self.name = config.name
-        self.config = config
-        self._parse = TopicTemplate(config.topic_template).parse
+        super().__init__(config)
         options = MqttOptions(
             client_id=config.client_id,
             host=config.host,
@@ -54,20 +80,6 @@ class MqttSource(Source[Message]):
     @property
     def connected(self) -> bool:
         return self.client.connected
-
-    unclaimed_reason = "topic_mismatch"
-
-    def pause(self) -> None:
-        """Nothing to do: unacknowledged messages fill the receive maximum and the broker stops."""
-
-    async def resume(self) -> None:
-        pass
-
-    def claim(self, message: Message) -> tuple[str, str] | None:
-        return self._parse(message.topic)
-
-    def position(self, message: Message) -> int:
-        return message.packet_id
 
     def ack(self, messages: Sequence[Message]) -> None:
         self.client.ack_many(messages)
