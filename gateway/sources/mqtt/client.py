@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +23,7 @@ from gateway.lifecycle import Lifecycle
 from gateway.sources.mqtt.message import Message
 from gateway.sources.mqtt.options import MqttOptions
 from gateway.sources.mqtt.protocol import MqttProtocol, reason_text
+from gateway.sources.mqtt.supervise import Backoff, Inbox
 
 __all__ = ["MqttClient"]
 
@@ -60,16 +60,18 @@ class MqttClient(Lifecycle):
     ) -> None:
         self.options = options
         self._on_connection_change = on_connection_change
-        self._inbox: list[Message] = []
-        self._waiter: asyncio.Future[None] | None = None
+        self._inbox = Inbox("the MQTT client is closed")
+        self._backoff = Backoff(
+            f"{options.host}:{options.port}",
+            options.reconnect_min_delay,
+            options.reconnect_max_delay,
+            log,
+        )
         self._protocol: MqttProtocol | None = None
         self._generation = 0
         self._connected = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._first_attempt: asyncio.Future[None] | None = None
-        self._failure: MqttError | None = None
-        self._closing = False
-        self._random = random.Random()
         self.session_present = False
         """Whether the broker still had our session at the last connect."""
 
@@ -101,7 +103,7 @@ class MqttClient(Lifecycle):
 
         Messages still unacked are redelivered on the next connection of this client id.
         """
-        self._closing = True
+        self._inbox.closing = True
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
             supervisor.cancel()
@@ -115,7 +117,7 @@ class MqttClient(Lifecycle):
                 await asyncio.wait_for(protocol.wait_closed(), 5)
             protocol.abort("disconnected by the client")
         self._set_disconnected()
-        self._wake()
+        self._inbox.wake()
 
     close = disconnect  # what `async with` calls on the way out
 
@@ -141,19 +143,9 @@ class MqttClient(Lifecycle):
         Waits across reconnects. Raises the error that stopped the client, or MqttError once the
         client is closed and nothing is left.
         """
-        inbox = self._inbox
-        while not inbox:
-            if self._failure is not None:
-                raise self._failure
-            if self._closing:
-                raise MqttError("the MQTT client is closed")
-            if self._waiter is not None:
-                raise MqttError("another task is already waiting in receive()")
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
+        inbox = self._inbox.messages
+        if not inbox:
+            await self._inbox.wait()
         if max_messages is None or len(inbox) <= max_messages:
             batch = inbox.copy()
             inbox.clear()
@@ -190,17 +182,6 @@ class MqttClient(Lifecycle):
 
     # connection management
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential delay with jitter, so a fleet of gateways does not reconnect in step."""
-        options = self.options
-        delay = min(options.reconnect_max_delay, options.reconnect_min_delay * 2**attempt)
-        return self._random.uniform(delay / 2, delay)
-
     async def _supervise(self) -> None:
         """Keep connected until a failure retrying cannot fix; `receive()` then raises it."""
         try:
@@ -216,18 +197,14 @@ class MqttClient(Lifecycle):
 
     async def _keep_connected(self) -> MqttError:
         options = self.options
-        where = f"{options.host}:{options.port}"
-        attempt = 0
+        backoff = self._backoff
         while True:
             try:
                 protocol = await self._connect_once()
             except MqttError as exc:
                 if not exc.retriable:
                     return exc
-                delay = self._backoff(attempt)
-                attempt += 1
-                log.warning("MQTT connect to %s failed (%s); retrying in %.2fs", where, exc, delay)
-                await asyncio.sleep(delay)
+                await backoff.after_failure(exc)
                 continue
             connected_at = time.monotonic()
             self._set_connected()
@@ -245,22 +222,13 @@ class MqttClient(Lifecycle):
                     pass  # the connection ended; handled below like any other loss
             lost = await protocol.wait_closed()
             self._set_disconnected()
-            # A connection that stayed up a while earns a fresh backoff; one that keeps dropping
-            # at once (say, another client with our id) keeps backing off.
-            if time.monotonic() - connected_at >= options.reconnect_max_delay:
-                attempt = 0
-            delay = self._backoff(attempt)
-            attempt += 1
-            log.warning(
-                "MQTT connection to %s lost (%s); reconnecting in %.2fs", where, lost, delay
-            )
-            await asyncio.sleep(delay)
+            await backoff.after_loss(lost, connected_at)
 
     def _stop_with(self, error: MqttError) -> None:
-        self._failure = error
+        self._inbox.failure = error
         if self._first_attempt is not None and not self._first_attempt.done():
             self._first_attempt.set_exception(error)
-        self._wake()
+        self._inbox.wake()
 
     def _set_connected(self) -> None:
         self._connected.set()
@@ -300,8 +268,8 @@ class MqttClient(Lifecycle):
         protocol = MqttProtocol(
             self._connect_packet(),
             generation=self._generation,
-            inbox=self._inbox,
-            on_messages=self._wake,
+            inbox=self._inbox.messages,
+            on_messages=self._inbox.wake,
             receive_maximum=options.receive_maximum,
             max_buffered=options.max_buffered,
         )

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -35,6 +34,7 @@ from gateway.errors import MqttConnectError, MqttError, MqttSubscribeError
 from gateway.sources.acks import AckWindow
 from gateway.sources.mqtt.message import Message
 from gateway.sources.mqtt.source import MqttSourceBase, tls_context
+from gateway.sources.mqtt.supervise import Backoff, Inbox
 
 __all__ = ["Mqtt311Source", "PahoAdapter"]
 
@@ -113,18 +113,15 @@ class Mqtt311Source(MqttSourceBase):
     ) -> None:
         super().__init__(config)
         self._on_connection_change = on_connection_change
-        self._where = f"{config.host}:{config.port}"
-        self._inbox: list[Message] = []
-        self._waiter: asyncio.Future[None] | None = None
+        self._where = where = f"{config.host}:{config.port}"
+        self._inbox = Inbox("the MQTT source is closed")
+        self._backoff = Backoff(where, _RECONNECT_MIN_DELAY, _RECONNECT_MAX_DELAY, log)
         self._ready: asyncio.Future[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._client: aiomqtt.Client | None = None
         self._adapter: PahoAdapter | None = None
         self._generation = 0
         self._connected = False
-        self._failure: MqttError | None = None
-        self._closing = False
-        self._random = random.Random()
 
     @property
     def connected(self) -> bool:
@@ -165,19 +162,10 @@ class Mqtt311Source(MqttSourceBase):
         Waits across reconnects. Raises the error that stopped the source, or MqttError once it
         is closed.
         """
-        while not self._inbox:
-            if self._failure is not None:
-                raise self._failure
-            if self._closing:
-                raise MqttError("the MQTT source is closed")
-            if self._waiter is not None:
-                raise MqttError("another task is already waiting in receive()")
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-        batch, self._inbox = self._inbox, []
+        inbox = self._inbox
+        if not inbox.messages:
+            await inbox.wait()
+        batch, inbox.messages = inbox.messages, []
         return batch
 
     async def close(self) -> None:
@@ -185,7 +173,7 @@ class Mqtt311Source(MqttSourceBase):
 
         Messages still unacked are redelivered on the next connection of this client id.
         """
-        self._closing = True
+        self._inbox.closing = True
         client = self._client
         if client is not None:
             # A round trip behind the last PUBACKs: the broker answers once it has processed
@@ -201,7 +189,7 @@ class Mqtt311Source(MqttSourceBase):
         ready = self._ready
         if ready is not None and not ready.done():
             ready.set_exception(MqttError("the MQTT source was closed before it connected"))
-        self._wake()
+        self._inbox.wake()
 
     # connection management
 
@@ -221,7 +209,7 @@ class Mqtt311Source(MqttSourceBase):
         )
 
     async def _supervise(self) -> None:
-        attempt = 0
+        backoff = self._backoff
         while True:
             try:
                 client, adapter = await self._connect()
@@ -229,12 +217,7 @@ class Mqtt311Source(MqttSourceBase):
                 if not exc.retriable:
                     self._stop_with(exc)
                     return
-                delay = self._backoff(attempt)
-                attempt += 1
-                log.warning(
-                    "MQTT connect to %s failed (%s); retrying in %.2fs", self._where, exc, delay
-                )
-                await asyncio.sleep(delay)
+                await backoff.after_failure(exc)
                 continue
             connected_at = time.monotonic()
             self._client, self._adapter = client, adapter
@@ -249,16 +232,7 @@ class Mqtt311Source(MqttSourceBase):
                 self._set_connected(False)
                 with contextlib.suppress(aiomqtt.MqttError):
                     await client.__aexit__(None, None, None)
-            # A connection that stayed up a while earns a fresh backoff; one that keeps dropping
-            # at once (say, another client with our id) keeps backing off.
-            if time.monotonic() - connected_at >= _RECONNECT_MAX_DELAY:
-                attempt = 0
-            delay = self._backoff(attempt)
-            attempt += 1
-            log.warning(
-                "MQTT connection to %s lost (%s); reconnecting in %.2fs", self._where, lost, delay
-            )
-            await asyncio.sleep(delay)
+            await backoff.after_loss(lost, connected_at)
 
     async def _connect(self) -> tuple[aiomqtt.Client, PahoAdapter]:
         """One connection up to its CONNACK; raises MqttConnectError."""
@@ -345,7 +319,8 @@ class Mqtt311Source(MqttSourceBase):
         received_at, received_time = time.monotonic(), time.time()
         register = adapter.register
         # aiomqtt does not pass the DUP flag on.
-        self._inbox.extend(
+        inbox = self._inbox
+        inbox.messages.extend(
             Message(
                 m.topic.value,
                 m.payload,
@@ -359,18 +334,8 @@ class Mqtt311Source(MqttSourceBase):
             )
             for m in received
         )
-        self._wake()
+        inbox.wake()
         self._mark_ready()
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential delay with jitter, so a fleet of gateways does not reconnect in step."""
-        delay = min(_RECONNECT_MAX_DELAY, _RECONNECT_MIN_DELAY * 2**attempt)
-        return self._random.uniform(delay / 2, delay)
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def _mark_ready(self) -> None:
         ready = self._ready
@@ -379,11 +344,11 @@ class Mqtt311Source(MqttSourceBase):
 
     def _stop_with(self, error: MqttError) -> None:
         log.error("MQTT source %s stopped: %s", self.name, error)
-        self._failure = error
+        self._inbox.failure = error
         ready = self._ready
         if ready is not None and not ready.done():
             ready.set_exception(error)
-        self._wake()
+        self._inbox.wake()
 
     def _set_connected(self, connected: bool) -> None:
         if connected != self._connected:
