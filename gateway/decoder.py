@@ -115,6 +115,9 @@ def decode(
         raise Reject("payload_too_large", f"{len(payload)} bytes, limit {limits.max_payload_bytes}")
     try:
         body = _parse(payload)
+    except RecursionError:
+        # msgspec recurses once per nesting level, in any field, known or not.
+        raise Reject("too_deeply_nested", "nesting deeper than the parser allows") from None
     except msgspec.ValidationError as exc:
         reason = "non_finite_value" if str(exc).startswith("Number out of range") else None
         raise Reject(reason or "invalid_reading", str(exc)) from None
@@ -174,7 +177,10 @@ def _row(
     if not tags:
         tags_json = None
     else:
-        tags_json = str(tags, "utf-8")
+        try:
+            tags_json = str(tags, "utf-8")  # Raw is not checked by the parser
+        except UnicodeDecodeError as exc:
+            raise Reject("invalid_text", f"{_where(index)}tags: {exc.reason}") from None
         if tags_json[0] != "{":
             if tags_json != "null":
                 raise Reject("invalid_reading", f"{_where(index)}tags must be an object")

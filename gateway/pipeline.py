@@ -92,6 +92,8 @@ class Pipeline:
         self._capacity.set()
         self._pending: dict[str, list[tuple[Source[Any], Any]]] = {}
         self._pending_count = 0
+        self._internal_errors = 0
+        self._internal_logged_at = float("-inf")
 
     # -- intake ----------------------------------------------------------------------------
 
@@ -120,35 +122,63 @@ class Pipeline:
         batchers, unclaimed = self._batchers, source.unclaimed_reason
         for message in messages:
             count += 1
-            claimed = claim(message)
-            if claimed is None:
-                self._reject(source, message, unclaimed, None, "no identity claim", received_at)
-                continue
-            identity, stream = claimed
-            entry = lookup(identity)
-            if entry is None:
-                self._unknown_identity(source, message, identity, received_at)
-                continue
-            if entry.status != "active":  # not the `active` property: a call per message
-                self._reject(source, message, "retired_identity", identity, "retired", received_at)
-                continue
-            route = routes.get((entry.role, stream))
-            if route is None:
-                reason = "unknown_stream" if stream not in self._streams else "not_permitted"
-                detail = f"role {entry.role} may not write stream {stream!r}"
-                self._reject(source, message, reason, identity, detail, received_at)
-                continue
-            payload = message.payload
+            # One message must never stop intake: whatever a step raises that it did not
+            # foresee becomes that message's reject, and the messages around it go on.
             try:
-                rows = decode(payload, identity, received_at, limits, route.dedup)
-            except Reject as reject:
-                self._reject(source, message, reject.reason, identity, reject.detail, received_at)
-                continue
-            self._buffered += len(rows)
-            batchers[(route.role, route.table)].add(rows, len(payload), source, message)
+                claimed = claim(message)
+                if claimed is None:
+                    self._reject(source, message, unclaimed, None, "no identity claim", received_at)
+                    continue
+                identity, stream = claimed
+                entry = lookup(identity)
+                if entry is None:
+                    self._unknown_identity(source, message, identity, received_at)
+                    continue
+                if entry.status != "active":  # not the `active` property: a call per message
+                    self._reject(
+                        source, message, "retired_identity", identity, "retired", received_at
+                    )
+                    continue
+                route = routes.get((entry.role, stream))
+                if route is None:
+                    reason = "unknown_stream" if stream not in self._streams else "not_permitted"
+                    detail = f"role {entry.role} may not write stream {stream!r}"
+                    self._reject(source, message, reason, identity, detail, received_at)
+                    continue
+                payload = message.payload
+                try:
+                    rows = decode(payload, identity, received_at, limits, route.dedup)
+                except Reject as reject:
+                    self._reject(
+                        source, message, reject.reason, identity, reject.detail, received_at
+                    )
+                    continue
+                batchers[(route.role, route.table)].add(rows, len(payload), source, message)
+                self._buffered += len(rows)
+            except Exception as exc:
+                self._internal_error(source, message, exc, received_at)
         self.metrics.messages_received.labels(source.name).inc(count)
         if self._buffered >= self._max_buffered:
             self._capacity.clear()
+
+    def _internal_error(self, source: Source[M], message: M, exc: Exception, at: int) -> None:
+        """A step failed in a way nobody foresaw: reject the message, say which exception.
+
+        Logged at most once a second, with the count of those not logged since, so that a
+        flood of such messages cannot flood the log as well."""
+        self._internal_errors += 1
+        now = time.monotonic()
+        if now - self._internal_logged_at >= 1.0:
+            self._internal_logged_at = now
+            log.warning(
+                "message rejected after %s: %s (%d such rejects since the last line)",
+                type(exc).__name__,
+                exc,
+                self._internal_errors,
+            )
+            self._internal_errors = 0
+        detail = f"{type(exc).__name__}: {exc}"
+        self._reject(source, message, "internal_error", None, detail, at)
 
     def _unknown_identity(
         self, source: Source[M], message: M, identity: str, received_at: int

@@ -186,3 +186,63 @@ def test_routes_follow_the_declaration_and_end_with_the_rejects_route() -> None:
         (route.role, route.table) for route in routes
     ]
     assert opened[-1][1].columns == REJECT_COLUMNS and not opened[-1][1].write_log
+
+
+def nested(depth: int, field: str) -> bytes:
+    """A reading whose `field` holds `depth` nested arrays (2 bytes a level)."""
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    inner = "[" * depth + "]" * depth
+    fields = {"ts": str(now), "metric": '"temp"', "value": "1.0", field: inner}
+    if field == "tags":
+        fields[field] = '{"a":' + inner + "}"
+    return ("{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}").encode()
+
+
+async def test_poison_messages_are_rejected_and_the_good_ones_around_them_land() -> None:
+    sink, rejects = MemorySink(), MemorySink()
+    pipeline = build(sink, rejects)
+    source = MemorySource()
+    topic = "devices/sensor-1/telemetry"
+    bad_utf8_tags = reading()[:-1] + b',"tags":{"site":"\xff\xfe"}}'
+    messages = source.put(
+        [
+            (topic, reading(1)),
+            (topic, nested(100_000, "tags")),
+            (topic, nested(100_000, "id")),
+            (topic, nested(100_000, "unknown")),
+            (topic, bad_utf8_tags),
+            (topic, reading(2)),
+        ]
+    )
+    pipeline.submit(source, await source.receive())
+    await pipeline.flush()
+    assert sorted(row[3] for row in sink.rows) == [1.0, 2.0]
+    reasons = [row[2] for row in rejects.rows]
+    assert sorted(reasons) == ["invalid_text", *["too_deeply_nested"] * 3]
+    assert sorted(m.position for m in source.acked) == [m.position for m in messages]
+
+
+async def test_an_unforeseen_failure_rejects_only_its_message() -> None:
+    def lookup(identity: str) -> CachedIdentity | None:
+        if identity == "sensor-2":
+            raise KeyError("a lookup that breaks")
+        return IDENTITIES.get(identity)
+
+    sink, rejects = MemorySink(), MemorySink()
+    pipeline = build(sink, rejects)
+    pipeline._lookup = lookup
+    source = MemorySource()
+    messages = source.put(
+        [
+            ("devices/sensor-1/telemetry", reading(1)),
+            ("devices/sensor-2/telemetry", reading(2)),
+            ("devices/sensor-1/telemetry", reading(3)),
+        ]
+    )
+    pipeline.submit(source, await source.receive())
+    await pipeline.flush()
+    assert sorted(row[3] for row in sink.rows) == [1.0, 3.0]
+    assert [(row[2], row[6]) for row in rejects.rows] == [
+        ("internal_error", "KeyError: 'a lookup that breaks'")
+    ]
+    assert sorted(m.position for m in source.acked) == [m.position for m in messages]
