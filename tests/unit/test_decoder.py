@@ -115,6 +115,39 @@ def test_any_bytes_either_decode_or_reject_cleanly(payload: bytes) -> None:
             "non_finite_value",
             "timestamp_out_of_window",
             "payload_too_large",
+            "too_deeply_nested",
+            "invalid_text",
         }
+    else:
+        assert all(len(row) == 6 for row in rows)
+
+
+FIELDS = ("ts", "metric", "value", "tags", "id", "readings", "other")
+
+
+@given(
+    st.sampled_from(FIELDS),
+    st.integers(min_value=1, max_value=5000),
+    st.sampled_from(("[", '{"k":')),
+    st.binary(max_size=8),
+)
+def test_nesting_and_bytes_in_any_field_reject_cleanly(
+    field: str, depth: int, opener: str, junk: bytes
+) -> None:
+    closer = "]" if opener == "[" else "}"
+    value = (opener * depth + "1" + closer * depth).encode()
+    fields = {"ts": str(MS).encode(), "metric": b'"t"', "value": b"1", field: value}
+    if field == "tags":
+        fields["tags"] = b'{"a":' + value + b',"b":"' + junk + b'"}'
+    payload = b"{" + b",".join(b'"%s":%s' % (k.encode(), v) for k, v in fields.items()) + b"}"
+    try:
+        rows = decode(payload, "sensor-1", NOW_US, LIMITS)
+    except Reject as reject:
+        assert reject.reason in {
+            "malformed_json",
+            "invalid_reading",
+            "too_deeply_nested",
+            "invalid_text",
+        }, reject
     else:
         assert all(len(row) == 6 for row in rows)
