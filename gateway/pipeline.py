@@ -166,18 +166,17 @@ class Pipeline:
 
         Logged at most once a second, with the count of those not logged since, so that a
         flood of such messages cannot flood the log as well."""
+        detail = f"{type(exc).__name__}: {exc}"[:200]  # its text may quote what a device sent
         self._internal_errors += 1
         now = time.monotonic()
         if now - self._internal_logged_at >= 1.0:
             self._internal_logged_at = now
             log.warning(
-                "message rejected after %s: %s (%d such rejects since the last line)",
-                type(exc).__name__,
-                exc,
+                "message rejected after %s (%d such rejects since the last line)",
+                detail,
                 self._internal_errors,
             )
             self._internal_errors = 0
-        detail = f"{type(exc).__name__}: {exc}"
         self._reject(source, message, "internal_error", None, detail, at)
 
     def _unknown_identity(

@@ -246,3 +246,19 @@ async def test_an_unforeseen_failure_rejects_only_its_message() -> None:
         ("internal_error", "KeyError: 'a lookup that breaks'")
     ]
     assert sorted(m.position for m in source.acked) == [m.position for m in messages]
+
+
+async def test_an_unforeseen_failure_records_a_bounded_detail() -> None:
+    def lookup(identity: str) -> CachedIdentity | None:
+        raise ValueError(identity * 1000)  # an exception quoting what the device sent
+
+    sink, rejects = MemorySink(), MemorySink()
+    pipeline = build(sink, rejects)
+    pipeline._lookup = lookup
+    source = MemorySource()
+    source.put([("devices/sensor-1/telemetry", reading(1))])
+    pipeline.submit(source, await source.receive())
+    await pipeline.flush()
+    [record] = rejects.rows
+    assert record[2] == "internal_error"
+    assert record[6].startswith("ValueError: sensor-1sensor-1") and len(record[6]) == 200
