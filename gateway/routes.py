@@ -39,13 +39,17 @@ def writer_roles(doc: Declaration, config: GatewayConfig) -> dict[str, list[str]
 def build_routes(config: GatewayConfig, doc: Declaration, open_sink: OpenSink) -> list[Route]:
     """Every (role, stream) route the declaration allows, then the route of reject records."""
     routes = []
+    sinks: dict[tuple[str, str, bool], Sink] = {}  # streams into one table share its sink
     for role, tables in writer_roles(doc, config).items():
         for route in config.routes:
             if route.table in tables:
-                schema, name = route.table.split(".")
-                columns = DEDUP_COLUMNS if route.dedup else COLUMNS
-                table = Table(schema, name, columns, dedup=route.dedup)
-                sink = open_sink(role, table)
+                key = (role, route.table, route.dedup)
+                sink = sinks.get(key)
+                if sink is None:
+                    schema, name = route.table.split(".")
+                    columns = DEDUP_COLUMNS if route.dedup else COLUMNS
+                    table = Table(schema, name, columns, dedup=route.dedup)
+                    sink = sinks[key] = open_sink(role, table)
                 routes.append(Route(role, route.table, sink, route.stream, dedup=route.dedup))
     role = config.database.rejects_role
     sink = open_sink(role, REJECTS_TABLE)

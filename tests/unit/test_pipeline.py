@@ -11,7 +11,7 @@ import pytest
 
 from gateway.activity import Activity
 from gateway.batching import BatchPolicy
-from gateway.config import BatchingConfig, load_config
+from gateway.config import BatchingConfig, RouteConfig, load_config
 from gateway.contracts import Route, Table
 from gateway.decoder import DecodeLimits
 from gateway.identities.cache import CachedIdentity
@@ -262,3 +262,28 @@ async def test_an_unforeseen_failure_records_a_bounded_detail() -> None:
     [record] = rejects.rows
     assert record[2] == "internal_error"
     assert record[6].startswith("ValueError: sensor-1sensor-1") and len(record[6]) == 200
+
+
+def test_streams_into_one_table_share_its_sink() -> None:
+    config = load_config(EXAMPLE_CONFIG)
+    config = config.model_copy(
+        update={
+            "routes": [
+                RouteConfig(stream="telemetry", table="ingest.telemetry"),
+                RouteConfig(stream="metrics", table="ingest.telemetry"),
+            ]
+        }
+    )
+    doc = load_declaration(EXAMPLE_CONFIG.parents[1] / config.database.roles_file)
+    opened: list[tuple[str, str]] = []
+
+    def open_sink(role: str, table: Table) -> MemorySink:
+        opened.append((role, table.qualified))
+        return MemorySink()
+
+    *readings, _ = build_routes(config, doc, open_sink)
+    by_role: dict[str, set[int]] = {}
+    for route in readings:
+        by_role.setdefault(route.role, set()).add(id(route.sink))
+    assert readings and all(len(sinks) == 1 for sinks in by_role.values())
+    assert len(opened) == len(set(opened)) == len(by_role) + 1
