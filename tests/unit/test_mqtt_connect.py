@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import mqtt5
 import pytest
 
+from gateway.config import MqttSourceConfig
 from gateway.errors import MqttConnectError, MqttError, MqttSubscribeError
-from gateway.sources.mqtt import MqttClient, MqttOptions
+from gateway.sources.mqtt import MqttClient, MqttOptions, MqttSource
+from gateway.sources.mqtt.options import DEFAULT_PACKET_LIMIT, PACKET_HEADROOM, packet_limit
 
 Script = Callable[["BrokerConnection"], Awaitable[None]]
 
@@ -306,6 +308,8 @@ async def test_an_internal_failure_is_raised_not_hung(monkeypatch: pytest.Monkey
         ({"subscriptions": [("$share/g", 1)]}, "no topic filter"),
         ({"subscriptions": [("devices/#", 2)]}, "QoS 2 is not supported"),
         ({"receive_maximum": 0}, "receive_maximum"),
+        ({"max_packet_size": 63}, "max_packet_size"),
+        ({"max_packet_size": 268_435_461}, "max_packet_size"),
         ({"reconnect_min_delay": 5, "reconnect_max_delay": 1}, "reconnect delays"),
         ({"server_hostname": "localhost"}, "only meaningful with ssl"),
     ],
@@ -315,3 +319,27 @@ def test_bad_options_are_refused_at_construction(
 ) -> None:
     with pytest.raises(ValueError, match=complaint):
         options(1883, **overrides)
+
+
+async def test_connect_advertises_the_packet_limit_of_the_payload_limit() -> None:
+    """Maximum Packet Size (property 0x27) in the encoded CONNECT: payload limit plus headroom."""
+    seen: list[bytes] = []
+
+    async def script(conn: BrokerConnection) -> None:
+        seen.append(bytes(await conn.reader.read(65536)))
+        await conn.send(mqtt5.ConnAckPacket())
+        await conn.grant()
+        await conn.read()
+
+    config = MqttSourceConfig(client_id="unit", port=1883)
+    async with broker(script) as fake:
+        source = MqttSource(config.model_copy(update={"port": fake.port}), max_payload_bytes=1000)
+        await source.start()
+        await source.close()
+    (wire,) = seen
+    assert b"\x27" + (1000 + PACKET_HEADROOM).to_bytes(4, "big") in wire
+    connect, size = mqtt5.read(memoryview(wire))
+    assert isinstance(connect, mqtt5.ConnectPacket) and size == len(wire)
+    assert connect.max_packet_size == 1000 + PACKET_HEADROOM == packet_limit(1000)
+    # The default payload limit (256 KiB) gives 266,240 bytes, what deploy/ configures too.
+    assert MqttOptions(client_id="x").max_packet_size == DEFAULT_PACKET_LIMIT == 266_240

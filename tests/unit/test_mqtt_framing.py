@@ -68,7 +68,7 @@ class FakeTransport(asyncio.Transport):
 
 
 def make_protocol(
-    *, max_buffered: int = 1_000_000, receive_maximum: int = 65535
+    *, max_buffered: int = 1_000_000, receive_maximum: int = 65535, max_packet_size: int = 1 << 28
 ) -> tuple[MqttProtocol, FakeTransport, list[Message]]:
     inbox: list[Message] = []
     protocol = MqttProtocol(
@@ -78,6 +78,7 @@ def make_protocol(
         on_messages=lambda: None,
         receive_maximum=receive_maximum,
         max_buffered=max_buffered,
+        max_packet_size=max_packet_size,
     )
     transport = FakeTransport(protocol)
     protocol.connection_made(transport)
@@ -228,3 +229,47 @@ async def test_connection_lost_before_connack_resolves_waiters() -> None:
     assert error.retriable
     with pytest.raises(type(error)):
         await protocol.subscribe([("devices/#", 1)])
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    stream=STREAMS,
+    cuts=st.lists(st.floats(0, 1), max_size=40),
+    limit=st.sampled_from([64, 200, 16_420, 70_040]),
+)
+async def test_a_packet_over_the_advertised_size_is_refused_before_it_is_buffered(
+    stream: list[tuple[int, int]], cuts: list[float], limit: int
+) -> None:
+    """A broker ignoring our Maximum Packet Size: what fits is delivered, the first packet that
+    does not ends the connection (reason 0x95), and no more than `limit` bytes are ever held."""
+    protocol, transport, inbox = make_protocol(max_packet_size=limit)
+    publishes = [publish(n, size, qos).write() for n, (size, qos) in enumerate(stream)]
+    fitting = list(itertools.takewhile(lambda packet: len(packet) <= limit, publishes))
+    wire = mqtt5.ConnAckPacket().write() + b"".join(publishes)
+    points = sorted({int(c * len(wire)) for c in cuts} | {0, len(wire)})
+    for start, end in itertools.pairwise(points):
+        if transport.closing:
+            break  # an aborted socket delivers nothing more
+        protocol.data_received(wire[start:end])
+        assert len(protocol._rest) <= limit
+    assert len(inbox) == len(fitting)
+    if len(fitting) == len(publishes):
+        assert not transport.closing
+        transport.close()
+        await protocol.wait_closed()
+        return
+    error = await protocol.wait_closed()
+    assert error.retriable  # a reconnect, which a conforming broker answers within the limit
+    assert f"over the maximum packet size of {limit} bytes" in str(error)
+    disconnect = transport.packets()[-1]
+    assert isinstance(disconnect, mqtt5.DisconnectPacket)
+    assert disconnect.reason_code == mqtt5.DisconnectReasonCode.PACKET_TOO_LARGE
+
+
+async def test_a_packet_of_exactly_the_advertised_size_is_taken() -> None:
+    packet = publish(1, 1000).write()
+    protocol, transport, inbox = make_protocol(max_packet_size=len(packet))
+    protocol.data_received(mqtt5.ConnAckPacket().write() + packet[:10])
+    protocol.data_received(packet[10:])
+    assert [m.payload for m in inbox] == [bytes([1]) * 1000]
+    assert not transport.closing

@@ -11,7 +11,7 @@ from gateway.sources.mqtt.client import MqttClient
 from gateway.sources.mqtt.compat import Mqtt311Source
 from gateway.sources.mqtt.message import Message
 from gateway.sources.mqtt.options import MqttOptions
-from gateway.sources.mqtt.source import MqttSource
+from gateway.sources.mqtt.source import DEFAULT_PAYLOAD_LIMIT, MqttSource
 
 __all__ = [
     "AckWindow",
@@ -27,6 +27,14 @@ __all__ = [
 AnyMqttSource = MqttSource | Mqtt311Source
 
 
-def mqtt_source(config: MqttSourceConfig) -> AnyMqttSource:
-    """MQTT v5 through our client by default; 3.1.1, over aiomqtt, for brokers without v5."""
-    return Mqtt311Source(config) if config.protocol == "3.1.1" else MqttSource(config)
+def mqtt_source(
+    config: MqttSourceConfig, *, max_payload_bytes: int = DEFAULT_PAYLOAD_LIMIT
+) -> AnyMqttSource:
+    """MQTT v5 through our client by default; 3.1.1, over aiomqtt, for brokers without v5.
+
+    Only MQTT v5 can tell the broker the largest packet we take (from `max_payload_bytes`);
+    under 3.1.1 the broker's own `max_packet_size` is the bound.
+    """
+    if config.protocol == "3.1.1":
+        return Mqtt311Source(config)
+    return MqttSource(config, max_payload_bytes=max_payload_bytes)

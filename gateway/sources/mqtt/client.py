@@ -258,6 +258,8 @@ class MqttClient(Lifecycle):
             receive_max=options.receive_maximum,
             # Topic aliases would make the topic depend on earlier packets; we want each alone.
             topic_alias_max=0,
+            # The broker drops (as delivered) what would exceed it: see `MqttOptions`.
+            max_packet_size=options.max_packet_size,
         )
 
     async def _connect_once(self) -> MqttProtocol:
@@ -272,6 +274,7 @@ class MqttClient(Lifecycle):
             on_messages=self._inbox.wake,
             receive_maximum=options.receive_maximum,
             max_buffered=options.max_buffered,
+            max_packet_size=options.max_packet_size,
         )
         loop = asyncio.get_running_loop()
         try:

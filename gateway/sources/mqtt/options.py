@@ -6,10 +6,40 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ssl import SSLContext
 
-__all__ = ["MqttOptions", "validate_topic_filter"]
+from gateway.config import LimitsConfig
+
+__all__ = [
+    "DEFAULT_PACKET_LIMIT",
+    "MAX_TOPIC_BYTES",
+    "PACKET_HEADROOM",
+    "MqttOptions",
+    "packet_limit",
+    "validate_topic_filter",
+]
 
 _MAX_UINT16 = 0xFFFF
 _MAX_UINT32 = 0xFFFF_FFFF
+_MAX_PACKET = 5 + 268_435_455  # a fixed header and the largest remaining length MQTT allows
+
+MAX_TOPIC_BYTES = 1024
+"""The longest topic a message may have and still fit the packet limit (ours are ~40 bytes)."""
+PACKET_HEADROOM = 4096
+"""Bytes a PUBLISH may carry beside its payload: fixed header 5 + topic 2 + 1,024 + packet id 2
+= 1,033, leaving 3,063 for properties (a broker adds a few bytes; a device may add user
+properties). A device that needs more has its message dropped, not our memory grown."""
+
+
+def packet_limit(max_payload_bytes: int) -> int:
+    """The Maximum Packet Size that lets through every payload the decoder would accept.
+
+    A payload a little over `max_payload_bytes` still arrives and is rejected as
+    `payload_too_large` (a row in ingest.rejects); one past the headroom never leaves the broker.
+    """
+    return max_payload_bytes + PACKET_HEADROOM
+
+
+DEFAULT_PACKET_LIMIT = packet_limit(LimitsConfig.model_fields["max_payload_bytes"].default)
+"""The packet limit of the default payload limit: 256 KiB + 4 KiB = 266,240 bytes."""
 
 
 def validate_topic_filter(topic_filter: str) -> None:
@@ -49,7 +79,10 @@ class MqttOptions:
     QoS 1 messages the broker may have in flight to us: it bounds memory and, because acks are
     released in receive order, it must exceed what the batcher holds across all its buffers.
     `max_buffered` bounds the messages waiting for `receive()`: above it the socket is no longer
-    read (this is what bounds QoS 0, which has no in-flight limit).
+    read (this is what bounds QoS 0, which has no in-flight limit). `max_packet_size` is sent in
+    CONNECT (MQTT v5 Maximum Packet Size): the broker never sends a larger packet, and a broker
+    that does anyway is disconnected before the packet is buffered. So the messages held are at
+    most `receive_maximum` (QoS 1) or `max_buffered` (QoS 0) times `max_packet_size` bytes.
     """
 
     client_id: str
@@ -68,6 +101,7 @@ class MqttOptions:
     reconnect_min_delay: float = 0.1
     reconnect_max_delay: float = 30.0
     max_buffered: int = 50_000
+    max_packet_size: int = DEFAULT_PACKET_LIMIT
 
     def __post_init__(self) -> None:
         # A tuple, so that the frozen options cannot change under a running client.
@@ -101,3 +135,5 @@ class MqttOptions:
             raise ValueError("reconnect delays must satisfy 0 < reconnect_min_delay <= max_delay")
         if self.max_buffered <= 0:
             raise ValueError("max_buffered must be positive")
+        if not 64 <= self.max_packet_size <= _MAX_PACKET:
+            raise ValueError(f"max_packet_size must be within 64..{_MAX_PACKET} bytes")

@@ -20,6 +20,7 @@ import mqtt5
 from gateway.errors import MqttConnectionLost, MqttError
 from gateway.sources.acks import AckWindow
 from gateway.sources.mqtt.message import Message
+from gateway.sources.mqtt.options import DEFAULT_PACKET_LIMIT
 from gateway.sources.mqtt.wire import (
     DISCONNECT,
     MAX_PACKET_ID,
@@ -37,6 +38,7 @@ _read = mqtt5.read
 _PROTOCOL_ERROR = mqtt5.DisconnectReasonCode.PROTOCOL_ERROR
 _MALFORMED = mqtt5.DisconnectReasonCode.MALFORMED_PACKET
 _KEEP_ALIVE_TIMEOUT = mqtt5.DisconnectReasonCode.KEEP_ALIVE_TIMEOUT
+_PACKET_TOO_LARGE = mqtt5.DisconnectReasonCode.PACKET_TOO_LARGE
 
 
 def reason_text(code: enum.IntEnum) -> str:
@@ -50,7 +52,10 @@ class MqttProtocol(asyncio.Protocol):
     Messages go straight into the caller's `inbox` list (shared by every connection of a client)
     and `on_messages` is called once per socket read that added any. Reading pauses while
     `receive_maximum` QoS 1 messages are unacked (even if the broker sends more) or while
-    `max_buffered` messages wait in the inbox, so memory stays bounded. `connack` resolves with the
+    `max_buffered` messages wait in the inbox, so memory stays bounded. A packet longer than
+    `max_packet_size` (what CONNECT advertised) ends the connection as soon as its fixed header
+    says so, before it is buffered: a broker that ignores the limit cannot grow our memory.
+    `connack` resolves with the
     CONNACK, or None when the connection ended first; `closed` resolves with the error that says
     why the connection ended (a value, never raised, so nobody has to retrieve it).
     """
@@ -64,6 +69,7 @@ class MqttProtocol(asyncio.Protocol):
         on_messages: Callable[[], None],
         receive_maximum: int,
         max_buffered: int,
+        max_packet_size: int = DEFAULT_PACKET_LIMIT,
     ) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -73,6 +79,7 @@ class MqttProtocol(asyncio.Protocol):
         self._on_messages = on_messages
         self._receive_maximum = receive_maximum
         self._max_buffered = max_buffered
+        self._max_packet_size = max_packet_size
         self.connack: asyncio.Future[mqtt5.ConnAckPacket | None] = loop.create_future()
         self.closed: asyncio.Future[MqttError] = loop.create_future()
         self.transport: asyncio.Transport | None = None
@@ -129,6 +136,7 @@ class MqttProtocol(asyncio.Protocol):
         register = self.window.register
         generation = self.generation
         budget = self._receive_maximum - len(self.window)
+        limit = self._max_packet_size
         view = memoryview(data)
         end = len(data)
         offset = 0
@@ -145,9 +153,16 @@ class MqttProtocol(asyncio.Protocol):
                 try:
                     packet, size = _read(view[offset:])
                 except IndexError:  # the rest of this packet is still on its way
+                    need = packet_size(data, offset)
+                    if need > limit:
+                        self._too_large(need)
+                        return
                     self._rest = bytearray(view[offset:])
-                    self._need = packet_size(data, offset)
+                    self._need = need
                     break
+                if size > limit:
+                    self._too_large(size)
+                    return
                 offset += size
                 if type(packet) is _PUBLISH:
                     # The codec's QoS is a Rust enum, not an int: store a plain int instead.
@@ -247,6 +262,13 @@ class MqttProtocol(asyncio.Protocol):
             return False
         self._fail(f"unexpected {type(packet).__name__} from the broker")
         return False
+
+    def _too_large(self, size: int) -> None:
+        self._fail(
+            f"the broker sent a {size}-byte packet, over the maximum packet size of "
+            f"{self._max_packet_size} bytes we asked for",
+            _PACKET_TOO_LARGE,
+        )
 
     def _fail(self, why: str, reason: mqtt5.DisconnectReasonCode = _PROTOCOL_ERROR) -> None:
         """End the connection because of a broker-side problem, telling the broker why."""

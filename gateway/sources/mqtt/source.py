@@ -5,15 +5,17 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable, Sequence
 
-from gateway.config import MqttSourceConfig
+from gateway.config import LimitsConfig, MqttSourceConfig
 from gateway.contracts import Source
 from gateway.sources.mqtt.client import MqttClient
 from gateway.sources.mqtt.message import Message
-from gateway.sources.mqtt.options import MqttOptions
+from gateway.sources.mqtt.options import MqttOptions, packet_limit
 from gateway.tls import client_context
 from gateway.topics import TopicTemplate
 
-__all__ = ["MqttSource", "MqttSourceBase", "tls_context"]
+__all__ = ["DEFAULT_PAYLOAD_LIMIT", "MqttSource", "MqttSourceBase", "tls_context"]
+
+DEFAULT_PAYLOAD_LIMIT: int = LimitsConfig.model_fields["max_payload_bytes"].default
 
 
 def tls_context(config: MqttSourceConfig) -> ssl.SSLContext | None:
@@ -52,13 +54,18 @@ class MqttSourceBase(Source[Message]):
 
 
 class MqttSource(MqttSourceBase):
-    """One persistent MQTT v5 session (optionally in a `$share` group) feeding the pipeline."""
+    """One persistent MQTT v5 session (optionally in a `$share` group) feeding the pipeline.
+
+    `max_payload_bytes` is the decoder's limit (`limits.max_payload_bytes`): the session asks
+    the broker for no packet longer than that plus the room a PUBLISH needs (`packet_limit`).
+    """
 
     def __init__(
         self,
         config: MqttSourceConfig,
         *,
         on_connection_change: Callable[[bool], None] | None = None,
+        max_payload_bytes: int = DEFAULT_PAYLOAD_LIMIT,
     ) -> None:
         super().__init__(config)
         options = MqttOptions(
@@ -74,6 +81,7 @@ class MqttSource(MqttSourceBase):
             keep_alive=config.keep_alive,
             ssl=tls_context(config),
             server_hostname=config.host if config.tls else None,
+            max_packet_size=packet_limit(max_payload_bytes),
         )
         self.client = MqttClient(options, on_connection_change=on_connection_change)
 
