@@ -256,9 +256,17 @@ class BatchingConfig(Section):
     """... or when its first row is this old, whichever comes first."""
     max_buffered_rows: int = Field(default=200_000, ge=1)
     """Rows held in memory at most; beyond it, intake pauses until writes catch up."""
+    max_buffered_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Payload bytes held in memory at most (messages waiting for their batch to commit);
+    intake pauses on this bound or the row bound, whichever is reached first."""
 
     @model_validator(mode="after")
     def _buffer_holds_a_batch(self) -> BatchingConfig:
+        if self.max_buffered_bytes < self.max_bytes:
+            raise ValueError(
+                f"max_buffered_bytes ({self.max_buffered_bytes}) must hold at least one batch "
+                f"(max_bytes {self.max_bytes})"
+            )
         if self.max_buffered_rows < self.max_rows:
             raise ValueError(
                 f"max_buffered_rows ({self.max_buffered_rows}) must hold at least one batch "
@@ -279,7 +287,18 @@ class LimitsConfig(Section):
     so they are stated once: here, where the configuration reference documents them."""
 
     max_payload_bytes: int = Field(default=256 * 1024, ge=64)
-    """Larger messages are rejected as `payload_too_large`."""
+    """Larger messages are rejected as `payload_too_large`; the MQTT client and the shipped
+    Mosquitto configuration bound packets by it too, so larger ones never reach memory."""
+    max_depth: int = Field(default=32, ge=3, le=200)
+    """Payloads nested deeper than this (objects and arrays, in any field) are rejected as
+    `too_deeply_nested`, before they are parsed."""
+    max_tags: int = Field(default=64, ge=0)
+    """A reading's `tags` object may have this many keys."""
+    max_topic_length: int = Field(default=1024, ge=16, le=65535)
+    """Longer topics (and Kafka keys) are rejected as `topic_too_long` without being parsed."""
+    rejects_per_minute: int = Field(default=60, ge=0)
+    """Reject records stored whole per identity (per source when the sender is unknown) and
+    reason each minute; beyond it one summary row per minute carries the count of the rest."""
     max_age_seconds: float = Field(default=7 * 86400, gt=0)
     """Readings older than this are rejected as `timestamp_out_of_window`."""
     max_ahead_seconds: float = Field(default=300, ge=0)

@@ -14,6 +14,7 @@ without datetime arithmetic.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -31,6 +32,7 @@ COLUMNS = ("ts", "identity", "metric", "value", "tags", "received_at")
 DEDUP_COLUMNS = (*COLUMNS, "message_id")
 
 MAX_METRIC_LENGTH = 200
+MAX_ID_LENGTH = 200  # a dedup id must fit a btree index entry with room to spare
 NON_FINITE = (b"NaN", b"Infinity")
 _NO_TAGS = msgspec.Raw(b"")
 
@@ -56,6 +58,8 @@ class DecodeLimits:
     """
 
     max_payload_bytes: int = _CONFIGURED.max_payload_bytes
+    max_depth: int = _CONFIGURED.max_depth
+    max_tags: int = _CONFIGURED.max_tags
     max_readings: int = 10_000
     max_age: timedelta = timedelta(seconds=_CONFIGURED.max_age_seconds)
     max_ahead: timedelta = timedelta(seconds=_CONFIGURED.max_ahead_seconds)
@@ -70,6 +74,8 @@ class DecodeLimits:
     def from_config(cls, config: LimitsConfig) -> DecodeLimits:
         return cls(
             max_payload_bytes=config.max_payload_bytes,
+            max_depth=config.max_depth,
+            max_tags=config.max_tags,
             max_age=timedelta(seconds=config.max_age_seconds),
             max_ahead=timedelta(seconds=config.max_ahead_seconds),
         )
@@ -95,6 +101,7 @@ class _Message(_Reading, gc=False):
 
 
 _parse = msgspec.json.Decoder(_Message).decode
+_TAGS = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 
 
 def decode(
@@ -113,23 +120,26 @@ def decode(
     """
     if len(payload) > limits.max_payload_bytes:
         raise Reject("payload_too_large", f"{len(payload)} bytes, limit {limits.max_payload_bytes}")
+    # Checked before parsing, so that nothing a device sends can make the parser recurse
+    # without bound; counting brackets is one pass in C, and only a payload with more brackets
+    # than the limit (a batch, or an attack) is measured properly.
+    if payload.count(b"{") + payload.count(b"[") > limits.max_depth:
+        _check_depth(payload, limits.max_depth)
+    if 92 in payload and _has_nul_escape(payload):  # 92 is a backslash: one memchr
+        raise Reject("invalid_text", "text contains NUL (\\u0000), which PostgreSQL cannot store")
     try:
         body = _parse(payload)
-    except RecursionError:
-        # msgspec recurses once per nesting level, in any field, known or not.
+    except RecursionError:  # unreachable after the depth check; kept as the parser's own bound
         raise Reject("too_deeply_nested", "nesting deeper than the parser allows") from None
     except msgspec.ValidationError as exc:
         reason = "non_finite_value" if str(exc).startswith("Number out of range") else None
         raise Reject(reason or "invalid_reading", str(exc)) from None
     except msgspec.DecodeError as exc:
-        # JSON has no NaN or infinity; devices that send them anyway get the precise reason.
-        if any(word in payload for word in NON_FINITE):
-            raise Reject("non_finite_value", str(exc)) from None
-        raise Reject("malformed_json", str(exc)) from None
+        raise _undecodable(payload, exc) from None
     earliest, latest = received_at - limits.max_age_us, received_at + limits.max_ahead_us
     readings = body.readings
     if readings is None:
-        row = _row(body, None, identity, received_at, earliest, latest, None)
+        row = _row(body, None, identity, received_at, earliest, latest, None, limits.max_tags)
         return [(*row, _message_id(body.id, row, None))] if dedup else [row]
     if not readings:
         raise Reject("invalid_reading", "`readings` must be a non-empty list")
@@ -138,7 +148,7 @@ def decode(
     # The batch's own ts stands in for readings without one; parsed and checked once, if used.
     shared = None if body.ts is None else _checked_ts(body.ts, earliest, latest, None)
     rows = [
-        _row(reading, shared, identity, received_at, earliest, latest, index)
+        _row(reading, shared, identity, received_at, earliest, latest, index, limits.max_tags)
         for index, reading in enumerate(readings)
     ]
     if dedup:
@@ -148,8 +158,63 @@ def decode(
 
 def _message_id(given: Any, row: Row, index: int | None) -> str:
     if isinstance(given, str | int) and not isinstance(given, bool):
-        return f"{given}" if index is None else f"{given}#{index}"
+        if isinstance(given, int) and given.bit_length() > 128:
+            raise Reject("invalid_reading", "id is an integer beyond 128 bits")
+        text = f"{given}"
+        if len(text) > MAX_ID_LENGTH:
+            raise Reject("invalid_reading", f"id is longer than {MAX_ID_LENGTH} characters")
+        return text if index is None else f"{text}#{index}"
     return f"{pgtime.to_datetime(row[0]).isoformat()}|{row[2]}"
+
+
+def _undecodable(payload: bytes, exc: msgspec.DecodeError) -> Reject:
+    """The precise reason a payload is not JSON we can store (error path only)."""
+    text = str(exc)
+    # JSON has no NaN or infinity; devices that send them anyway get the precise reason.
+    if any(word in payload for word in NON_FINITE):
+        return Reject("non_finite_value", text)
+    if "UTF-8" in text or "surrogate" in text or b"\x00" in payload or _lone_surrogate(payload):
+        return Reject("invalid_text", text)
+    return Reject("malformed_json", text)
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_EMPTY_PAIR = re.compile(rb"\{\}|\[\]")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"{}[]"))
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])")
+
+
+def _check_depth(payload: bytes, limit: int) -> None:
+    """Reject nesting deeper than `limit`, measured without recursion.
+
+    Strings are removed (they may hold brackets), then everything but brackets; each pass
+    removes the innermost empty pairs, so a payload nested `limit` deep is gone after `limit`
+    passes. Brackets that stop pairing up are malformed JSON, which the parser then reports."""
+    brackets = _STRING.sub(b"", payload).translate(None, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not brackets:
+            return
+        shorter = _EMPTY_PAIR.sub(b"", brackets)
+        if len(shorter) == len(brackets):  # unbalanced: not JSON, unless too deep to say
+            if brackets.count(b"{") + brackets.count(b"[") > limit:
+                break
+            return
+        brackets = shorter
+    else:
+        if not _EMPTY_PAIR.search(brackets):
+            return
+    raise Reject("too_deeply_nested", f"nested deeper than {limit} levels")
+
+
+def _has_nul_escape(payload: bytes) -> bool:
+    """A `\\u0000` escape that is not itself an escaped backslash followed by `u0000`."""
+    return _NUL_ESCAPE.search(payload) is not None
+
+
+def _lone_surrogate(payload: bytes) -> bool:
+    """A high surrogate escape not followed by a low one (the parser names stray low ones)."""
+    return _SURROGATE.search(payload) is not None
 
 
 def _row(
@@ -160,6 +225,7 @@ def _row(
     earliest: int,
     latest: int,
     index: int | None,
+    max_tags: int,
 ) -> Row:
     """One reading as a row; `shared_ts` stands in when a batch's reading has no `ts`."""
     metric, value, raw_ts = reading.metric, reading.value, reading.ts
@@ -185,7 +251,18 @@ def _row(
             if tags_json != "null":
                 raise Reject("invalid_reading", f"{_where(index)}tags must be an object")
             tags_json = None
+        elif len(tags_json) > _TAG_BYTES * max_tags:  # shorter objects cannot hold more keys
+            _check_tag_count(tags_json, max_tags, index)
     return (ts, identity, metric, value, tags_json, received_at)
+
+
+_TAG_BYTES = 5  # the shortest member, `"":0,`
+
+
+def _check_tag_count(tags_json: str, limit: int, index: int | None) -> None:
+    count = len(_TAGS(tags_json))
+    if count > limit:
+        raise Reject("invalid_reading", f"{_where(index)}tags has {count} keys, limit {limit}")
 
 
 def _incomplete(reading: _Reading, index: int | None) -> Reject:

@@ -151,3 +151,80 @@ def test_nesting_and_bytes_in_any_field_reject_cleanly(
     assert_decodes_or_rejects(
         payload, {"malformed_json", "invalid_reading", "too_deeply_nested", "invalid_text"}
     )
+
+
+def nested(depth: int, opener: str = "[") -> bytes:
+    closer = "]" if opener == "[" else "}"
+    return (opener * depth + "1" + closer * depth).encode()
+
+
+def reading_with(field: str, raw: bytes) -> bytes:
+    return b'{"ts":%d,"metric":"t","value":1,"%s":%s}' % (MS, field.encode(), raw)
+
+
+@pytest.mark.parametrize("field", ["tags", "id", "other"])
+def test_depth_is_limited_before_parsing(field: str) -> None:
+    limits = DecodeLimits(max_depth=8)
+    inner = (lambda d: b'{"a":' * d + b"1" + b"}" * d) if field == "tags" else nested
+    # The message object is one level; the field's value adds the rest.
+    assert decode(reading_with(field, inner(7)), "s", NOW_US, limits)
+    assert rejected(reading_with(field, inner(8)), limits) == "too_deeply_nested"
+    # Far deeper than the parser could recurse: still a clean, precise reject.
+    assert rejected(reading_with(field, inner(40_000))) == "too_deeply_nested"
+
+
+def test_brackets_inside_strings_are_not_nesting() -> None:
+    metric = '"' + "[{" * 40 + '\\"' + "}]" * 40 + '"'
+    payload = b'{"ts":%d,"metric":%s,"value":1}' % (MS, metric.encode())
+    assert decode(payload, "s", NOW_US, DecodeLimits(max_depth=4, max_payload_bytes=10_000))
+
+
+def test_unbalanced_openers_beyond_the_limit_are_too_deep() -> None:
+    assert rejected(b"[" * 50_000) == "too_deeply_nested"
+    assert rejected(b'{"a":]]]}') == "malformed_json"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'"a\\u0000b"',  # NUL: PostgreSQL text and jsonb cannot hold it
+        b'"\\ud800"',  # a lone high surrogate
+        b'"x\\udc00"',  # a lone low surrogate
+        b'"\\ud800\\u0041"',  # a high surrogate followed by no low one
+        b'"\xff"',  # not UTF-8
+        b'"\xed\xa0\x80"',  # a surrogate encoded in UTF-8
+    ],
+)
+@pytest.mark.parametrize("where", ["metric", "tags"])
+def test_text_postgresql_cannot_store_is_invalid_text(text: bytes, where: str) -> None:
+    raw = text if where == "metric" else b'{"k":' + text + b"}"
+    payload = (
+        b'{"ts":%d,"metric":%s,"value":1}' % (MS, raw)
+        if where == "metric"
+        else reading_with("tags", raw)
+    )
+    assert rejected(payload) == "invalid_text"
+
+
+def test_text_that_only_looks_like_a_nul_escape_is_kept() -> None:
+    (row,) = decode(b'{"ts":%d,"metric":"a\\\\u0000","value":1}' % MS, "s", NOW_US, LIMITS)
+    assert row[2] == "a\\u0000"
+    (row,) = decode(b'{"ts":%d,"metric":"\\ud83d\\ude00","value":1}' % MS, "s", NOW_US, LIMITS)
+    assert row[2] == "\U0001f600"
+
+
+def test_tag_count_and_id_length_are_bounded() -> None:
+    limits = DecodeLimits(max_tags=3)
+    tags = {f"k{i}": i for i in range(3)}
+    assert decode(
+        orjson.dumps({"ts": MS, "metric": "t", "value": 1, "tags": tags}), "s", NOW_US, limits
+    )
+    tags["k3"] = 3
+    payload = orjson.dumps({"ts": MS, "metric": "t", "value": 1, "tags": tags})
+    assert rejected(payload, limits) == "invalid_reading"
+    long_ids = (b'"%s"' % (b"x" * 201), b"%d" % 2**200)
+    for given_id in long_ids:
+        payload = b'{"id":%s,"ts":%d,"metric":"t","value":1}' % (given_id, MS)
+        with pytest.raises(Reject) as caught:
+            decode(payload, "s", NOW_US, LIMITS, dedup=True)
+        assert caught.value.reason == "invalid_reading"
