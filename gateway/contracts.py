@@ -72,17 +72,30 @@ class Source(Protocol[M]):
 @dataclass
 class WriteOutcome:
     """What became of a batch: rows committed, and the rows refused for data reasons, each
-    with the database's reason (they can never be written, so they become reject records)."""
+    with the database's reason (they can never be written, so they become reject records).
+
+    `held`: the table refuses every row for a reason only an operator can fix (a revoked
+    privilege, a dropped table or column, refused authentication), and says which: the error
+    text. The batch's rows were not written (a split cut short by it keeps the parts already
+    committed in `written` and `bad_rows`); the sink did not retry, so `probe` says when the
+    table takes writes again.
+    """
 
     written: int
     bad_rows: list[tuple[Row, str]]
+    held: str = ""
 
 
 class Sink(Protocol):
     """Where committed rows go; PostgreSQL in production, memory in tests and benchmarks."""
 
     async def write(self, rows: Sequence[Row], positions: dict[str, Any]) -> WriteOutcome:
-        """Commit the rows; return how many landed and which were refused for data reasons."""
+        """Commit the rows; return how many landed, which were refused for data reasons, and
+        whether the table refuses every row (`held`)."""
+
+    async def probe(self) -> str:
+        """Whether the table takes writes again, without writing a row: "" when it does, else
+        why not (the error text)."""
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """COPY a batch into one table over one role's pool: retried while the database is away, split
-when some rows can never be written, and logged in `gateway.write_log` in the same transaction.
+when some rows can never be written, given back when the table refuses every row, and logged in
+`gateway.write_log` in the same transaction.
 """
 
 from __future__ import annotations
@@ -8,16 +9,18 @@ import asyncio
 import hashlib
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any
 
 import asyncpg
 import orjson
+from asyncpg.exceptions import _base
 
 from gateway.contracts import Row, Sink, Table, WriteOutcome
 from gateway.db import Conn
-from gateway.sinks.pg_errors import FailureKind, classify
+from gateway.sinks.pg_errors import FailureKind, classify, describe
 
 __all__ = ["PostgresSink"]
 
@@ -35,15 +38,31 @@ STAGING_TYPES = {
     "message_id": "text",
 }
 
+WRITE_LOG_COLUMNS = "role, target, rows, identities, positions, first_ts, last_ts, checksum"
 WRITE_LOG = (
-    "INSERT INTO gateway.write_log "
-    "(role, target, rows, identities, positions, first_ts, last_ts, checksum) "
+    f"INSERT INTO gateway.write_log ({WRITE_LOG_COLUMNS}) "
     "VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8)"
+)
+# Checks what an entry needs (the table, its columns, INSERT) and adds nothing, not even a
+# gap in its ids: no row, so no default is computed.
+WRITE_LOG_PROBE = (
+    f"INSERT INTO gateway.write_log ({WRITE_LOG_COLUMNS}) "
+    "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE false"
+)
+
+# Errors that are not a row's fault, however a COPY raises them (see `_copy_records`).
+NOT_A_ROW = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
 )
 
 
 class PostgresSink(Sink):
-    """Writes batches for one (role, table); never gives up on a batch it can still write.
+    """Writes batches for one (role, table): retries while the database is away, isolates the
+    rows it refuses, and gives a batch back as held when the table refuses every row.
 
     A table with `dedup` is written through a temporary staging table and `INSERT ... ON
     CONFLICT DO NOTHING`, so a redelivered message adds nothing. That needs only INSERT on the
@@ -59,95 +78,120 @@ class PostgresSink(Sink):
         *,
         on_failure: Callable[[FailureKind], None] = lambda kind: None,
         max_backoff: float = 5.0,
-        blocked_backoff: float = 15.0,
     ) -> None:
         self.role = role
         self.target = target
         self.pool = pool
         self._on_failure = on_failure
         self._max_backoff = max_backoff
-        self._blocked_backoff = blocked_backoff
-        self._last_error = ""
+        self._unlogged = 0
+        self._logged_at = float("-inf")
 
     async def write(self, rows: Sequence[Row], positions: dict[str, Any]) -> WriteOutcome:
-        """Commit the rows; returns how many landed and the rows refused for data reasons."""
-        inserted = await self._attempt(rows, positions)
-        if inserted is not None:
-            return WriteOutcome(inserted, [])
-        return await self._split(rows, positions)
+        """Commit the rows in one call: every row that can land does, each refused row comes
+        back with its reason, and a table that refuses every row ends the call (`held`)."""
+        outcome = WriteOutcome(0, [])
+        parts = [rows]  # still to write, the next one last
+        while parts:
+            part = parts.pop()
+            result = await self._attempt(part, positions)
+            if isinstance(result, int):
+                outcome.written += result
+            elif classify(result) is FailureKind.HELD:
+                outcome.held = describe(result)
+                break
+            elif len(part) == 1:
+                outcome.bad_rows.append((part[0], describe(result)))
+            else:
+                # Halve until the refused rows stand alone; every other row still lands.
+                middle = len(part) // 2
+                parts += [part[middle:], part[:middle]]
+        return outcome
 
-    async def _attempt(self, rows: Sequence[Row], positions: dict[str, Any]) -> int | None:
-        """Write until committed (rows inserted) or refused for data reasons (None); waits out
-        everything else, however long it takes: the batch is never dropped."""
+    async def probe(self) -> str:
+        """Whether the table takes writes again: the write path with no rows, rolled back.
+
+        A COPY checks the table, its columns and the INSERT privilege at its start, whatever
+        the number of rows; so do the staging path and the write log's insert. Nothing beyond
+        the privileges of a write is needed, and nothing is written.
+        """
+        try:
+            async with self.pool.acquire() as conn:
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    await self._insert(conn, ())
+                    if self.target.write_log:
+                        await conn.execute(WRITE_LOG_PROBE)
+                finally:
+                    await transaction.rollback()
+        except Exception as exc:
+            self._failed(exc, "still refused")
+            return describe(exc)
+        return ""
+
+    async def _attempt(self, rows: Sequence[Row], positions: dict[str, Any]) -> int | Exception:
+        """The rows inserted once committed, or the error that refused them for data reasons or
+        held the table; waits out everything temporary, however long it takes."""
         attempt = 0
         while True:
             try:
                 return await self._copy(rows, positions)
             except Exception as exc:
-                kind = classify(exc)
-                self._on_failure(kind)
-                if kind is FailureKind.DATA:
-                    self._last_error = f"{type(exc).__name__}: {exc}"
-                    return None
-                delay = self._delay(kind, attempt)
+                if classify(exc) is not FailureKind.TEMPORARY:
+                    self._failed(exc, "splitting" if len(rows) > 1 else "refusing the row")
+                    return exc
+                delay = random.uniform(0.5, 1.0) * min(self._max_backoff, 0.05 * 2.0**attempt)
                 attempt += 1
-                log.warning(
-                    "write to %s as %s failed (%s, attempt %d), retrying in %.2fs: %s",
-                    self.target.qualified,
-                    self.role,
-                    kind,
-                    attempt,
-                    delay,
-                    exc,
-                    extra={"role": self.role, "table": self.target.qualified},
-                )
+                self._failed(exc, f"retry {attempt} in {delay:.2f}s")
                 await asyncio.sleep(delay)
 
-    def _delay(self, kind: FailureKind, attempt: int) -> float:
-        ceiling = self._blocked_backoff if kind is FailureKind.BLOCKED else self._max_backoff
-        return random.uniform(0.5, 1.0) * min(ceiling, 0.05 * 2.0**attempt)
-
-    async def _split(self, rows: Sequence[Row], positions: dict[str, Any]) -> WriteOutcome:
-        """Halve until the refused rows stand alone; every other row still lands."""
-        if len(rows) == 1:
-            return WriteOutcome(0, [(rows[0], self._last_error)])
-        middle = len(rows) // 2
-        written, bad = 0, []
-        for part in (rows[:middle], rows[middle:]):
-            inserted = await self._attempt(part, positions)
-            if inserted is not None:
-                written += inserted
-            else:
-                outcome = await self._split(part, positions)
-                written += outcome.written
-                bad += outcome.bad_rows
-        return WriteOutcome(written, bad)
+    def _failed(self, exc: Exception, action: str) -> None:
+        """Count the failure; log it at most once a second, with the count of those not logged
+        since: one bad batch is split in dozens of attempts, and an outage lasts."""
+        kind = classify(exc)
+        self._on_failure(kind)
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._logged_at < 1.0:
+            return
+        log.log(
+            logging.ERROR if kind is FailureKind.HELD else logging.WARNING,
+            "write to %s as %s failed (%s, %s; %d failure(s) since the last line): %s",
+            self.target.qualified,
+            self.role,
+            kind,
+            "the table refuses every row until an operator acts"
+            if kind is FailureKind.HELD
+            else action,
+            self._unlogged,
+            describe(exc),
+            extra={"role": self.role, "table": self.target.qualified},
+        )
+        self._logged_at, self._unlogged = now, 0
 
     async def _copy(self, rows: Sequence[Row], positions: dict[str, Any]) -> int:
         """One transaction: the rows and their write-log entry; returns the rows inserted."""
-        target = self.target
         async with self.pool.acquire() as conn, conn.transaction():
-            if target.dedup:
-                inserted = await self._copy_deduplicated(conn, rows)
-            else:
-                await conn.copy_records_to_table(
-                    target.name, schema_name=target.schema, columns=target.columns, records=rows
-                )
-                inserted = len(rows)
-            if target.write_log:
+            inserted = await self._insert(conn, rows)
+            if self.target.write_log:
                 await conn.execute(WRITE_LOG, *self._log_entry(rows, positions, inserted))
         return inserted
 
-    async def _copy_deduplicated(self, conn: Conn, rows: Sequence[Row]) -> int:
-        """COPY into a session-private staging table, then insert what is not there yet."""
+    async def _insert(self, conn: Conn, rows: Sequence[Row]) -> int:
+        """COPY the rows into the table, or through staging for dedup; the rows inserted."""
         target = self.target
+        if not target.dedup:
+            await _copy_records(conn, target.name, target.columns, rows, schema=target.schema)
+            return len(rows)
+        # COPY into a session-private staging table, then insert what is not there yet.
         staging = f"gateway_staging_{target.name}"
         columns = ", ".join(f'"{column}"' for column in target.columns)
         definition = ", ".join(f'"{c}" {STAGING_TYPES[c]}' for c in target.columns)
         await conn.execute(
             f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" ({definition}) ON COMMIT DELETE ROWS'
         )
-        await conn.copy_records_to_table(staging, columns=target.columns, records=rows)
+        await _copy_records(conn, staging, target.columns, rows)
         status = await conn.execute(
             f'INSERT INTO "{target.schema}"."{target.name}" ({columns}) '
             f'SELECT {columns} FROM "{staging}" ON CONFLICT DO NOTHING'
@@ -176,6 +220,29 @@ class PostgresSink(Sink):
             last_ts,
             checksum.hexdigest(),
         )
+
+
+async def _copy_records(
+    conn: Conn,
+    name: str,
+    columns: Sequence[str],
+    rows: Sequence[Row],
+    *,
+    schema: str | None = None,
+) -> None:
+    """COPY, with an error raised while encoding a row's values called what it is.
+
+    asyncpg encodes each value itself during a COPY and lets the encoder's exception out as it
+    is (TypeError for a str where a number goes, struct.error for an int beyond 64 bits,
+    UnicodeEncodeError for a lone surrogate); for query arguments it calls any such exception
+    invalid input (its client-side DataError). So do we: it is a row's fault, never the table's.
+    """
+    try:
+        await conn.copy_records_to_table(name, schema_name=schema, columns=columns, records=rows)
+    except NOT_A_ROW:
+        raise
+    except Exception as exc:
+        raise _base.DataError(f"invalid input in a row: {type(exc).__name__}: {exc}") from exc
 
 
 def _bytes_as_hex(value: Any) -> str:
