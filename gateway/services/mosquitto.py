@@ -27,8 +27,26 @@ from gateway.services._process import (
     run_tool,
 )
 from gateway.services.certificates import CertificateAuthority
+from gateway.sources.mqtt.options import DEFAULT_PACKET_LIMIT
 
-__all__ = ["Mosquitto", "MqttBroker", "MqttUser", "acl_rules", "mosquitto_binary"]
+__all__ = [
+    "BROKER_LIMITS",
+    "Mosquitto",
+    "MqttBroker",
+    "MqttUser",
+    "acl_rules",
+    "mosquitto_binary",
+]
+
+BROKER_LIMITS = {
+    "max_packet_size": DEFAULT_PACKET_LIMIT,
+    "max_queued_messages": 1_000_000,
+    "max_queued_bytes": 512 * 1024 * 1024,
+    "max_inflight_messages": 0,
+    "max_inflight_bytes": 0,
+}
+"""What bounds Mosquitto's memory and ours, as `deploy/mosquitto/mosquitto.conf` ships them (a
+test keeps the two equal; the file says why each value)."""
 
 
 def mosquitto_binary() -> str | None:
@@ -83,8 +101,9 @@ class MqttBroker(LocalService):
 class Mosquitto(MqttBroker):
     """Debian's `mosquitto` with a generated config: no anonymous access, passwords, ACLs.
 
-    `max_queued_messages` bounds what the broker keeps for a disconnected persistent session;
-    the default here is large so that a stopped gateway loses nothing in tests and demos.
+    The limits are the shipped ones (`BROKER_LIMITS`) unless given, e.g. `max_inflight_messages`
+    to bound an MQTT 3.1.1 client's window, or `max_packet_size=0` for a broker that takes any
+    size (0 is Mosquitto's "no limit" for each of them).
     """
 
     name = "mosquitto"
@@ -94,14 +113,23 @@ class Mosquitto(MqttBroker):
         self,
         *,
         gateway_user: str = "gateway",
-        max_queued_messages: int = 1_000_000,
-        max_inflight_messages: int = 0,
+        max_packet_size: int = BROKER_LIMITS["max_packet_size"],
+        max_queued_messages: int = BROKER_LIMITS["max_queued_messages"],
+        max_queued_bytes: int = BROKER_LIMITS["max_queued_bytes"],
+        max_inflight_messages: int = BROKER_LIMITS["max_inflight_messages"],
+        max_inflight_bytes: int = BROKER_LIMITS["max_inflight_bytes"],
         tls: bool = False,
         keep_dir: bool = False,
     ) -> None:
         super().__init__(gateway_user=gateway_user, keep_dir=keep_dir)
-        self._max_queued = max_queued_messages
-        self._max_inflight = max_inflight_messages
+        self.limits = {
+            "max_packet_size": max_packet_size,
+            "max_queued_messages": max_queued_messages,
+            "max_queued_bytes": max_queued_bytes,
+            "max_inflight_messages": max_inflight_messages,
+            "max_inflight_bytes": max_inflight_bytes,
+        }
+        """The config lines that bound memory, 0 meaning no limit, as Mosquitto reads them."""
         self.tls_port: int | None = free_port() if tls else None
         binary = mosquitto_binary()
         if binary is None:
@@ -159,9 +187,8 @@ class Mosquitto(MqttBroker):
             f"persistence_location {self.directory / 'data'}/\n"
             # Root keeps root: the files above belong to whoever runs the tests.
             "user root\n"
-            f"max_queued_messages {self._max_queued}\n"
-            f"max_inflight_messages {self._max_inflight}\n"
-            "set_tcp_nodelay true\n"
+            + "".join(f"{name} {value}\n" for name, value in self.limits.items())
+            + "set_tcp_nodelay true\n"
             # A file, not stdout: stdout to a pipe is block-buffered and the tail would lag.
             f"log_dest file {self.log_path}\n"
             "log_type error\n"
