@@ -16,6 +16,9 @@ ENGINE = {
     "gateway.activity",
 }
 CONCRETE = ("gateway.sources", "gateway.sinks")
+# Activity upserts its counts to PostgreSQL itself, so it reads the one table of what a
+# PostgreSQL failure means, as the PostgreSQL sink does.
+ALLOWED = {("gateway.activity", "gateway.sinks.pg_errors")}
 
 
 def _modules() -> dict[str, Path]:
@@ -67,11 +70,12 @@ def test_the_engine_imports_no_concrete_source_or_sink() -> None:
     edges = graph()
     assert edges.keys() >= ENGINE, ENGINE - edges.keys()
     offending = {
-        module: sorted(t for t in edges[module] if t.startswith(CONCRETE))
+        module: sorted(
+            t for t in edges[module] if t.startswith(CONCRETE) and (module, t) not in ALLOWED
+        )
         for module in ENGINE
-        if any(t.startswith(CONCRETE) for t in edges[module])
     }
-    assert offending == {}
+    assert {module: found for module, found in offending.items() if found} == {}
 
 
 def test_the_graph_sees_real_imports() -> None:
