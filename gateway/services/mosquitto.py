@@ -187,7 +187,12 @@ class Mosquitto(MqttBroker):
             f"persistence_location {self.directory / 'data'}/\n"
             # Root keeps root: the files above belong to whoever runs the tests.
             "user root\n"
-            + "".join(f"{name} {value}\n" for name, value in self.limits.items())
+            + "".join(
+                f"{name} {value}\n"
+                for name, value in self.limits.items()
+                # No limit is the line left out: Mosquitto refuses `max_packet_size 0`.
+                if value or name != "max_packet_size"
+            )
             + "set_tcp_nodelay true\n"
             # A file, not stdout: stdout to a pipe is block-buffered and the tail would lag.
             f"log_dest file {self.log_path}\n"
