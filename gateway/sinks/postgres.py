@@ -36,6 +36,15 @@ STAGING_TYPES = {
     "tags": "jsonb",
     "received_at": "timestamptz",
     "message_id": "text",
+    # the rejects table's, deduplicated by message key
+    "at": "timestamptz",
+    "source": "text",
+    "reason": "text",
+    "topic": "text",
+    "payload_prefix": "bytea",
+    "detail": "text",
+    "message_key": "bytea",
+    "count": "integer",
 }
 
 WRITE_LOG_COLUMNS = "role, target, rows, identities, positions, first_ts, last_ts, checksum"
@@ -126,7 +135,7 @@ class PostgresSink(Sink):
                 finally:
                     await transaction.rollback()
         except Exception as exc:
-            self._failed(exc, "still refused")
+            self._failed(exc, "probed")
             return describe(exc)
         return ""
 
@@ -151,21 +160,22 @@ class PostgresSink(Sink):
         since: one bad batch is split in dozens of attempts, and an outage lasts."""
         kind = classify(exc)
         self._on_failure(kind)
-        self._unlogged += 1
         now = time.monotonic()
         if now - self._logged_at < 1.0:
+            self._unlogged += 1
             return
+        if kind is FailureKind.HELD:
+            action = "the table refuses every row until an operator acts"
+        since = f" (and {self._unlogged} more since the last line)" if self._unlogged else ""
         log.log(
             logging.ERROR if kind is FailureKind.HELD else logging.WARNING,
-            "write to %s as %s failed (%s, %s; %d failure(s) since the last line): %s",
+            "write to %s as %s failed (%s, %s): %s%s",
             self.target.qualified,
             self.role,
             kind,
-            "the table refuses every row until an operator acts"
-            if kind is FailureKind.HELD
-            else action,
-            self._unlogged,
+            action,
             describe(exc),
+            since,
             extra={"role": self.role, "table": self.target.qualified},
         )
         self._logged_at, self._unlogged = now, 0
