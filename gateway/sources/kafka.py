@@ -6,6 +6,9 @@ order, and the committed offset of a partition is one past the longest acknowled
 a rebalance the pipeline is flushed and those offsets committed before the partitions go, so
 the next owner starts exactly where this one stopped. Everything else (a crash, a commit lost
 to a rebalance) means records are read again: at least once, or exactly once with dedup.
+
+Memory is bounded in bytes by the fetch sizes (`fetch_sizes`), which follow the payload limit
+and the batch size unless configured.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from gateway.config import KafkaSourceConfig
+from gateway.config import BatchingConfig, KafkaSourceConfig, LimitsConfig
 from gateway.contracts import Source
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
@@ -36,9 +39,46 @@ from gateway.sources.acks import AckWindow
 from gateway.tls import client_context
 from gateway.topics import TopicTemplate
 
-__all__ = ["KafkaError", "KafkaRecord", "KafkaSource", "KafkaSourceError"]
+__all__ = [
+    "RECORD_HEADROOM",
+    "KafkaError",
+    "KafkaRecord",
+    "KafkaSource",
+    "KafkaSourceError",
+    "fetch_sizes",
+]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_PAYLOAD_LIMIT: int = LimitsConfig.model_fields["max_payload_bytes"].default
+DEFAULT_BATCH_BYTES: int = BatchingConfig.model_fields["max_bytes"].default
+RECORD_HEADROOM = 4096
+"""Bytes a fetched record may need beside its value: key, headers, record and batch headers."""
+_PARTITION_SHARE = 1024 * 1024  # Kafka's own default per partition: enough to keep up
+
+
+def fetch_sizes(
+    config: KafkaSourceConfig, *, max_payload_bytes: int, batch_bytes: int
+) -> tuple[int, int]:
+    """`(fetch_max_bytes, max_partition_fetch_bytes)`: what one fetch may bring, in bytes.
+
+    Unless configured, a partition's share is 1 MiB, or one largest acceptable record when that
+    is more (`max_payload_bytes` + 4 KiB), and a whole fetch is one batch's worth of payload
+    (`batching.max_bytes`), or one partition's share when that is more. With the defaults:
+    partition 1 MiB (256 KiB + 4 KiB < 1 MiB), fetch 4 MiB. aiokafka keeps at most one fetch
+    answer per broker it reads from, so one source holds at most `fetch_max_bytes` per broker
+    plus the records it has handed on (the pipeline's own bound, `max_buffered_rows`). Both
+    limits are soft in Kafka: a first record batch larger than them still comes whole, so the
+    topic's `max.message.bytes` (1 MiB by default) should not exceed `fetch_max_bytes` either.
+    """
+    given = config.model_fields_set
+    partition = (
+        config.max_partition_fetch_bytes
+        if "max_partition_fetch_bytes" in given
+        else max(_PARTITION_SHARE, max_payload_bytes + RECORD_HEADROOM)
+    )
+    fetch = config.fetch_max_bytes if "fetch_max_bytes" in given else max(batch_bytes, partition)
+    return fetch, partition
 
 
 class KafkaSourceError(GatewayError):
@@ -170,9 +210,14 @@ class KafkaSource(Source[KafkaRecord]):
         metrics: Metrics,
         flush: Callable[[], Awaitable[None]],
         flush_timeout: float = 30,
+        max_payload_bytes: int = DEFAULT_PAYLOAD_LIMIT,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
     ) -> None:
         self.name = config.name
         self.config = config
+        self.fetch_max_bytes, self.max_partition_fetch_bytes = fetch_sizes(
+            config, max_payload_bytes=max_payload_bytes, batch_bytes=batch_bytes
+        )
         self._claim = identity_claim(config)
         self._metrics = metrics
         self._flush = flush
@@ -196,26 +241,31 @@ class KafkaSource(Source[KafkaRecord]):
         and its coordinator reachable: a lost broker makes the pod not ready until it is back."""
         return self._consumer is not None and self._member and _coordinator_known(self._consumer)
 
+    def consumer_arguments(self) -> dict[str, Any]:
+        """What the consumer is built with: offsets committed by hand, fetches sized in bytes."""
+        config = self.config
+        return {
+            "bootstrap_servers": config.bootstrap_servers,
+            "client_id": config.client_id,
+            "group_id": config.group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": config.auto_offset_reset,
+            "max_poll_records": config.max_poll_records,
+            "fetch_max_bytes": self.fetch_max_bytes,
+            "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
+            "session_timeout_ms": config.session_timeout_ms,
+            "security_protocol": config.security_protocol,
+            "sasl_mechanism": config.sasl_mechanism,
+            "sasl_plain_username": config.username,
+            "sasl_plain_password": config.password.require() if config.password else None,
+            "ssl_context": ssl_context(config),
+        }
+
     async def start(self) -> None:
         config = self.config
-        password = config.password.require() if config.password else None
-        context = ssl_context(config)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=config.bootstrap_servers,
-            client_id=config.client_id,
-            group_id=config.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset=config.auto_offset_reset,
-            max_poll_records=config.max_poll_records,
-            fetch_max_bytes=config.fetch_max_bytes,
-            max_partition_fetch_bytes=config.max_partition_fetch_bytes,
-            session_timeout_ms=config.session_timeout_ms,
-            security_protocol=config.security_protocol,
-            sasl_mechanism=config.sasl_mechanism,
-            sasl_plain_username=config.username,
-            sasl_plain_password=password,
-            ssl_context=context,
-        )
+        arguments = self.consumer_arguments()
+        context = arguments["ssl_context"]
+        consumer = AIOKafkaConsumer(**arguments)
         listener = _Listener(self)
         if config.topic_pattern is not None:
             consumer.subscribe(pattern=config.topic_pattern, listener=listener)

@@ -11,7 +11,13 @@ from aiokafka.errors import CommitFailedError
 
 from gateway.config import KafkaSourceConfig
 from gateway.metrics import Metrics
-from gateway.sources.kafka import KafkaRecord, KafkaSource, Partition, identity_claim
+from gateway.sources.kafka import (
+    RECORD_HEADROOM,
+    KafkaRecord,
+    KafkaSource,
+    Partition,
+    identity_claim,
+)
 
 
 def record(
@@ -82,3 +88,36 @@ async def test_a_refused_commit_is_counted_and_nothing_counts_as_committed() -> 
     assert source.commit_failures == 1
     assert metrics.registry.get_sample_value("gateway_kafka_commit_failures_total", {"source": "k"})
     assert source._partitions[tp].committed is None  # the next owner re-reads from the last commit
+
+
+def consumer_arguments(**kwargs: Any) -> dict[str, Any]:
+    sizes = {k: kwargs.pop(k) for k in ("max_payload_bytes", "batch_bytes") if k in kwargs}
+    config = KafkaSourceConfig(
+        name="k", bootstrap_servers="k:9092", group_id="g", topics=["t"], **kwargs
+    )
+    source = KafkaSource(config, metrics=Metrics(), flush=lambda: asyncio.sleep(0), **sizes)
+    return source.consumer_arguments()
+
+
+def test_fetches_are_sized_in_bytes_from_the_payload_limit_and_the_batch() -> None:
+    defaults = consumer_arguments()
+    # A partition's share is Kafka's 1 MiB (a 256 KiB record fits); a fetch one 4 MiB batch.
+    assert defaults["max_partition_fetch_bytes"] == 1024 * 1024
+    assert defaults["fetch_max_bytes"] == 4 * 1024 * 1024
+    assert defaults["max_poll_records"] == 10_000
+    assert defaults["enable_auto_commit"] is False
+    large = consumer_arguments(max_payload_bytes=8 * 1024 * 1024, batch_bytes=2 * 1024 * 1024)
+    # One largest acceptable record always fits, in the partition's share and in the fetch.
+    assert large["max_partition_fetch_bytes"] == 8 * 1024 * 1024 + RECORD_HEADROOM
+    assert large["fetch_max_bytes"] == 8 * 1024 * 1024 + RECORD_HEADROOM
+    small = consumer_arguments(max_payload_bytes=1024, batch_bytes=64 * 1024)
+    assert (small["fetch_max_bytes"], small["max_partition_fetch_bytes"]) == (1 << 20, 1 << 20)
+
+
+def test_configured_fetch_sizes_are_kept() -> None:
+    arguments = consumer_arguments(
+        fetch_max_bytes=50 * 1024 * 1024, max_partition_fetch_bytes=2048, max_poll_records=7
+    )
+    assert arguments["fetch_max_bytes"] == 50 * 1024 * 1024
+    assert arguments["max_partition_fetch_bytes"] == 2048
+    assert arguments["max_poll_records"] == 7
