@@ -79,28 +79,31 @@ class Activity:
     def wrote(self, rows_per_identity: Counter[str]) -> None:
         now = datetime.now(UTC)
         minute = now.replace(second=0, microsecond=0)
+        # Called for every batch: the hot path takes the entry straight from the dict.
         for identity, rows in rows_per_identity.items():
-            if recordable(identity):
-                self._add((identity, minute), rows, 0, now)
-            else:
+            if not recordable(identity):
                 self._drop("name", 1, identity)
+                continue
+            key = (identity, minute)
+            entry = self._counts.get(key) or self._new_entry(key)
+            entry[0] += rows
+            self._seen[identity] = now
 
     def rejected(self, identity: str) -> None:
-        now = datetime.now(UTC)
-        if recordable(identity):
-            self._add((identity, now.replace(second=0, microsecond=0)), 0, 1, now)
-        else:
+        if not recordable(identity):
             self._drop("name", 1, identity)
+            return
+        now = datetime.now(UTC)
+        key = (identity, now.replace(second=0, microsecond=0))
+        entry = self._counts.get(key) or self._new_entry(key)
+        entry[1] += 1
+        self._seen[identity] = now
 
-    def _add(self, key: Key, rows: int, rejects: int, seen: datetime) -> None:
-        entry = self._counts.get(key)
-        if entry is None:
-            if len(self._counts) >= self._max_entries:
-                self._make_room()
-            entry = self._counts[key] = [0, 0]
-        entry[0] += rows
-        entry[1] += rejects
-        self._seen[key[0]] = seen
+    def _new_entry(self, key: Key) -> list[int]:
+        if len(self._counts) >= self._max_entries:
+            self._make_room()
+        entry = self._counts[key] = [0, 0]
+        return entry
 
     async def flush(self, conn: Conn) -> int:
         """Upsert what accumulated; returns the (identity, minute) entries written.
