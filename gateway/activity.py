@@ -25,14 +25,14 @@ from operator import itemgetter
 
 from gateway.db import Conn
 from gateway.identities.model import MAX_NAME_LENGTH
-from gateway.sinks.pg_errors import FailureKind, classify
+from gateway.sinks.pg_errors import FailureKind, classify, describe
 
 __all__ = ["MAX_ENTRIES", "Activity", "recordable"]
 
 log = logging.getLogger(__name__)
 
 MAX_ENTRIES = 100_000
-"""(identity, minute) entries held at most: about 200 bytes each, so some 20 MB."""
+"""(identity, minute) entries held at most: under 300 bytes each with its name, some 30 MB."""
 
 UPSERT = """
 INSERT INTO gateway.identity_activity AS a (identity, minute, rows, rejects, last_seen)
@@ -60,6 +60,9 @@ def recordable(name: str) -> bool:
 
 
 class Activity:
+    """Counts per identity and minute since the last flush, and when each identity was last
+    seen; the pipeline records, the gateway flushes every few seconds."""
+
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, not {max_entries}")
@@ -146,7 +149,7 @@ class Activity:
                 raise
             if len(keys) == 1:
                 del counts[keys[0]]
-                self._drop("database", 1, f"{type(exc).__name__}: {exc}")
+                self._drop("database", 1, describe(exc))
                 return 0
             middle = len(keys) // 2
             first = await self._write(conn, keys[:middle], counts, seen)
