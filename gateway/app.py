@@ -13,6 +13,7 @@ import contextlib
 import gc
 import logging
 import signal
+import time
 from typing import Any, cast
 
 import asyncpg
@@ -22,10 +23,12 @@ from gateway.batching import BatchPolicy
 from gateway.config import GatewayConfig
 from gateway.contracts import Sink, Source, Table
 from gateway.decoder import DecodeLimits
+from gateway.errors import GatewayError
 from gateway.http import HttpServer
 from gateway.identities.cache import IdentityCache
 from gateway.identities.provisioning import ProvisionRule
 from gateway.identities.registry import Registry
+from gateway.logs import RateLimitedLog
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.pools import RolePools
@@ -57,6 +60,7 @@ class Gateway:
         self._draining = False
         self.failure: BaseException | None = None
         self._stopped = asyncio.Event()
+        self._restart_log = RateLimitedLog(log)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -95,6 +99,9 @@ class Gateway:
             policy=BatchPolicy.from_config(config.batching),
             limits=DecodeLimits.from_config(config.limits),
             max_buffered_rows=config.batching.max_buffered_rows,
+            max_buffered_bytes=config.batching.max_buffered_bytes,
+            rejects_per_minute=config.limits.rejects_per_minute,
+            max_topic_length=config.limits.max_topic_length,
             unknown=config.identities.unknown,
             provision_rules=config.identities.provision,
             provision=self._provision,
@@ -117,7 +124,7 @@ class Gateway:
         for source in sources:
             await source.start()
             self.sources.append(source)
-            pump = asyncio.create_task(pipeline.pump(source), name=f"pump-{source.name}")
+            pump = asyncio.create_task(self._pump(source), name=f"pump-{source.name}")
             pump.add_done_callback(self._pump_ended)
             self._pumps.append(pump)
         log.info(
@@ -163,8 +170,38 @@ class Gateway:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("activity not recorded yet (kept for the next round): %s", exc)
 
+    async def _pump(self, source: Source[Any]) -> None:
+        """Feed the pipeline from `source`; an error nobody foresaw restarts it, with backoff.
+
+        The gateway's own errors (a broker refusing our credentials or subscription, a bad
+        configuration) are final and end the process; anything else is a fault of ours that
+        must not stop intake for every device, so it is logged, counted and survived."""
+        assert self.pipeline is not None
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await self.pipeline.pump(source)
+            except GatewayError:
+                raise
+            except Exception:
+                if time.monotonic() - started > 60:
+                    failures = 0  # it ran well for a while: start the backoff over
+                failures += 1
+                delay = min(30.0, 0.1 * 2 ** min(failures, 10))
+                self.metrics.source_restarts.labels(source.name).inc()
+                self._restart_log.log(
+                    logging.ERROR,
+                    "intake from %s failed unexpectedly; restarting it in %.1fs",
+                    source.name,
+                    delay,
+                    exc_info=True,
+                    extra={"source": source.name},
+                )
+                await asyncio.sleep(delay)
+
     def _pump_ended(self, pump: asyncio.Task[None]) -> None:
-        """A source failed for good (e.g. its credentials were refused): stop, loudly."""
+        """A source failed for good (its credentials were refused): stop, loudly."""
         if pump.cancelled() or self._draining:
             return
         error = pump.exception()
@@ -188,6 +225,8 @@ class Gateway:
             self.pipeline.report_buffers()
             self.metrics.buffer_held_rows.set(self.pipeline.buffered_rows)
             self.metrics.buffer_limit_rows.set(self.config.batching.max_buffered_rows)
+            self.metrics.buffer_held_bytes.set(self.pipeline.buffered_bytes)
+            self.metrics.buffer_limit_bytes.set(self.config.batching.max_buffered_bytes)
         if self._pools is not None:
             for role, (busy, idle) in self._pools.usage().items():
                 self.metrics.pool_connections.labels(role, "busy").set(busy)
@@ -229,6 +268,7 @@ class Gateway:
                     self.pipeline.buffered_rows,
                 )
                 await self.pipeline.abandon()
+            await self.pipeline.close()
         for source in self.sources:
             await source.close()
         for task in self._tasks:

@@ -22,8 +22,8 @@ class Message(Protocol):
     @property
     def topic(self) -> str: ...
 
-    @property
-    def payload(self) -> bytes: ...
+    payload: bytes
+    """Emptied by the engine once a message is rejected: its record keeps what is needed."""
 
 
 M = TypeVar("M", bound=Message)

@@ -125,6 +125,11 @@ def decode(
     # than the limit (a batch, or an attack) is measured properly.
     if payload.count(b"{") + payload.count(b"[") > limits.max_depth:
         _check_depth(payload, limits.max_depth)
+    if not payload.isascii():  # JSON is UTF-8 throughout, in fields we skip as well
+        try:
+            payload.decode()
+        except UnicodeDecodeError as exc:
+            raise Reject("invalid_text", f"not UTF-8 at byte {exc.start}: {exc.reason}") from None
     if 92 in payload and _has_nul_escape(payload):  # 92 is a backslash: one memchr
         raise Reject("invalid_text", "text contains NUL (\\u0000), which PostgreSQL cannot store")
     try:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "setup_logging"]
+__all__ = ["JsonFormatter", "RateLimitedLog", "setup_logging"]
 
 CONTEXT = ("identity", "role", "table", "source")
 
@@ -36,3 +38,32 @@ def setup_logging(verbose: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+class RateLimitedLog:
+    """At most one line a second about one cause, saying how many were suppressed since.
+
+    For causes a sender can repeat at will (bad messages, a table refusing writes): a flood of
+    them must not become a flood of log lines as well."""
+
+    __slots__ = ("_interval", "_last", "_logger", "_suppressed")
+
+    def __init__(self, logger: logging.Logger, interval: float = 1.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last = float("-inf")
+        self._suppressed = 0
+
+    def warning(self, message: str, *args: object, **kwargs: Any) -> None:
+        self.log(logging.WARNING, message, *args, **kwargs)
+
+    def log(self, level: int, message: str, *args: object, **kwargs: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            self._suppressed += 1
+            return
+        self._last = now
+        if self._suppressed:
+            message = f"{message} (and {self._suppressed} more like it since the last line)"
+            self._suppressed = 0
+        self._logger.log(level, message, *args, **kwargs)

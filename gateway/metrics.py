@@ -45,7 +45,7 @@ class Metrics:
         )
         self.flush_failures = Counter(
             "gateway_flush_failures_total",
-            "Failed write attempts, by kind (temporary, data, blocked)",
+            "Failed write attempts, by kind (temporary, data, held)",
             ["role", "table", "kind"],
             registry=r,
         )
@@ -69,6 +69,36 @@ class Metrics:
         self.buffer_limit_rows = Gauge(
             "gateway_buffer_limit_rows",
             "Configured bound on held rows (batching.max_buffered_rows); intake pauses there",
+            registry=r,
+        )
+        self.buffer_held_bytes = Gauge(
+            "gateway_buffer_held_bytes",
+            "Payload and reject-record bytes held in memory until their batch commits",
+            registry=r,
+        )
+        self.buffer_limit_bytes = Gauge(
+            "gateway_buffer_limit_bytes",
+            "Configured bound on held bytes (batching.max_buffered_bytes); intake pauses there",
+            registry=r,
+        )
+        self.route_held = Gauge(
+            "gateway_route_held",
+            "1 while a table refuses every write (privilege revoked, table dropped): its "
+            "messages are rejected as route_unavailable, with their whole payload",
+            ["role", "table"],
+            registry=r,
+        )
+        self.rejects_summarised = Counter(
+            "gateway_rejects_summarised_total",
+            "Rejects beyond limits.rejects_per_minute of one sender: counted in a summary row, "
+            "not stored whole",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.source_restarts = Counter(
+            "gateway_source_restarts_total",
+            "Times a source's intake failed unexpectedly and was restarted",
+            ["source"],
             registry=r,
         )
         self.ready = Gauge("gateway_ready", "1 when /readyz would answer 200", registry=r)

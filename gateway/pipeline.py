@@ -11,7 +11,9 @@ control (MQTT receive maximum, Kafka pause) holds everything else upstream.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -24,18 +26,34 @@ from gateway.batching import Batch, Batcher, BatchPolicy
 from gateway.contracts import Message, Route, Row, Source
 from gateway.decoder import DecodeLimits, Reject, decode
 from gateway.identities.cache import CachedIdentity
+from gateway.identities.model import NAME_PATTERN
 from gateway.identities.provisioning import ProvisionRule, match_rule
+from gateway.logs import RateLimitedLog
 from gateway.metrics import Metrics
+from gateway.reject_budget import RejectBudget, Summary
 
 __all__ = ["REJECT_COLUMNS", "Pipeline"]
 
 log = logging.getLogger(__name__)
 
-# A reject record's columns, in the order `_reject` fills them: the rejects route's table.
-REJECT_COLUMNS = ("at", "source", "reason", "identity", "topic", "payload_prefix", "detail")
+# A reject record's columns, in the order `_record` fills them: the rejects route's table.
+REJECT_COLUMNS = (
+    "at",
+    "source",
+    "reason",
+    "identity",
+    "topic",
+    "payload_prefix",
+    "detail",
+    "message_key",
+    "count",
+)
 _TS, _IDENTITY = itemgetter(0), itemgetter(1)  # of telemetry rows; map() runs them in C
 PAYLOAD_PREFIX = 256
+TOPIC_KEPT = 256  # of a reject's topic; the rest is the sender's to choose, not ours to store
 MAX_PENDING_PROVISION = 10_000
+HELD_PROBE_SECONDS = 5.0
+MINUTE_US = 60_000_000
 
 M = TypeVar("M", bound=Message)
 
@@ -56,6 +74,9 @@ class Pipeline:
         policy: BatchPolicy,
         limits: DecodeLimits,
         max_buffered_rows: int,
+        max_buffered_bytes: int = 64 * 1024 * 1024,
+        rejects_per_minute: int = 60,
+        max_topic_length: int = 1024,
         unknown: str = "reject",
         provision_rules: Sequence[ProvisionRule] = (),
         provision: Provision | None = None,
@@ -78,6 +99,12 @@ class Pipeline:
         self.activity = activity
         self._limits = limits
         self._max_buffered = max_buffered_rows
+        self._max_bytes = max_buffered_bytes
+        self._max_topic = max_topic_length
+        self._budget = RejectBudget(rejects_per_minute)
+        self._summary_timer: asyncio.TimerHandle | None = None
+        self._instance = os.urandom(8)  # keeps summary rows of different processes apart
+        self._summaries_written = 0
         self._unknown = unknown
         self._rules = list(provision_rules)
         self._provision = provision
@@ -87,19 +114,26 @@ class Pipeline:
         }
         self._rejects = Batcher(rejects[0], policy, self._flush_soon)
         self._flushing: set[asyncio.Task[None]] = set()
+        self._probes: set[asyncio.Future[None]] = set()
         self._buffered = 0
+        self._held_bytes = 0  # of batches cut and not yet committed
+        self._held: dict[tuple[str, str], Route] = {}  # (role, stream) of tables refusing writes
+        self._held_errors: dict[tuple[str, str], str] = {}  # (role, table) -> why
         self._capacity = asyncio.Event()
         self._capacity.set()
         self._pending: dict[str, list[tuple[Source[Any], Any]]] = {}
         self._pending_count = 0
-        self._internal_errors = 0
-        self._internal_logged_at = float("-inf")
+        self._internal_log = RateLimitedLog(log)
 
     # -- intake ----------------------------------------------------------------------------
 
     @property
     def buffered_rows(self) -> int:
         return self._buffered
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._held_bytes
 
     @property
     def has_capacity(self) -> bool:
@@ -127,7 +161,7 @@ class Pipeline:
             try:
                 claimed = claim(message)
                 if claimed is None:
-                    self._reject(source, message, unclaimed, None, "no identity claim", received_at)
+                    self._unclaimed(source, message, unclaimed, received_at)
                     continue
                 identity, stream = claimed
                 entry = lookup(identity)
@@ -141,9 +175,7 @@ class Pipeline:
                     continue
                 route = routes.get((entry.role, stream))
                 if route is None:
-                    reason = "unknown_stream" if stream not in self._streams else "not_permitted"
-                    detail = f"role {entry.role} may not write stream {stream!r}"
-                    self._reject(source, message, reason, identity, detail, received_at)
+                    self._unrouted(source, message, identity, entry.role, stream, received_at)
                     continue
                 payload = message.payload
                 try:
@@ -158,43 +190,66 @@ class Pipeline:
             except Exception as exc:
                 self._internal_error(source, message, exc, received_at)
         self.metrics.messages_received.labels(source.name).inc(count)
-        if self._buffered >= self._max_buffered:
+        self._check_capacity()
+
+    def _check_capacity(self) -> None:
+        if self._buffered >= self._max_buffered or self._held_bytes >= self._max_bytes:
             self._capacity.clear()
+
+    def _unclaimed(self, source: Source[M], message: M, reason: str, at: int) -> None:
+        topic = message.topic
+        if len(topic) > self._max_topic:
+            detail = f"topic of {len(topic)} characters, limit {self._max_topic}"
+            self._reject(source, message, "topic_too_long", None, detail, at)
+        else:
+            self._reject(source, message, reason, None, "no identity claim", at)
+
+    def _unrouted(
+        self, source: Source[M], message: M, identity: str, role: str, stream: str, at: int
+    ) -> None:
+        held = self._held.get((role, stream))
+        if held is not None:
+            self._reject_unavailable(source, message, identity, held, at)
+        elif stream not in self._streams:
+            detail = f"role {role} may not write stream {stream[:TOPIC_KEPT]!r}"
+            self._reject(source, message, "unknown_stream", identity, detail, at)
+        else:
+            detail = f"role {role} may not write stream {stream!r}"
+            self._reject(source, message, "not_permitted", identity, detail, at)
 
     def _internal_error(self, source: Source[M], message: M, exc: Exception, at: int) -> None:
         """A step failed in a way nobody foresaw: reject the message, say which exception.
 
-        Logged at most once a second, with the count of those not logged since, so that a
-        flood of such messages cannot flood the log as well."""
+        Logged at a bounded rate, so that a flood of such messages cannot flood the log too."""
         detail = f"{type(exc).__name__}: {exc}"[:200]  # its text may quote what a device sent
-        self._internal_errors += 1
-        now = time.monotonic()
-        if now - self._internal_logged_at >= 1.0:
-            self._internal_logged_at = now
-            log.warning(
-                "message rejected after %s (%d such rejects since the last line)",
-                detail,
-                self._internal_errors,
-            )
-            self._internal_errors = 0
+        self._internal_log.warning("message rejected after %s", detail)
         self._reject(source, message, "internal_error", None, detail, at)
 
     def _unknown_identity(
         self, source: Source[M], message: M, identity: str, received_at: int
     ) -> None:
+        if len(message.topic) > self._max_topic:
+            self._unclaimed(source, message, "", received_at)
+            return
+        if NAME_PATTERN.fullmatch(identity) is None:
+            # Not a name the registry could hold: not stored, not provisioned, not counted.
+            detail = f"claimed identity of {len(identity)} characters is not a valid name"
+            self._reject(source, message, "invalid_identity", None, detail, received_at)
+            return
         if self._unknown == "quarantine":
-            self._reject(source, message, "quarantined", identity, "unknown identity", received_at)
+            self._reject(
+                source, message, "quarantined", identity, "unknown identity", received_at, False
+            )
             return
         rule = match_rule(self._rules, identity) if self._unknown == "provision" else None
         if rule is None or self._provision is None:
             self._reject(
-                source, message, "unknown_identity", identity, "not registered", received_at
+                source, message, "unknown_identity", identity, "not registered", received_at, False
             )
             return
         if self._pending_count >= MAX_PENDING_PROVISION:
-            self._reject(
-                source, message, "provisioning_backlog", identity, "too many pending", received_at
-            )
+            reason, detail = "provisioning_backlog", "too many pending"
+            self._reject(source, message, reason, identity, detail, received_at, False)
             return
         waiting = self._pending.get(identity)
         self._pending_count += 1
@@ -227,6 +282,7 @@ class Pipeline:
                         identity,
                         "provisioning failed",
                         pgtime.now(),
+                        False,
                     )
             else:
                 self.submit(source, messages)
@@ -239,22 +295,104 @@ class Pipeline:
         identity: str | None,
         detail: str,
         at: int,
+        registered: bool = True,
     ) -> None:
+        """Count the reject; store its record while the sender is within its budget, else
+        count it into the minute's summary and acknowledge it at once."""
         self.metrics.messages_rejected.labels(source.name, reason).inc()
-        if identity is not None:
+        if identity is not None and registered:
             self.activity.rejected(identity)
-        payload = bytes(message.payload[:PAYLOAD_PREFIX])
-        row = (at, source.name, reason, identity, message.topic, payload, detail[:1000])
+        budget = self._budget
+        ended = budget.roll(at // MINUTE_US)
+        if ended:
+            self._summarise(ended)
+        sender = identity if identity is not None else message.topic
+        if not budget.admit(source.name, sender, registered and identity is not None, reason):
+            self.metrics.rejects_summarised.labels(source.name, reason).inc()
+            message.payload = b""
+            source.ack((message,))
+            if self._summary_timer is None:
+                self._summary_timer = asyncio.get_running_loop().call_later(
+                    MINUTE_US / 1e6 - (at % MINUTE_US) / 1e6 + 0.05, self._end_minute
+                )
+            return
+        self._record(source, message, reason, identity, detail[:1000], at, PAYLOAD_PREFIX)
+
+    def _reject_unavailable(
+        self, source: Source[M], message: M, identity: str | None, route: Route, at: int
+    ) -> None:
+        """The message's table refuses every write: its record keeps the whole payload, so
+        that nothing of it is lost, and no budget applies (the sender did nothing wrong)."""
+        reason = "route_unavailable"
+        self.metrics.messages_rejected.labels(source.name, reason).inc()
+        error = self._held_errors.get((route.role, route.table), "")
+        detail = f"{route.table} refuses writes as {route.role}: {error}"
+        self._record(source, message, reason, identity, detail[:1000], at, None)
+
+    def _record(
+        self,
+        source: Source[M],
+        message: M,
+        reason: str,
+        identity: str | None,
+        detail: str,
+        at: int,
+        prefix: int | None,
+    ) -> None:
+        """Buffer a message's reject record; from here on the record is all that is kept."""
+        payload = message.payload
+        kept = bytes(payload if prefix is None else payload[:prefix])
+        topic = message.topic
+        key = hashlib.blake2b(
+            f"{source.name}\0{source.position(message)}\0{topic}\0".encode(), digest_size=16
+        )
+        key.update(payload)
+        shown = identity[:TOPIC_KEPT] if identity is not None else None
+        row = (at, source.name, reason, shown, topic[:TOPIC_KEPT], kept, detail, key.digest(), 1)
+        message.payload = b""
         self._buffered += 1
-        self._rejects.add((row,), len(payload), source, message)
-        if self._buffered >= self._max_buffered:
-            self._capacity.clear()
+        self._rejects.add((row,), len(kept), source, message)
+        self._check_capacity()
+
+    def _end_minute(self) -> None:
+        self._summary_timer = None
+        self._summarise(self._budget.roll(pgtime.now() // MINUTE_US))
+
+    def _summarise(self, summaries: list[Summary]) -> None:
+        """One row per (sender, reason, minute) for the rejects that were only counted."""
+        for summary in summaries:
+            self._summaries_written += 1
+            key = hashlib.blake2b(
+                self._instance + self._summaries_written.to_bytes(8, "big"), digest_size=16
+            ).digest()
+            identity, topic = (
+                (summary.sender, None) if summary.registered else (None, summary.sender)
+            )
+            detail = (
+                f"{summary.count} more {summary.reason} rejects in this minute, beyond "
+                f"{self._budget.per_minute} stored whole"
+            )
+            row = (
+                summary.minute * MINUTE_US,
+                summary.source,
+                summary.reason,
+                identity,
+                topic,
+                b"",
+                detail,
+                key,
+                summary.count,
+            )
+            self._buffered += 1
+            self._rejects.add((row,), 0, None, None)
 
     # -- flushing --------------------------------------------------------------------------
 
     def _flush_soon(self, batcher: Batcher) -> None:
         batch = batcher.take()
         if batch is not None:
+            self._held_bytes += batch.nbytes
+            self._check_capacity()
             self._spawn(self._write(batcher.route, batch))
 
     def _spawn(self, work: Awaitable[None]) -> None:
@@ -264,7 +402,21 @@ class Pipeline:
 
     async def _write(self, route: Route, batch: Batch) -> None:
         started = time.monotonic()
-        outcome = await route.sink.write(batch.rows, self._positions(batch))
+        positions = self._positions(batch)
+        outcome = await route.sink.write(batch.rows, positions)
+        while outcome.held and route.rejects:
+            # Nowhere to put a reject record's own failure: wait for the operator, loudly.
+            log.error("reject records cannot be written: %s", outcome.held)
+            self.metrics.route_held.labels(route.role, route.table).set(1)
+            await asyncio.sleep(HELD_PROBE_SECONDS)
+            outcome = await route.sink.write(batch.rows, positions)
+        if outcome.held:
+            self._hold(route, outcome.held)
+            self._reject_batch(route, batch)
+            self._release(batch)
+            return
+        if route.rejects:
+            self.metrics.route_held.labels(route.role, route.table).set(0)
         if outcome.bad_rows:
             self._refused_by_database(route, outcome.bad_rows)
         role, table = route.role, route.table
@@ -278,9 +430,73 @@ class Pipeline:
             self.metrics.end_to_end_latency.observe(max(0.0, (pgtime.now() - newest) / 1e6))
         self._acknowledge(batch)
         self.metrics.ack_latency.observe(now - batch.started)
+        self._release(batch)
+
+    def _release(self, batch: Batch) -> None:
+        """The batch no longer takes memory: intake may go on if it was waiting for that."""
         self._buffered -= len(batch.rows)
-        if self._buffered < self._max_buffered:
+        self._held_bytes -= batch.nbytes
+        if self._buffered < self._max_buffered and self._held_bytes < self._max_bytes:
             self._capacity.set()
+
+    async def close(self) -> None:
+        """Stop the probes of held tables and the end-of-minute timer (after `flush`)."""
+        if self._summary_timer is not None:
+            self._summary_timer.cancel()
+            self._summary_timer = None
+        for task in list(self._probes):
+            task.cancel()
+        await asyncio.gather(*self._probes, return_exceptions=True)
+
+    def _hold(self, route: Route, error: str) -> None:
+        """The table refuses every write: send its streams' messages to rejects, whole, until
+        a probe finds it writable again; every other route keeps flowing meanwhile."""
+        key = (route.role, route.table)
+        self._held_errors[key] = error
+        if any(
+            held.table == route.table and held.role == route.role for held in self._held.values()
+        ):
+            return  # already held, and probed
+        for (role, stream), other in list(self._routes.items()):
+            if other.role == route.role and other.table == route.table:
+                self._held[(role, stream)] = self._routes.pop((role, stream))
+        self.metrics.route_held.labels(route.role, route.table).set(1)
+        log.error(
+            "%s refuses writes as %s (%s): its messages go to rejects, whole, until it is fixed",
+            route.table,
+            route.role,
+            error,
+            extra={"role": route.role, "table": route.table},
+        )
+        probe = asyncio.ensure_future(self._probe(route))
+        self._probes.add(probe)
+        probe.add_done_callback(self._probes.discard)
+
+    async def _probe(self, route: Route) -> None:
+        while True:
+            await asyncio.sleep(HELD_PROBE_SECONDS)
+            try:
+                error = await route.sink.probe()
+            except Exception as exc:  # a probe that cannot even ask is no answer either
+                error = f"{type(exc).__name__}: {exc}"
+            if not error:
+                break
+            self._held_errors[(route.role, route.table)] = error
+        for key, held in list(self._held.items()):
+            if held.role == route.role and held.table == route.table:
+                self._routes[key] = self._held.pop(key)
+        self._held_errors.pop((route.role, route.table), None)
+        self.metrics.route_held.labels(route.role, route.table).set(0)
+        log.warning("%s takes writes as %s again", route.table, route.role)
+
+    def _reject_batch(self, route: Route, batch: Batch) -> None:
+        """A held table's batch: each message becomes a reject keeping its whole payload."""
+        at = pgtime.now()
+        for source, messages in batch.by_source():
+            for message in messages:
+                claimed = source.claim(message)
+                identity = claimed[0] if claimed is not None else None
+                self._reject_unavailable(source, message, identity, route, at)
 
     def _refused_by_database(self, route: Route, bad_rows: list[tuple[Row, str]]) -> None:
         """Rows the database refused go to rejects, tied to their identity, payload rebuilt."""
@@ -328,6 +544,7 @@ class Pipeline:
 
     async def flush(self) -> None:
         """Cut every open batch now and wait until everything in flight is committed."""
+        self._summarise(self._budget.take_summaries())
         for batcher in [*self._batchers.values(), self._rejects]:
             self._flush_soon(batcher)
         while self._flushing or self._pending:

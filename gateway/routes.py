@@ -19,7 +19,13 @@ from gateway.roles.declaration import Declaration
 __all__ = ["REJECTS_TABLE", "OpenSink", "build_routes", "writer_roles"]
 
 REJECTS_TABLE = Table(
-    "ingest", "rejects", REJECT_COLUMNS, ts_column=None, identity_column=None, write_log=False
+    "ingest",
+    "rejects",
+    REJECT_COLUMNS,
+    ts_column=None,
+    identity_column=None,
+    dedup=True,  # by message key: a redelivered message's reject is not recorded twice
+    write_log=False,
 )
 
 OpenSink = Callable[[str, Table], Sink]

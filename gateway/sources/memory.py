@@ -82,7 +82,9 @@ class MemoryBroker:
             self._queued.appendleft(rest)
         for message in batch:
             self._unacked[message.position] = message
-        return batch
+        # Copies, as a real broker sends bytes: what the engine does to a message it received
+        # (it empties a rejected one's payload) never changes what the broker would redeliver.
+        return [MemoryMessage(m.topic, m.payload, m.position) for m in batch]
 
     def release(self, source: MemorySource, positions: Sequence[int]) -> list[MemoryMessage]:
         """Forget acknowledged messages; a replaced session's acks change nothing."""
