@@ -13,6 +13,12 @@ and sends each PUBACK with its own write. MQTT 3.1.1 has no receive maximum, so 
 in-flight limit (Mosquitto's `max_inflight_messages`, which applies to 3.1.1 clients) bounds the
 unacked messages held here; `session_expiry` and `receive_maximum` are MQTT v5 settings and do
 not apply.
+
+Nor can a 3.1.1 client tell the broker the largest packet it takes, and paho (2.2) has no receive
+bound of its own: it reads whatever length a packet's header announces, up to MQTT's 256 MiB. The
+bound on a message here is the broker's: Mosquitto's `max_packet_size` (shipped in
+`deploy/mosquitto/mosquitto.conf` as the payload limit plus 4 KiB) refuses larger packets from
+publishers, so none reaches a subscriber. A broker without such a setting bounds nothing.
 """
 
 from __future__ import annotations
