@@ -167,7 +167,9 @@ class Gateway:
         try:
             async with pool.acquire() as conn:
                 await self.activity.flush(conn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:
+            # Data failures never get here (the refused entries are dropped inside); whatever
+            # does, asyncpg's client-state errors included, must not end the recording loop.
             log.warning("activity not recorded yet (kept for the next round): %s", exc)
 
     async def _pump(self, source: Source[Any]) -> None:
