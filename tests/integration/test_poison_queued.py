@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from gateway.config import GatewayConfig, KafkaSourceConfig, Secret, SourcesConfig
 from gateway.services.kafka import Kafka
 from gateway.services.mosquitto import Mosquitto
-from gateway.sources.mqtt import Message, MqttClient, MqttOptions
+from gateway.sources.mqtt import Message, Mqtt311Source, MqttClient, MqttOptions
 from gateway.sources.mqtt.protocol import MqttProtocol
 
 from .stack import GatewayProcess, Stack, publish, reading
@@ -213,3 +213,44 @@ async def test_a_message_over_the_packet_limit_never_reaches_the_v5_client(
     assert largest[0] < limit
     log = broker.log_path.read_text()
     assert log.count("Dropping too large outgoing PUBLISH for gw-oversize") == 2
+
+
+async def test_the_311_transport_is_bounded_by_the_brokers_packet_limit(env: Stack) -> None:
+    """MQTT 3.1.1 cannot ask for a limit: the broker's `max_packet_size` (the shipped one) is it."""
+    device = env.broker.add_user("sensor-big-311")
+    config = env.config(client_id="gw-oversize-311")
+    (source_config,) = config.sources.mqtt
+    source = Mqtt311Source(source_config.model_copy(update={"protocol": "3.1.1"}))
+    await source.start()
+    try:
+
+        def client() -> aiomqtt.Client:
+            return aiomqtt.Client(
+                env.broker.host,
+                env.broker.port,
+                username=device.username,
+                password=device.password,
+                identifier="sensor-big-311",
+                protocol=aiomqtt.ProtocolVersion.V311,
+            )
+
+        over = env.broker.limits["max_packet_size"] + 1
+        # The broker drops the connection; paho may notice only when its wait for PUBACK ends.
+        with pytest.raises(aiomqtt.MqttError):
+            async with client() as publisher:
+                await publisher.publish(
+                    "devices/sensor-big-311/telemetry", b"x" * over, qos=1, timeout=5
+                )
+        async with client() as publisher:
+            await publish(publisher, "devices/sensor-big-311/telemetry", [b"good"] * GOOD)
+        got: list[Message] = []
+        async with asyncio.timeout(WAIT):
+            while len(got) < GOOD:
+                got += await source.receive()
+        assert [m.payload for m in got] == [b"good"] * GOOD
+        source.ack(got)
+    finally:
+        await source.close()
+    assert "Client sensor-big-311 disconnected due to oversize packet." in (
+        env.broker.log_path.read_text()
+    )
