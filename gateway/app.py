@@ -229,6 +229,8 @@ class Gateway:
             self.metrics.buffer_limit_rows.set(self.config.batching.max_buffered_rows)
             self.metrics.buffer_held_bytes.set(self.pipeline.buffered_bytes)
             self.metrics.buffer_limit_bytes.set(self.config.batching.max_buffered_bytes)
+        for reason, count in self.activity.dropped.items():
+            self.metrics.activity_dropped.labels(reason).set(count)
         if self._pools is not None:
             for role, (busy, idle) in self._pools.usage().items():
                 self.metrics.pool_connections.labels(role, "busy").set(busy)

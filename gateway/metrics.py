@@ -95,6 +95,13 @@ class Metrics:
             ["source", "reason"],
             registry=r,
         )
+        self.activity_dropped = Gauge(
+            "gateway_activity_dropped",
+            "Activity counts given up since start, by reason: name (not a registered name), "
+            "database (refused by it), memory (beyond the in-memory bound)",
+            ["reason"],
+            registry=r,
+        )
         self.source_restarts = Counter(
             "gateway_source_restarts_total",
             "Times a source's intake failed unexpectedly and was restarted",

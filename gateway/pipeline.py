@@ -347,8 +347,18 @@ class Pipeline:
             f"{source.name}\0{source.position(message)}\0{topic}\0".encode(), digest_size=16
         )
         key.update(payload)
-        shown = identity[:TOPIC_KEPT] if identity is not None else None
-        row = (at, source.name, reason, shown, topic[:TOPIC_KEPT], kept, detail, key.digest(), 1)
+        shown = _storable(identity[:TOPIC_KEPT]) if identity is not None else None
+        row = (
+            at,
+            source.name,
+            reason,
+            shown,
+            _storable(topic[:TOPIC_KEPT]),
+            kept,
+            _storable(detail),
+            key.digest(),
+            1,
+        )
         message.payload = b""
         self._buffered += 1
         self._rejects.add((row,), len(kept), source, message)
@@ -516,7 +526,9 @@ class Pipeline:
                 identity,
                 route.table,
                 payload,
-                error,
+                _storable(error[:1000]),
+                None,  # no message behind it: nothing to recognise if it came again
+                1,
             )
             # No message: it is acknowledged with its batch; its rows' fate is recorded here.
             self._buffered += 1
@@ -559,3 +571,12 @@ class Pipeline:
         for task in list(self._flushing):
             task.cancel()
         await asyncio.gather(*list(self._flushing), return_exceptions=True)
+
+
+def _storable(text: str) -> str:
+    """Text PostgreSQL can store, whatever a sender put in it: no NUL, no lone surrogate.
+
+    Reject records quote what was sent; a record the database refused would be lost."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")

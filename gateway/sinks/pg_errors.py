@@ -2,10 +2,11 @@
 
 - temporary: class 08 (connection), 53 (resources), 57 (shutdown, cannot connect now, statement
   timeout), 58 (I/O), 40001, 40P01, 55P03, 25006 (a standby refuses writes: a failover is under
-  way and new connections reach the new primary), lost connections and OSError, and asyncpg's
-  client-side state errors (a connection left mid-operation by a lost server; the pool replaces
-  it). The database is restarting, full or overloaded: the same batch will succeed later, so
-  keep it and retry.
+  way and new connections reach the new primary), class 28 (authentication: a password being
+  rotated, which heals once both sides have the new one), lost connections and OSError, and
+  asyncpg's client-side state errors (a connection left mid-operation by a lost server; the pool
+  replaces it). The database is restarting, full, overloaded or between two steps of a
+  rotation: the same batch will succeed later, so keep it and retry (and alert if it lasts).
 - data: class 22 (data exception), 23 (integrity constraint) and 54 (program limit exceeded,
   such as a dedup key longer than a btree index row can hold); and errors raised on this side
   while a row's values are encoded: text that is not UTF-8 (a lone surrogate), a value of the
@@ -13,7 +14,7 @@
   written, and retrying them as they are would stall the table: split the batch to isolate
   them; the rest still lands.
 - held: 42501 (privilege), 42P01/42703/42P10 and the rest of class 42 (missing table or
-  column), class 28 (authentication), 3D000/3F000 (missing database or schema), anything else.
+  column), 3D000/3F000 (missing database or schema), anything else.
   The table refuses every row for a reason only an operator can fix: retrying holds every
   device behind it (acknowledgements leave in receive order), so the batch is given back as
   held and the table is probed until it takes writes again.
@@ -35,7 +36,7 @@ class FailureKind(StrEnum):
     HELD = "held"
 
 
-TEMPORARY_CLASSES = frozenset({"08", "53", "57", "58"})
+TEMPORARY_CLASSES = frozenset({"08", "28", "53", "57", "58"})
 TEMPORARY_STATES = frozenset({"40001", "40P01", "55P03", "25006"})
 DATA_CLASSES = frozenset({"22", "23", "54"})
 

@@ -43,8 +43,8 @@ def postgres_error(sqlstate: str, detail: str | None = None) -> asyncpg.Postgres
         ("42703", FailureKind.HELD),  # undefined column
         ("42P10", FailureKind.HELD),  # invalid column reference
         ("42804", FailureKind.HELD),  # a column's type changed
-        ("28P01", FailureKind.HELD),  # bad password
-        ("28000", FailureKind.HELD),  # no pg_hba.conf entry
+        ("28P01", FailureKind.TEMPORARY),  # a password being rotated
+        ("28000", FailureKind.TEMPORARY),  # refused until pg_hba.conf or the password is fixed
         ("3D000", FailureKind.HELD),  # database does not exist
         ("3F000", FailureKind.HELD),  # schema does not exist
         ("0A000", FailureKind.HELD),  # feature not supported (COPY into a view)

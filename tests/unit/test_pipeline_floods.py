@@ -190,3 +190,31 @@ async def test_a_held_table_sends_its_messages_to_rejects_whole_and_others_flow(
     await pipeline.close()
     assert [row[3] for row in sink.rows] == [4.0]
     assert len(source.acked) == 4
+
+
+async def test_every_reject_record_fits_the_table_and_holds_storable_text() -> None:
+    sink = MemorySink(refuse=lambda row: "22021 NUL\x00 in \ud800 text" if row[3] == 2.0 else None)
+    rejects = MemorySink()
+    pipeline = build(sink, rejects)
+    source = MemorySource()
+    source.put(
+        [
+            ("devices/sensor-1/telemetry", reading(1)),
+            ("devices/sensor-1/telemetry", reading(2)),  # refused by the 'database'
+            ("devices/sensor-1/telemetry", b"{broken"),
+            ("devices/nobody/telemetry", reading()),
+        ]
+    )
+    pipeline.submit(source, await source.receive())
+    await pipeline.flush()
+    assert sorted(column(rejects.rows, "reason")) == [
+        "database_refused",
+        "malformed_json",
+        "unknown_identity",
+    ]
+    for row in rejects.rows:
+        assert len(row) == len(REJECT_COLUMNS)
+        for value in row:
+            if isinstance(value, str):
+                value.encode("utf-8")  # no lone surrogate
+                assert "\x00" not in value
