@@ -117,9 +117,19 @@ class Gateway:
         await self.http.start()
         self._tasks.append(asyncio.create_task(self._record_activity(), name="activity"))
         pipeline = self.pipeline
-        sources: list[Source[Any]] = [mqtt_source(c) for c in config.sources.mqtt]
+        payload_limit = config.limits.max_payload_bytes
+        sources: list[Source[Any]] = [
+            mqtt_source(c, max_payload_bytes=payload_limit) for c in config.sources.mqtt
+        ]
         sources += [
-            KafkaSource(c, metrics=self.metrics, flush=pipeline.flush) for c in config.sources.kafka
+            KafkaSource(
+                c,
+                metrics=self.metrics,
+                flush=pipeline.flush,
+                max_payload_bytes=payload_limit,
+                batch_bytes=config.batching.max_bytes,
+            )
+            for c in config.sources.kafka
         ]
         for source in sources:
             await source.start()

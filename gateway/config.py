@@ -201,10 +201,12 @@ class KafkaSourceConfig(Section):
     """Route stream of the records (unless the topic template has `{stream}`)."""
     max_poll_records: int = Field(default=10_000, ge=1)
     """Records per fetch at most: bounds a batch."""
-    fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
-    """Bytes per fetch at most."""
-    max_partition_fetch_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    """Bytes per partition per fetch at most."""
+    fetch_max_bytes: int | None = Field(default=None, ge=1024)
+    """Bytes per fetch at most; by default one batch's worth (`batching.max_bytes`), or one
+    partition's share when that is more."""
+    max_partition_fetch_bytes: int | None = Field(default=None, ge=1024)
+    """Bytes per partition per fetch at most; by default 1 MiB, or one largest record
+    (`limits.max_payload_bytes` + 4 KiB) when that is more."""
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     """Where a group without committed offsets starts."""
     session_timeout_ms: int = Field(default=10_000, ge=1000)

@@ -71,13 +71,10 @@ def fetch_sizes(
     limits are soft in Kafka: a first record batch larger than them still comes whole, so the
     topic's `max.message.bytes` (1 MiB by default) should not exceed `fetch_max_bytes` either.
     """
-    given = config.model_fields_set
-    partition = (
-        config.max_partition_fetch_bytes
-        if "max_partition_fetch_bytes" in given
-        else max(_PARTITION_SHARE, max_payload_bytes + RECORD_HEADROOM)
+    partition = config.max_partition_fetch_bytes or max(
+        _PARTITION_SHARE, max_payload_bytes + RECORD_HEADROOM
     )
-    fetch = config.fetch_max_bytes if "fetch_max_bytes" in given else max(batch_bytes, partition)
+    fetch = config.fetch_max_bytes or max(batch_bytes, partition)
     return fetch, partition
 
 

@@ -68,6 +68,7 @@ class MqttClient(Lifecycle):
             log,
         )
         self._protocol: MqttProtocol | None = None
+        self._held = False
         self._generation = 0
         self._connected = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
@@ -155,6 +156,12 @@ class MqttClient(Lifecycle):
         if self._protocol is not None:
             self._protocol.inbox_taken()
         return batch
+
+    def hold(self, held: bool) -> None:
+        """Stop (True) or resume (False) reading from the broker; kept across reconnects."""
+        self._held = held
+        if self._protocol is not None:
+            self._protocol.hold(held)
 
     def ack(self, message: Message) -> None:
         """Acknowledge one message after its commit; see `ack_many`."""
@@ -302,6 +309,9 @@ class MqttClient(Lifecycle):
                 protocol.start_keep_alive(options.keep_alive if keep_alive is None else keep_alive)
                 if options.subscriptions and not connack.session_present:
                     await self._subscribe(protocol)
+                # Held (engine full) across a reconnect: read no further than the SUBACK of a
+                # fresh session; a resumed one's SUBACK waits behind its messages until resumed.
+                protocol.hold(self._held)
         except BaseException as exc:
             protocol.abort("connect failed")
             if self._protocol is protocol:

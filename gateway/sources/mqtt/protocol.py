@@ -97,6 +97,7 @@ class MqttProtocol(asyncio.Protocol):
         self.paused = False  # reading paused, because of one of:
         self._window_full = False  # receive_maximum messages unacked
         self._inbox_full = False  # max_buffered messages not taken by receive()
+        self._held = False  # the engine's buffers are full (rows or bytes): `hold`
 
     @property
     def alive(self) -> bool:
@@ -206,8 +207,15 @@ class MqttProtocol(asyncio.Protocol):
         if len(inbox) > before:
             self._on_messages()
 
+    def hold(self, held: bool) -> None:
+        """Stop reading while the engine's buffers are full, so that what the broker sends
+        waits in the socket and the broker, not in our memory: the engine's byte bound then
+        holds for MQTT too (the receive maximum alone counts messages, not bytes)."""
+        self._held = held
+        self._update_reading()
+
     def _update_reading(self) -> None:
-        paused = self._window_full or self._inbox_full
+        paused = self._window_full or self._inbox_full or self._held
         if paused != self.paused and self.alive:
             assert self.transport is not None
             self.paused = paused

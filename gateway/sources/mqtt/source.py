@@ -26,7 +26,7 @@ def tls_context(config: MqttSourceConfig) -> ssl.SSLContext | None:
 
 
 class MqttSourceBase(Source[Message]):
-    """What both MQTT transports share: the topic claim, the packet id as position, no pausing."""
+    """What both MQTT transports share: the topic claim and the packet id as position."""
 
     unclaimed_reason = "topic_mismatch"
 
@@ -36,11 +36,11 @@ class MqttSourceBase(Source[Message]):
         self._parse = TopicTemplate(config.topic_template).parse
 
     def pause(self) -> None:
-        """Nothing to do: held acks fill the broker's in-flight window and the broker stops.
+        """Held acks fill the broker's in-flight window and the broker stops.
 
-        MQTT v5 bounds that window with our receive maximum. For 3.1.1 clients it is the
-        broker's setting (Mosquitto: max_inflight_messages); where it is unlimited, paho keeps
-        reading and messages wait here instead.
+        For 3.1.1 clients that window is the broker's setting (Mosquitto: max_inflight_messages,
+        and max_packet_size bounds each message); where it is unlimited, paho keeps reading and
+        messages wait here instead. The v5 transport also stops reading (`MqttSource.pause`).
         """
 
     async def resume(self) -> None:
@@ -91,6 +91,15 @@ class MqttSource(MqttSourceBase):
 
     def ack(self, messages: Sequence[Message]) -> None:
         self.client.ack_many(messages)
+
+    def pause(self) -> None:
+        """Stop reading from the broker while the engine's buffers are full (rows or bytes):
+        the receive maximum bounds messages in flight, not their bytes, so this is what keeps
+        large payloads in the socket and the broker's queue rather than in memory."""
+        self.client.hold(True)
+
+    async def resume(self) -> None:
+        self.client.hold(False)
 
     async def start(self) -> None:
         await self.client.start()
