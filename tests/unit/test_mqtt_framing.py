@@ -68,7 +68,11 @@ class FakeTransport(asyncio.Transport):
 
 
 def make_protocol(
-    *, max_buffered: int = 1_000_000, receive_maximum: int = 65535, max_packet_size: int = 1 << 28
+    *,
+    max_buffered: int = 1_000_000,
+    receive_maximum: int = 65535,
+    max_packet_size: int = 1 << 28,
+    max_buffered_bytes: int = 1 << 30,
 ) -> tuple[MqttProtocol, FakeTransport, list[Message]]:
     inbox: list[Message] = []
     protocol = MqttProtocol(
@@ -78,6 +82,7 @@ def make_protocol(
         on_messages=lambda: None,
         receive_maximum=receive_maximum,
         max_buffered=max_buffered,
+        max_buffered_bytes=max_buffered_bytes,
         max_packet_size=max_packet_size,
     )
     transport = FakeTransport(protocol)
@@ -189,6 +194,33 @@ async def test_reading_pauses_when_nobody_takes_messages() -> None:
     assert not transport.reading and protocol.paused
     inbox.clear()
     protocol.inbox_taken()
+    assert transport.reading and not protocol.paused
+
+
+async def test_reading_pauses_on_bytes_waiting_as_well_as_messages() -> None:
+    """Large payloads: few messages, many bytes. The receive maximum does not count bytes."""
+    protocol, transport, inbox = make_protocol(max_buffered_bytes=100_000)
+    protocol.data_received(mqtt5.ConnAckPacket().write() + publish(1, 60_000).write())
+    assert transport.reading
+    protocol.data_received(publish(2, 60_000).write())
+    assert not transport.reading and len(inbox) == 2
+    inbox.clear()
+    protocol.inbox_taken()
+    assert transport.reading
+    # Control packets alone never hold reading: nothing would ever take them.
+    protocol.data_received(mqtt5.PingRespPacket().write() * 30_000)
+    assert transport.reading
+
+
+async def test_the_engine_holds_reading_until_its_buffers_have_room() -> None:
+    protocol, transport, inbox = make_protocol()
+    protocol.data_received(mqtt5.ConnAckPacket().write() + publish(1, 5).write())
+    protocol.hold(True)
+    assert not transport.reading and protocol.paused
+    inbox.clear()
+    protocol.inbox_taken()
+    assert not transport.reading  # an empty inbox is no reason to read while held
+    protocol.hold(False)
     assert transport.reading and not protocol.paused
 
 

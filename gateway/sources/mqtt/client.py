@@ -281,6 +281,7 @@ class MqttClient(Lifecycle):
             on_messages=self._inbox.wake,
             receive_maximum=options.receive_maximum,
             max_buffered=options.max_buffered,
+            max_buffered_bytes=options.max_buffered_bytes,
             max_packet_size=options.max_packet_size,
         )
         loop = asyncio.get_running_loop()

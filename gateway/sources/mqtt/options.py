@@ -78,11 +78,13 @@ class MqttOptions:
     when it comes back with the same `client_id`. `receive_maximum` is the number of unacked
     QoS 1 messages the broker may have in flight to us: it bounds memory and, because acks are
     released in receive order, it must exceed what the batcher holds across all its buffers.
-    `max_buffered` bounds the messages waiting for `receive()`: above it the socket is no longer
-    read (this is what bounds QoS 0, which has no in-flight limit). `max_packet_size` is sent in
-    CONNECT (MQTT v5 Maximum Packet Size): the broker never sends a larger packet, and a broker
-    that does anyway is disconnected before the packet is buffered. So the messages held are at
-    most `receive_maximum` (QoS 1) or `max_buffered` (QoS 0) times `max_packet_size` bytes.
+    `max_buffered` and `max_buffered_bytes` bound what waits for `receive()`: above either the
+    socket is no longer read (this is what bounds QoS 0, which has no in-flight limit, and large
+    payloads, which the receive maximum does not count). `max_packet_size` is sent in CONNECT
+    (MQTT v5 Maximum Packet Size): the broker never sends a larger packet, and a broker that does
+    anyway is disconnected before the packet is buffered. So what waits for `receive()` is at
+    most `max_buffered_bytes` plus one socket read and one packet; what the caller took and has
+    not acknowledged is the caller's to bound (the engine stops reading, `MqttClient.hold`).
     """
 
     client_id: str
@@ -101,6 +103,7 @@ class MqttOptions:
     reconnect_min_delay: float = 0.1
     reconnect_max_delay: float = 30.0
     max_buffered: int = 50_000
+    max_buffered_bytes: int = 8 * 1024 * 1024
     max_packet_size: int = DEFAULT_PACKET_LIMIT
 
     def __post_init__(self) -> None:

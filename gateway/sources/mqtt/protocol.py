@@ -69,6 +69,7 @@ class MqttProtocol(asyncio.Protocol):
         on_messages: Callable[[], None],
         receive_maximum: int,
         max_buffered: int,
+        max_buffered_bytes: int = 8 * 1024 * 1024,
         max_packet_size: int = DEFAULT_PACKET_LIMIT,
     ) -> None:
         loop = asyncio.get_running_loop()
@@ -79,6 +80,8 @@ class MqttProtocol(asyncio.Protocol):
         self._on_messages = on_messages
         self._receive_maximum = receive_maximum
         self._max_buffered = max_buffered
+        self._max_buffered_bytes = max_buffered_bytes
+        self._read_bytes = 0  # read since the caller last emptied the inbox: counted per read
         self._max_packet_size = max_packet_size
         self.connack: asyncio.Future[mqtt5.ConnAckPacket | None] = loop.create_future()
         self.closed: asyncio.Future[MqttError] = loop.create_future()
@@ -118,6 +121,7 @@ class MqttProtocol(asyncio.Protocol):
         if self._disconnecting:
             return  # the broker will redeliver what it sent before reading our DISCONNECT
         self.last_received = time.monotonic()
+        self._read_bytes += len(data)
         if self._rest:
             rest = self._rest
             rest += data
@@ -199,7 +203,9 @@ class MqttProtocol(asyncio.Protocol):
         except ValueError as exc:
             self._fail(f"malformed packet from the broker: {exc}", _MALFORMED)
             return
-        if len(inbox) >= self._max_buffered:
+        if not inbox:
+            self._read_bytes = 0  # nothing waits for receive(): what was read is not held here
+        elif len(inbox) >= self._max_buffered or self._read_bytes >= self._max_buffered_bytes:
             # Nobody is taking messages: stop reading, so that the socket and then the broker's
             # queue hold them instead of our memory (QoS 0 has no other bound).
             self._inbox_full = True
@@ -315,7 +321,13 @@ class MqttProtocol(asyncio.Protocol):
 
     def inbox_taken(self) -> None:
         """The caller emptied the inbox (some of it): read again if that is what held us."""
-        if self._inbox_full and len(self._inbox) < self._max_buffered:
+        if not self._inbox:
+            self._read_bytes = 0
+        if (
+            self._inbox_full
+            and len(self._inbox) < self._max_buffered
+            and self._read_bytes < self._max_buffered_bytes
+        ):
             self._inbox_full = False
             self._update_reading()
 
