@@ -24,14 +24,25 @@ COLUMN = {name: index for index, name in enumerate(REJECT_COLUMNS)}
 
 
 def build(
-    sink: MemorySink, rejects: MemorySink, *, activity: Activity | None = None, **options: Any
+    sink: MemorySink,
+    rejects: MemorySink,
+    *,
+    events: MemorySink | None = None,
+    activity: Activity | None = None,
+    **options: Any,
 ) -> Pipeline:
+    """Streams `telemetry` and `events` into one table, or `events` into its own."""
     options.setdefault("max_buffered_rows", 10_000)
     return Pipeline(
         lookup=IDENTITIES.get,
         routes=[
             Route("telemetry_ingest", "ingest.telemetry", sink, "telemetry"),
-            Route("telemetry_ingest", "ingest.telemetry", sink, "events"),
+            Route(
+                "telemetry_ingest",
+                "ingest.events" if events else "ingest.telemetry",
+                events or sink,
+                "events",
+            ),
             Route("rejects_writer", "ingest.rejects", rejects, rejects=True),
         ],
         metrics=Metrics(),
@@ -143,19 +154,7 @@ async def test_a_held_table_sends_its_messages_to_rejects_whole_and_others_flow(
 ) -> None:
     monkeypatch.setattr("gateway.pipeline.HELD_PROBE_SECONDS", 0.01)
     sink, other, rejects = MemorySink(), MemorySink(), MemorySink()
-    pipeline = Pipeline(
-        lookup=IDENTITIES.get,
-        routes=[
-            Route("telemetry_ingest", "ingest.telemetry", sink, "telemetry"),
-            Route("telemetry_ingest", "ingest.events", other, "events"),
-            Route("rejects_writer", "ingest.rejects", rejects, rejects=True),
-        ],
-        metrics=Metrics(),
-        activity=Activity(),
-        policy=BatchPolicy.from_config(BatchingConfig(max_rows=100, max_delay_ms=10)),
-        limits=DecodeLimits(),
-        max_buffered_rows=10_000,
-    )
+    pipeline = build(sink, rejects, events=other)
     source = MemorySource()
     sink.held = "42501 permission denied for table telemetry"
     first = reading(1)[:-1] + b',"note":"' + b"n" * 1000 + b'"}'
