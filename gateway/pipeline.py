@@ -124,6 +124,8 @@ class Pipeline:
         self._pending: dict[str, list[tuple[Source[Any], Any]]] = {}
         self._pending_count = 0
         self._internal_log = RateLimitedLog(log)
+        self._provision_log = RateLimitedLog(log)
+        self._refused_log = RateLimitedLog(log)
 
     # -- intake ----------------------------------------------------------------------------
 
@@ -264,7 +266,9 @@ class Pipeline:
         try:
             await self._provision(identity, rule)
         except Exception as exc:
-            log.warning("provisioning %s failed: %s", identity, exc, extra={"identity": identity})
+            self._provision_log.warning(
+                "provisioning %s failed: %s", identity, exc, extra={"identity": identity}
+            )
         waiting = self._pending.pop(identity, [])
         self._pending_count -= len(waiting)
         by_source: dict[int, tuple[Source[Any], list[Any]]] = {}
@@ -512,7 +516,9 @@ class Pipeline:
         """Rows the database refused go to rejects, tied to their identity, payload rebuilt."""
         if route.rejects:
             for row, error in bad_rows:
-                log.error("reject record refused by the database: %s (%r)", error, row[:5])
+                self._refused_log.log(
+                    logging.ERROR, "reject record refused by the database: %s (%r)", error, row[:5]
+                )
             return
         for row, error in bad_rows:
             identity = row[1]
