@@ -64,6 +64,6 @@ class RateLimitedLog:
             return
         self._last = now
         if self._suppressed:
-            message = f"{message} (and {self._suppressed} more like it since the last line)"
+            message = f"{message} (and {self._suppressed} more since the last line)"
             self._suppressed = 0
         self._logger.log(level, message, *args, **kwargs)

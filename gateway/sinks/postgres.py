@@ -9,7 +9,6 @@ import asyncio
 import hashlib
 import logging
 import random
-import time
 from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any
@@ -20,6 +19,7 @@ from asyncpg.exceptions import _base
 
 from gateway.contracts import Row, Sink, Table, WriteOutcome
 from gateway.db import Conn
+from gateway.logs import RateLimitedLog
 from gateway.sinks.pg_errors import FailureKind, classify, describe
 
 __all__ = ["PostgresSink"]
@@ -93,8 +93,7 @@ class PostgresSink(Sink):
         self.pool = pool
         self._on_failure = on_failure
         self._max_backoff = max_backoff
-        self._unlogged = 0
-        self._logged_at = float("-inf")
+        self._log = RateLimitedLog(log)  # one bad batch is split in dozens of attempts
 
     async def write(self, rows: Sequence[Row], positions: dict[str, Any]) -> WriteOutcome:
         """Commit the rows in one call: every row that can land does, each refused row comes
@@ -160,25 +159,18 @@ class PostgresSink(Sink):
         since: one bad batch is split in dozens of attempts, and an outage lasts."""
         kind = classify(exc)
         self._on_failure(kind)
-        now = time.monotonic()
-        if now - self._logged_at < 1.0:
-            self._unlogged += 1
-            return
         if kind is FailureKind.HELD:
             action = "the table refuses every row until an operator acts"
-        since = f" (and {self._unlogged} more since the last line)" if self._unlogged else ""
-        log.log(
+        self._log.log(
             logging.ERROR if kind is FailureKind.HELD else logging.WARNING,
-            "write to %s as %s failed (%s, %s): %s%s",
+            "write to %s as %s failed (%s, %s): %s",
             self.target.qualified,
             self.role,
             kind,
             action,
             describe(exc),
-            since,
             extra={"role": self.role, "table": self.target.qualified},
         )
-        self._logged_at, self._unlogged = now, 0
 
     async def _copy(self, rows: Sequence[Row], positions: dict[str, Any]) -> int:
         """One transaction: the rows and their write-log entry; returns the rows inserted."""

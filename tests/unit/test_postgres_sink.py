@@ -68,9 +68,9 @@ def sink(database: Database, failures: list[FailureKind]) -> PostgresSink:
 
 @pytest.fixture
 def frozen(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The sink's clock, moved by hand."""
+    """The clock of the sink's rate-limited log, moved by hand."""
     clock = [1000.0]
-    monkeypatch.setattr("gateway.sinks.postgres.time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr("gateway.logs.time", SimpleNamespace(monotonic=lambda: clock[0]))
     return clock
 
 
