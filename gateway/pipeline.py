@@ -225,7 +225,13 @@ class Pipeline:
         Logged at a bounded rate, so that a flood of such messages cannot flood the log too."""
         detail = f"{type(exc).__name__}: {exc}"[:200]  # its text may quote what a device sent
         self._internal_log.warning("message rejected after %s", detail)
-        self._reject(source, message, "internal_error", None, detail, at)
+        try:
+            self._reject(source, message, "internal_error", None, detail, at)
+        except Exception:
+            # Not even its record can be made: count it, say so, and let it go rather than
+            # let it stop the messages after it (it would fail the same way every time).
+            self._internal_log.log(logging.ERROR, "no record possible", exc_info=True)
+            source.ack((message,))
 
     def _unknown_identity(
         self, source: Source[M], message: M, identity: str, received_at: int
@@ -348,7 +354,10 @@ class Pipeline:
         kept = bytes(payload if prefix is None else payload[:prefix])
         topic = message.topic
         key = hashlib.blake2b(
-            f"{source.name}\0{source.position(message)}\0{topic}\0".encode(), digest_size=16
+            f"{source.name}\0{source.position(message)}\0{topic}\0".encode(
+                "utf-8", "surrogatepass"
+            ),
+            digest_size=16,
         )
         key.update(payload)
         shown = _storable(identity[:TOPIC_KEPT]) if identity is not None else None
