@@ -596,7 +596,30 @@ async def test_held_bytes_pause_intake_until_the_table_takes_writes(env: Stack) 
         finally:
             sampling = False
             await watcher
-        # What one receive() hands over is buffered whole: here that is at most the receive
-        # maximum's worth, beyond the bound.
+        # What one receive() hands over is buffered whole (see the next test): here that is
+        # at most the receive maximum's worth, beyond the bound.
         assert peak <= BATCHING.max_buffered_bytes + window * len(payloads[0]), peak
     assert await rows_of(env, HEAVY) == count  # acknowledged only once committed: once each
+
+
+async def test_held_bytes_never_exceed_the_bound_by_more_than_a_batch(env: Stack) -> None:
+    """A source hands over what it has in one list (MQTT: everything received since the last
+    call, up to the receive maximum); the bytes held must still stop within one batch of
+    `max_buffered_bytes` per route, whatever the list's length."""
+    config = env.config(batching=BATCHING)
+    payloads = heavy(16)
+    bound = BATCHING.max_buffered_bytes + 2 * BATCHING.max_bytes  # telemetry's, rejects'
+    async with engine(config, {HEAVY: "telemetry_ingest"}) as pipeline:
+        source = MemorySource("heavy", max_inflight=len(payloads))
+        source.put((f"devices/{HEAVY}/telemetry", payload) for payload in payloads)
+        async with telemetry_locked(env):
+            pipeline.submit(source, await source.receive())
+            held = pipeline.buffered_bytes
+            assert not pipeline.has_capacity
+        await pipeline.flush()
+        assert len(source.acked) == len(payloads)
+    assert held <= bound, (
+        f"{held} bytes held after one list of {len(payloads)} messages of "
+        f"{len(payloads[0])} bytes; max_buffered_bytes {BATCHING.max_buffered_bytes}, "
+        f"max_bytes {BATCHING.max_bytes}"
+    )
