@@ -113,6 +113,53 @@ def scrape(gateway: Gateway) -> dict[str, float]:
     return found
 
 
+async def rows_of(env: Stack, device: str) -> int:
+    return await env.count("SELECT count(*) FROM ingest.telemetry WHERE identity = $1", device)
+
+
+async def wait_rows_of(env: Stack, device: str, expected: int) -> None:
+    async def enough() -> bool:
+        return await rows_of(env, device) >= expected
+
+    await env.wait_for(enough, what=f"{expected} rows of {device}")
+
+
+@asynccontextmanager
+async def engine(config: GatewayConfig, registered: dict[str, str]) -> AsyncIterator[Pipeline]:
+    """The engine over the real role pools and PostgreSQL sinks, as `Gateway` wires it."""
+    doc = load_declaration(config.database.roles_file)
+    writers = [*writer_roles(doc, config), config.database.rejects_role]
+    pools = RolePools(config.database, doc, [], row_writers=writers)
+    await pools.open()
+
+    def open_sink(role: str, table: Table) -> Sink:
+        return PostgresSink(role, table, pools[role])
+
+    def lookup(name: str) -> CachedIdentity | None:
+        role = registered.get(name)
+        return None if role is None else CachedIdentity(role, doc.login_role(role), "active")
+
+    try:
+        pipeline = Pipeline(
+            lookup=lookup,
+            routes=build_routes(config, doc, open_sink),
+            metrics=Metrics(),
+            activity=Activity(),
+            policy=BatchPolicy.from_config(config.batching),
+            limits=DecodeLimits.from_config(config.limits),
+            max_buffered_rows=config.batching.max_buffered_rows,
+            max_buffered_bytes=config.batching.max_buffered_bytes,
+            rejects_per_minute=config.limits.rejects_per_minute,
+        )
+        try:
+            yield pipeline
+        finally:
+            await pipeline.flush()
+            await pipeline.close()
+    finally:
+        await pools.close()
+
+
 # -- 1. reject budget ---------------------------------------------------------------------
 
 
@@ -131,10 +178,11 @@ async def test_a_flood_of_bad_messages_stores_a_budget_and_counts_the_rest(env: 
             async with env.device(name) as device:
                 await publish(device, f"devices/{name}/telemetry", [reading()] * ghost_flood)
 
+        expected = len(interleaved) + ghost_flood * len(GHOSTS)
+
         async def all_taken_in() -> bool:
-            return sample(gateway, "gateway_messages_received_total", source="mosquitto") >= len(
-                interleaved
-            ) + ghost_flood * len(GHOSTS)
+            received = sample(gateway, "gateway_messages_received_total", source="mosquitto")
+            return received >= expected
 
         await env.wait_for(all_taken_in, what="every message received")
         await wait_rows_of(env, FLOODER, len(good))
@@ -165,6 +213,7 @@ async def test_a_flood_of_bad_messages_stores_a_budget_and_counts_the_rest(env: 
     assert {bytes(row["payload_prefix"]) for row in whole} <= set(bad)
     assert summaries, "no summary row"
     assert all(row["at"] == row["minute"] for row in summaries)
+    assert all(f"{row['count']} more malformed_json" in row["detail"] for row in summaries)
     assert len({row["minute"] for row in summaries}) == len(summaries)  # one per minute
     assert sum(row["count"] for row in summaries) == summarised
     assert len(whole) + summarised == flood  # every bad message, stored or counted
@@ -227,42 +276,6 @@ class LostAcks(MemorySource):
 
     def ack(self, messages: Any) -> None:
         pass
-
-
-@asynccontextmanager
-async def engine(config: GatewayConfig, registered: dict[str, str]) -> AsyncIterator[Pipeline]:
-    """The engine over the real role pools and PostgreSQL sinks, as `Gateway` wires it."""
-    doc = load_declaration(config.database.roles_file)
-    writers = [*writer_roles(doc, config), config.database.rejects_role]
-    pools = RolePools(config.database, doc, [], row_writers=writers)
-    await pools.open()
-
-    def open_sink(role: str, table: Table) -> Sink:
-        return PostgresSink(role, table, pools[role])
-
-    def lookup(name: str) -> CachedIdentity | None:
-        role = registered.get(name)
-        return None if role is None else CachedIdentity(role, doc.login_role(role), "active")
-
-    try:
-        pipeline = Pipeline(
-            lookup=lookup,
-            routes=build_routes(config, doc, open_sink),
-            metrics=Metrics(),
-            activity=Activity(),
-            policy=BatchPolicy.from_config(config.batching),
-            limits=DecodeLimits.from_config(config.limits),
-            max_buffered_rows=config.batching.max_buffered_rows,
-            max_buffered_bytes=config.batching.max_buffered_bytes,
-            rejects_per_minute=config.limits.rejects_per_minute,
-        )
-        try:
-            yield pipeline
-        finally:
-            await pipeline.flush()
-            await pipeline.close()
-    finally:
-        await pools.close()
 
 
 async def test_a_redelivered_reject_is_recorded_once(env: Stack) -> None:
@@ -406,7 +419,7 @@ async def test_a_table_refusing_writes_is_held_and_nothing_is_lost(
                 await publish(other, f"devices/{BYSTANDER}/telemetry", [MALFORMED] * 5)
 
             async def unavailable() -> bool:
-                return await unavailable_values(env) == 180 - (await rows_of(env, HELD) - 20)
+                return len(await unavailable_payloads(env)) == 180 - (await rows_of(env, HELD) - 20)
 
             await env.wait_for(unavailable, what="route_unavailable records")
             # Other routes flow meanwhile: the same role's other table, and the rejects.
@@ -461,23 +474,8 @@ async def unavailable_payloads(env: Stack) -> list[bytes]:
     return [bytes(row["payload_prefix"]) for row in rows]
 
 
-async def unavailable_values(env: Stack) -> int:
-    return len(await unavailable_payloads(env))
-
-
 async def _at_least(env: Stack, sql: str, arg: Any, expected: int) -> bool:
     return await env.count(sql, arg) >= expected
-
-
-async def rows_of(env: Stack, device: str) -> int:
-    return await env.count("SELECT count(*) FROM ingest.telemetry WHERE identity = $1", device)
-
-
-async def wait_rows_of(env: Stack, device: str, expected: int) -> None:
-    async def enough() -> bool:
-        return await rows_of(env, device) >= expected
-
-    await env.wait_for(enough, what=f"{expected} rows of {device}")
 
 
 # -- 4. a source's intake survives -------------------------------------------------------
