@@ -259,8 +259,9 @@ class BatchingConfig(Section):
     max_buffered_rows: int = Field(default=200_000, ge=1)
     """Rows held in memory at most; beyond it, intake pauses until writes catch up."""
     max_buffered_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    """Payload bytes held in memory at most (messages waiting for their batch to commit);
-    intake pauses on this bound or the row bound, whichever is reached first."""
+    """Payload bytes held until their batch commits: intake pauses at this bound or the row
+    bound, whichever comes first. A source's last list is taken whole, so what is held may pass
+    it by that list (MQTT v5: 8 MiB at most; Kafka: one fetch) and one open batch per route."""
 
     @model_validator(mode="after")
     def _buffer_holds_a_batch(self) -> BatchingConfig:
