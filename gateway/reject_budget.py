@@ -5,8 +5,10 @@ it. Each is still rejected, counted in the metric and acknowledged, but only the
 `per_minute` of each (sender, reason) in a minute are stored whole; the others add to one
 summary row per (sender, reason, minute), written when the minute ends. The sender is the
 registered identity, or the claimed name or topic when there is none, cut to `KEY_LENGTH`.
-The number of senders tracked at once is bounded too: beyond `max_senders`, every new sender in
-that minute shares one overflow entry, so memory stays bounded whatever names an attacker picks.
+The number of senders tracked at once is bounded too: beyond `max_senders` (or, for senders the
+registry does not know, beyond `max_unregistered`), every new sender in that minute shares one
+overflow entry, so memory and the records an attacker can make stay bounded whatever names it
+picks: at most `max_unregistered x per_minute` whole records a minute from unknown names.
 """
 
 from __future__ import annotations
@@ -34,11 +36,24 @@ class Summary:
 class RejectBudget:
     """Per (source, sender, reason): stored whole while under budget, counted after."""
 
-    __slots__ = ("_counts", "_max_senders", "_minute", "_over", "_senders", "per_minute")
+    __slots__ = (
+        "_counts",
+        "_max_senders",
+        "_max_unregistered",
+        "_minute",
+        "_over",
+        "_senders",
+        "_unregistered",
+        "per_minute",
+    )
 
-    def __init__(self, per_minute: int, max_senders: int = 10_000) -> None:
+    def __init__(
+        self, per_minute: int, max_senders: int = 10_000, max_unregistered: int = 100
+    ) -> None:
         self.per_minute = per_minute
         self._max_senders = max_senders
+        self._max_unregistered = max_unregistered
+        self._unregistered = 0
         self._minute = -1
         self._counts: dict[tuple[str, str, str], int] = {}
         self._over: dict[tuple[str, str, str], list[int | bool]] = {}  # -> [count, registered]
@@ -52,14 +67,19 @@ class RejectBudget:
         self._minute = minute
         self._counts.clear()
         self._senders.clear()
+        self._unregistered = 0
         return ended
 
     def admit(self, source: str, sender: str, registered: bool, reason: str) -> bool:
         """Whether this reject may be stored whole; if not, it is counted in its summary."""
         sender = sender[:KEY_LENGTH]
         if (source, sender) not in self._senders:
-            if len(self._senders) >= self._max_senders:
+            if len(self._senders) >= self._max_senders or (
+                not registered and self._unregistered >= self._max_unregistered
+            ):
                 sender, registered = OVERFLOW, False
+            elif not registered:
+                self._unregistered += 1
             self._senders.add((source, sender))
         key = (source, sender, reason)
         seen = self._counts.get(key, 0)

@@ -242,9 +242,10 @@ async def test_a_flood_of_bad_messages_stores_a_budget_and_counts_the_rest(env: 
 
 
 async def test_unknown_senders_beyond_the_bound_share_one_budget(env: Stack) -> None:
-    """Every new name an attacker claims costs memory: beyond `max_senders` names in a minute,
-    the rest share one entry, so one whole record and one summary row cover them."""
-    tracked = inspect.signature(RejectBudget).parameters["max_senders"].default
+    """Every new name an attacker claims costs memory and records: beyond `max_unregistered`
+    unknown names in a minute, the rest share one entry, so one whole record and one summary
+    row cover them."""
+    tracked = inspect.signature(RejectBudget).parameters["max_unregistered"].default
     senders = tracked + 2000
     config = env.config(limits=LimitsConfig(rejects_per_minute=1))
     async with engine(config, {}) as pipeline:

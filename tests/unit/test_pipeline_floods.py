@@ -80,13 +80,17 @@ async def test_a_flooding_sender_stores_its_budget_whole_and_a_count_for_the_res
 
 
 async def test_unknown_senders_are_budgeted_by_topic_and_bounded_in_number() -> None:
-    budget = RejectBudget(per_minute=1, max_senders=3)
+    budget = RejectBudget(per_minute=1, max_senders=10, max_unregistered=3)
     budget.roll(1)
     admitted = [budget.admit("mqtt", f"x/{n}", False, "unknown_identity") for n in range(10)]
     assert admitted == [True, True, True] + [True] + [False] * 6  # the overflow's first is kept
     (summary,) = budget.roll(2)
     assert (summary.sender, summary.count, summary.registered) == (OVERFLOW, 6, False)
     assert budget.roll(2) == [] and budget.admit("mqtt", "x/1", False, "unknown_identity")
+    # Registered identities are tracked beyond the unregistered bound, up to max_senders.
+    assert all(budget.admit("mqtt", f"dev-{n}", True, "invalid_reading") for n in range(9))
+    assert budget.admit("mqtt", "dev-9", True, "invalid_reading")  # the overflow's first
+    assert not budget.admit("mqtt", "dev-10", True, "invalid_reading")
 
 
 async def test_a_rejected_message_keeps_only_its_record() -> None:
