@@ -210,10 +210,15 @@ async def one_phase(
     rejects = await sql(
         postgres.dsn,
         """
-        SELECT reason, count(*) FILTER (WHERE message_key IS NOT NULL) AS records,
-               count(*) FILTER (WHERE message_key IS NULL) AS summary_rows,
-               coalesce(sum(count) FILTER (WHERE message_key IS NULL), 0) AS summarised
-          FROM ingest.rejects GROUP BY reason ORDER BY reason
+        WITH r AS (SELECT reason, count,
+                          payload_prefix = ''::bytea
+                          AND detail LIKE '% rejects in this minute, beyond % stored whole'
+                          AS summary
+                     FROM ingest.rejects)
+        SELECT reason, count(*) FILTER (WHERE NOT summary) AS records,
+               count(*) FILTER (WHERE summary) AS summary_rows,
+               coalesce(sum(count) FILTER (WHERE summary), 0) AS summarised
+          FROM r GROUP BY reason ORDER BY reason
         """,
     )
     return {
