@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from gateway.app import Gateway
 from gateway.bootstrap import EXAMPLE_ROLES, bootstrap
 from gateway.roles.declaration import load_declaration
 from gateway.services.mosquitto import Mosquitto
@@ -88,3 +89,12 @@ async def governed(cluster: Postgres, role_passwords: dict[str, str]) -> Postgre
     applied = await bootstrap(cluster.dsn, actor="tests")
     assert applied.version is not None
     return cluster
+
+
+@pytest.fixture
+async def gateway(env: Stack) -> AsyncIterator[Gateway]:
+    """A gateway running in-process on the module's stack (its `env` fixture)."""
+    running = Gateway(env.config())
+    await running.start()
+    yield running
+    await running.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import urllib.request
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -27,14 +26,6 @@ DEVICES = ["sensor-a", "sensor-b", "sensor-c"]
 async def env(deployment: Stack) -> Stack:
     await deployment.add_devices([*DEVICES, "sensor-retired", "sensor-moved"])
     return deployment
-
-
-@pytest.fixture
-async def gateway(env: Stack) -> AsyncIterator[Gateway]:
-    running = Gateway(env.config())
-    await running.start()
-    yield running
-    await running.stop()
 
 
 def http_get(gateway: Gateway, path: str) -> tuple[int, bytes]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -42,14 +41,6 @@ async def env(deployment: Stack) -> Stack:
     await deployment.add_devices([DEVICE])
     deployment.devices[LONG_NAME] = deployment.broker.add_user(LONG_NAME)  # not registered
     return deployment
-
-
-@pytest.fixture
-async def gateway(env: Stack) -> AsyncIterator[Gateway]:
-    running = Gateway(env.config())
-    await running.start()
-    yield running
-    await running.stop()
 
 
 def rejected_total(gateway: Gateway) -> float:
