@@ -292,7 +292,7 @@ class LimitsConfig(Section):
     max_payload_bytes: int = Field(default=256 * 1024, ge=64)
     """Larger messages are rejected as `payload_too_large`; the MQTT client and the shipped
     Mosquitto configuration bound packets by it too, so larger ones never reach memory."""
-    max_depth: int = Field(default=32, ge=3, le=200)
+    max_depth: int = Field(default=32, ge=4, le=200)
     """Payloads nested deeper than this (objects and arrays, in any field) are rejected as
     `too_deeply_nested`, before they are parsed."""
     max_tags: int = Field(default=64, ge=0)

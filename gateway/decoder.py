@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Annotated, Any
 
 import msgspec
@@ -32,6 +33,9 @@ COLUMNS = ("ts", "identity", "metric", "value", "tags", "received_at")
 DEDUP_COLUMNS = (*COLUMNS, "message_id")
 
 MAX_METRIC_LENGTH = 200
+_TAG_BYTES = 5  # the shortest member of a tags object, `"":0,`
+SMALL_PAYLOAD = 256
+_TAGS_JSON = itemgetter(4)
 MAX_ID_LENGTH = 200  # a dedup id must fit a btree index entry with room to spare
 NON_FINITE = (b"NaN", b"Infinity")
 _NO_TAGS = msgspec.Raw(b"")
@@ -64,10 +68,14 @@ class DecodeLimits:
     max_age: timedelta = timedelta(seconds=_CONFIGURED.max_age_seconds)
     max_ahead: timedelta = timedelta(seconds=_CONFIGURED.max_ahead_seconds)
     max_age_us: int = field(init=False, repr=False)  # the window in rows' own unit, once
+    tag_chars: int = field(init=False, repr=False)  # tags shorter than this are within max_tags
+    tags_nestable: int = field(init=False, repr=False)  # shorter tags cannot nest too deep
     max_ahead_us: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_age_us", pgtime.duration(self.max_age))
+        object.__setattr__(self, "tag_chars", _TAG_BYTES * self.max_tags)
+        object.__setattr__(self, "tags_nestable", 2 * self.max_depth - 2)
         object.__setattr__(self, "max_ahead_us", pgtime.duration(self.max_ahead))
 
     @classmethod
@@ -120,17 +128,15 @@ def decode(
     """
     if len(payload) > limits.max_payload_bytes:
         raise Reject("payload_too_large", f"{len(payload)} bytes, limit {limits.max_payload_bytes}")
-    # Checked before parsing, so that nothing a device sends can make the parser recurse
-    # without bound; counting brackets is one pass in C, and only a payload with more brackets
-    # than the limit (a batch, or an attack) is measured properly.
-    openers = payload.count(b"{") + payload.count(b"[") if 91 in payload else payload.count(b"{")
-    if openers > limits.max_depth:  # 91 is `[`: one memchr spares single readings a count
+    # Nesting deeper than `max_depth` is refused in every field, measured without recursion
+    # (`_check_depth`), but only where it could be: counting brackets is cheap, measuring is
+    # not. A payload with an array (91 is `[`: one memchr) is measured when its brackets are
+    # more than its readings account for (below); a single reading over SMALL_PAYLOAD bytes
+    # when it has more braces than the limit; a smaller one cannot nest deeper than half its
+    # length, far within the parser's own bound, and only its `tags` are measured.
+    arrays = 91 in payload
+    if not arrays and len(payload) > SMALL_PAYLOAD and payload.count(b"{") > limits.max_depth:
         _check_depth(payload, limits.max_depth)
-    if not payload.isascii():  # JSON is UTF-8 throughout, in fields we skip as well
-        try:
-            payload.decode()
-        except UnicodeDecodeError as exc:
-            raise Reject("invalid_text", f"not UTF-8 at byte {exc.start}: {exc.reason}") from None
     if 92 in payload and _has_nul_escape(payload):  # 92 is a backslash: one memchr
         raise Reject("invalid_text", "text contains NUL (\\u0000), which PostgreSQL cannot store")
     try:
@@ -145,7 +151,12 @@ def decode(
     earliest, latest = received_at - limits.max_age_us, received_at + limits.max_ahead_us
     readings = body.readings
     if readings is None:
-        row = _row(body, None, identity, received_at, earliest, latest, None, limits.max_tags)
+        if arrays:
+            if payload.count(b"{") + payload.count(b"[") > limits.max_depth:
+                _check_depth(payload, limits.max_depth)
+        elif len(payload) <= SMALL_PAYLOAD and len(body.tags) > limits.tags_nestable:
+            _check_depth(bytes(body.tags), limits.max_depth - 1)  # one level is the message
+        row = _row(body, None, identity, received_at, earliest, latest, None, limits.tag_chars)
         return [(*row, _message_id(body.id, row, None))] if dedup else [row]
     if not readings:
         raise Reject("invalid_reading", "`readings` must be a non-empty list")
@@ -154,9 +165,15 @@ def decode(
     # The batch's own ts stands in for readings without one; parsed and checked once, if used.
     shared = None if body.ts is None else _checked_ts(body.ts, earliest, latest, None)
     rows = [
-        _row(reading, shared, identity, received_at, earliest, latest, index, limits.max_tags)
+        _row(reading, shared, identity, received_at, earliest, latest, index, limits.tag_chars)
         for index, reading in enumerate(readings)
     ]
+    # Any path nests at most the message, `readings`, one reading and its tags object (4),
+    # plus every other bracket; when those are few enough, nothing can be too deep.
+    tagged = len(rows) - list(map(_TAGS_JSON, rows)).count(None)
+    others = payload.count(b"{") + payload.count(b"[") - 2 - len(rows) - tagged
+    if others > limits.max_depth - 4:
+        _check_depth(payload, limits.max_depth)
     if dedup:
         return [(*row, _message_id(body.id, row, index)) for index, row in enumerate(rows)]
     return rows
@@ -185,32 +202,54 @@ def _undecodable(payload: bytes, exc: msgspec.DecodeError) -> Reject:
 
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_EMPTY_PAIR = re.compile(rb"\{\}|\[\]")
+_PARENS = bytes.maketrans(b"{[}]", b"(())")
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"{}[]"))
+_NOT_BRACKETS_OR_QUOTES = bytes(set(range(256)) - set(b'{}[]"'))
+_RUNS = re.compile(rb"\(+|\)+")
+_FEW_RUNS = 16_384  # about 1.5 ms to follow one by one
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])")
 
 
 def _check_depth(payload: bytes, limit: int) -> None:
-    """Reject nesting deeper than `limit`, measured without recursion.
+    """Reject nesting deeper than `limit`, measured without recursion, in C passes but for a
+    few runs.
 
-    Strings are removed (they may hold brackets), then everything but brackets; each pass
-    removes the innermost empty pairs, so a payload nested `limit` deep is gone after `limit`
-    passes. Brackets that stop pairing up are malformed JSON, which the parser then reports."""
-    brackets = _STRING.sub(b"", payload).translate(None, _NOT_BRACKETS)
-    for _ in range(limit):
-        if not brackets:
+    Only brackets outside strings count. A batch's readings are siblings at one shallow depth,
+    so a few passes that each drop the innermost pairs (one level of every branch) empty it;
+    a deep attack is a few runs of openers and closers, however deep, followed run by run.
+    Brackets that do not pair up are malformed JSON, which the parser then reports."""
+    brackets = _structure(payload)
+    pared = 0
+    while brackets and pared < limit:
+        runs = brackets.count(b")(")
+        shorter = brackets.replace(b"()", b"")
+        if len(shorter) == len(brackets):
+            break  # nothing pairs up: malformed, unless the openers alone are too deep
+        # Passes pay while they shed a quarter or more, or while runs are too many to follow.
+        paying = len(shorter) * 4 <= len(brackets) * 3
+        brackets, pared = shorter, pared + 1
+        if runs <= _FEW_RUNS and not paying:
+            break
+    depth, deepest = 0, limit - pared
+    for run in _RUNS.findall(brackets):
+        depth += len(run) if run[0] == 40 else -len(run)  # 40 is `(`
+        if depth > deepest:
+            raise Reject("too_deeply_nested", f"nested deeper than {limit} levels")
+        if depth < 0:
             return
-        shorter = _EMPTY_PAIR.sub(b"", brackets)
-        if len(shorter) == len(brackets):  # unbalanced: not JSON, unless too deep to say
-            if brackets.count(b"{") + brackets.count(b"[") > limit:
-                break
-            return
-        brackets = shorter
-    else:
-        if not _EMPTY_PAIR.search(brackets):
-            return
-    raise Reject("too_deeply_nested", f"nested deeper than {limit} levels")
+
+
+def _structure(payload: bytes) -> bytes:
+    """The brackets outside strings, as `(` and `)`.
+
+    Without escapes, a string's quotes are adjacent once all but brackets and quotes are
+    dropped, unless it holds brackets: so one replace removes nearly every string, in C, and a
+    split removes the rest. With escapes (rare), a regex finds the strings."""
+    if 92 in payload:  # a backslash: quotes may be escaped
+        return _STRING.sub(b"", payload).translate(_PARENS, _NOT_BRACKETS)
+    marks = payload.translate(_PARENS, _NOT_BRACKETS_OR_QUOTES).replace(b'""', b"")
+    return marks if 34 not in marks else b"".join(marks.split(b'"')[::2])  # 34 is `"`
 
 
 def _has_nul_escape(payload: bytes) -> bool:
@@ -231,7 +270,7 @@ def _row(
     earliest: int,
     latest: int,
     index: int | None,
-    max_tags: int,
+    tag_chars: int,
 ) -> Row:
     """One reading as a row; `shared_ts` stands in when a batch's reading has no `ts`."""
     metric, value, raw_ts = reading.metric, reading.value, reading.ts
@@ -257,12 +296,9 @@ def _row(
             if tags_json != "null":
                 raise Reject("invalid_reading", f"{_where(index)}tags must be an object")
             tags_json = None
-        elif len(tags_json) > _TAG_BYTES * max_tags:  # shorter objects cannot hold more keys
-            _check_tag_count(tags_json, max_tags, index)
+        elif len(tags_json) > tag_chars:  # shorter objects cannot hold more keys
+            _check_tag_count(tags_json, tag_chars // _TAG_BYTES, index)
     return (ts, identity, metric, value, tags_json, received_at)
-
-
-_TAG_BYTES = 5  # the shortest member, `"":0,`
 
 
 def _check_tag_count(tags_json: str, limit: int, index: int | None) -> None:
