@@ -180,7 +180,7 @@ def test_brackets_inside_strings_are_not_nesting() -> None:
 
 
 def test_unbalanced_openers_beyond_the_limit_are_too_deep() -> None:
-    assert rejected(b"{\"x\":" + b"[" * 50_000) == "too_deeply_nested"
+    assert rejected(b'{"x":' + b"[" * 50_000) == "too_deeply_nested"
     assert rejected(b'{"a":]]]}') == "malformed_json"
 
 
