@@ -9,10 +9,11 @@ gateway's VmRSS is sampled every 0.1 s (and VmHWM read at the end). Then `--big`
 them is reported. Then PostgreSQL starts again and the rows are counted against what the broker
 acknowledged (a broker drops what exceeds a session's queue limits: that is reported too).
 
-The bound, from the configuration: the engine's buffers (batching.max_buffered_bytes of payload,
-plus batching.max_buffered_rows rows of the size measured here), plus the MQTT in-flight window
-(receive_maximum x the packet limit: every unacknowledged message is in the gateway's memory, the
-buffered ones included, so this overlaps the first term), plus the idle process. Payload shapes:
+The bound is the README's formula (`stated_bound`), from the configuration: the idle process,
+batching.max_buffered_rows rows of the size measured here, twice the payload bytes the engine may
+hold (batching.max_buffered_bytes and one open batch per route, and the rows' text built from
+them), what the MQTT v5 client may have read and not handed over (8 MiB and one packet), and the
+caches keyed by what senders choose (topic claims, activity, reject budgets). Payload shapes:
 `padded` is one reading and a field the decoder ignores (bytes held, few rows); `batch` is a
 batch of small readings (rows held). Prints one JSON object on stdout.
 
@@ -58,7 +59,7 @@ from gateway.decoder import DecodeLimits, decode
 from gateway.services._process import free_port
 from gateway.services.mosquitto import BROKER_LIMITS, Mosquitto, MqttUser
 from gateway.services.postgres import Postgres
-from gateway.sources.mqtt.options import packet_limit
+from gateway.sources.mqtt.options import MqttOptions, packet_limit
 
 MIB = 1024 * 1024
 LIMITS = LimitsConfig()
@@ -297,20 +298,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         vm_hwm_mb_at_end=round(final.get("VmHWM", 0) / 1024, 1),
         held_after_flood=held,
         mosquitto_after_flood_mb={k: round(v / 1024, 1) for k, v in mosquitto_flood.items()},
-        bound_mb={
-            "max_buffered_bytes": round(config.batching.max_buffered_bytes / MIB, 1),
-            "inflight_window": round(window_bytes / MIB, 1),
-            "rows": round(rows_bytes / MIB, 1),
-            "idle": round(idle.get("VmRSS", 0) / 1024, 1),
-            "sum_as_briefed": round(
-                (config.batching.max_buffered_bytes + window_bytes + rows_bytes) / MIB
-                + idle.get("VmRSS", 0) / 1024,
-                1,
-            ),
-            "without_overlap": round(
-                (window_bytes + rows_bytes) / MIB + idle.get("VmRSS", 0) / 1024, 1
-            ),
-        },
+        bound_mb=stated_bound(config, idle.get("VmRSS", 0) * 1024, rows_bytes, packet),
+        # What the in-flight window alone would allow, were the gateway to read it all: it
+        # stops reading at its byte bound, so this stays in the broker.
+        inflight_window_mb=round(window_bytes / MIB, 1),
         publish=asdict_outcome(outcome),
         big_messages=big,
         after_restart={
@@ -336,6 +327,31 @@ def asdict_outcome(outcome: Outcome) -> dict[str, Any]:
         "refused": dict(outcome.refused),
         "unanswered": outcome.unanswered,
     }
+
+
+# The caches keyed by what senders choose, at their worst (README: "Memory, bounded in bytes").
+CACHES_MB = {"topic_claims": 36, "activity": 28, "reject_budgets": 5}
+MQTT_INBOX = MqttOptions.max_buffered_bytes
+
+
+def stated_bound(
+    config: GatewayConfig, idle: int, rows_bytes: int, packet: int
+) -> dict[str, float]:
+    """The README's worst case for one MQTT v5 source and one route, its terms in MB."""
+    batching = config.batching
+    routes = len(config.routes)
+    terms = {
+        "idle": idle / MIB,
+        "rows": rows_bytes / MIB,
+        "payloads_and_their_text": 2
+        * (batching.max_buffered_bytes + (routes + 1) * batching.max_bytes)
+        / MIB,
+        "mqtt_read_not_taken": (MQTT_INBOX + packet) / MIB,
+        **CACHES_MB,
+    }
+    rounded = {name: round(value, 1) for name, value in terms.items()}
+    rounded["total"] = round(sum(terms.values()), 1)
+    return rounded
 
 
 def main() -> None:
