@@ -302,6 +302,13 @@ def _row(
 
 
 def _check_tag_count(tags_json: str, limit: int, index: int | None) -> None:
+    """At most `limit` keys, and `limit` KiB in all: counting keys means parsing the object,
+    so an object too large to hold so few reasonable tags is refused by its length alone."""
+    if len(tags_json) > limit * 1024:
+        where = _where(index)
+        raise Reject(
+            "invalid_reading", f"{where}tags of {len(tags_json)} characters, limit {limit} KiB"
+        )
     count = len(_TAGS(tags_json))
     if count > limit:
         raise Reject("invalid_reading", f"{_where(index)}tags has {count} keys, limit {limit}")

@@ -359,7 +359,10 @@ class Pipeline:
             ),
             digest_size=16,
         )
-        key.update(payload)
+        # What the record keeps and the length: enough to know the same message again, without
+        # hashing 256 KiB for every reject of a flood.
+        key.update(kept)
+        key.update(len(payload).to_bytes(8, "big"))
         shown = _storable(identity[:TOPIC_KEPT]) if identity is not None else None
         row = (
             at,

@@ -1,7 +1,7 @@
 -- Reject records hold up under floods and redelivery.
--- `message_key` identifies the message a record is about (its source, position, topic and
--- payload, hashed): a message delivered again after its record was committed, but before its
--- acknowledgement reached the broker, adds no second record. NULL where no message is behind the
+-- `message_key` identifies the message a record is about (its source, position, topic, the
+-- payload's first 256 bytes and its length, hashed): a message delivered again after its record
+-- was committed, but before its acknowledgement reached the broker, adds no second record. NULL where no message is behind the
 -- record (rows the database refused after their message was acknowledged).
 -- `count` is 1 for a record of one message; a summary row (payload empty) counts the rejects of
 -- one sender and reason in one minute beyond `limits.rejects_per_minute`, which were not stored.
