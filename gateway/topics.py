@@ -1,6 +1,6 @@
 """Topic templates such as `devices/{identity}/{stream}`: where the identity claim sits in a topic.
 
-On MQTT the broker's ACL guarantees the `{identity}` level (`pattern write devices/%u/#`), so
+On MQTT the broker's ACL guarantees the `{identity}` level (`pattern write devices/%u/+`), so
 parsing the topic is the identity check; anything that does not fit the template is rejected.
 """
 
@@ -87,7 +87,8 @@ class TopicTemplate:
 
     def subscription(self) -> str:
         """The MQTT filter to subscribe: everything under the identity level, so that topics
-        with extra or missing levels arrive too and are rejected with a record, not ignored."""
+        with extra or missing levels (which the shipped ACL refuses at the broker, and a wider one
+        would not) arrive too and are rejected with a record, not ignored."""
         levels = self.template.split(self._separator)[: self._identity + 1]
         prefix = self._separator.join("+" if level.startswith("{") else level for level in levels)
         return f"{prefix}{self._separator}#"

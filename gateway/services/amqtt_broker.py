@@ -1,5 +1,5 @@
 """The child process of `gateway.services.amqtt.Amqtt`: an amqtt broker with two plugins that
-enforce what Mosquitto's password file and ACL do (`pattern write devices/%u/#`).
+enforce what Mosquitto's password file and ACL do (`pattern write devices/%u/+`).
 
     python -m gateway.services.amqtt_broker CONFIG.json
 """
@@ -55,7 +55,8 @@ class PasswordFile(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no type
 
 
 class DeviceTopics(BaseTopicPlugin):  # type: ignore[misc]
-    """A device publishes only under `devices/<its user name>/`; only the gateway reads."""
+    """A device publishes only one level under `devices/<its user name>/`; only the gateway
+    reads."""
 
     @dataclass
     class Config:
@@ -72,7 +73,8 @@ class DeviceTopics(BaseTopicPlugin):  # type: ignore[misc]
         if not user or not topic:
             return False
         if action == Action.PUBLISH:
-            return topic.startswith(f"devices/{user}/")
+            prefix = f"devices/{user}/"
+            return topic.startswith(prefix) and "/" not in topic[len(prefix) :]
         return user == self.config.gateway_user and topic.startswith("devices/")
 
 

@@ -56,10 +56,12 @@ def mosquitto_binary() -> str | None:
 
 
 def acl_rules(gateway_user: str = "gateway") -> str:
-    """The broker ACL: devices write only their own subtree; the gateway reads all of them."""
+    """The broker ACL: devices write one level under their own name; the gateway reads all."""
     return (
-        "# Every device may publish only under its own user name: the topic is its identity.\n"
-        "pattern write devices/%u/#\n"
+        "# Every device may publish one level under its own user name, which is its identity.\n"
+        "# One level (`+`), not `#`: `#` also matches the parent level, so a user named\n"
+        "# `victim/telemetry` could write `devices/victim/telemetry`, as `victim`.\n"
+        "pattern write devices/%u/+\n"
         "\n"
         "# The gateway reads every device topic, directly or through shared subscriptions.\n"
         f"user {gateway_user}\n"
