@@ -14,6 +14,7 @@ import gc
 import logging
 import signal
 import time
+from functools import partial
 from typing import Any, cast
 
 import asyncpg
@@ -23,7 +24,7 @@ from gateway.batching import BatchPolicy
 from gateway.config import GatewayConfig
 from gateway.contracts import Sink, Source, Table
 from gateway.decoder import DecodeLimits
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, MqttError
 from gateway.http import HttpServer
 from gateway.identities.cache import IdentityCache
 from gateway.identities.provisioning import ProvisionRule
@@ -36,7 +37,7 @@ from gateway.roles.declaration import load_declaration
 from gateway.routes import build_routes, writer_roles
 from gateway.sinks.postgres import PostgresSink
 from gateway.sources.kafka import KafkaSource
-from gateway.sources.mqtt import mqtt_source
+from gateway.sources.mqtt import disconnect_reason, mqtt_source
 from gateway.validation import ConfigError
 
 __all__ = ["Gateway"]
@@ -119,7 +120,10 @@ class Gateway:
         pipeline = self.pipeline
         payload_limit = config.limits.max_payload_bytes
         sources: list[Source[Any]] = [
-            mqtt_source(c, max_payload_bytes=payload_limit) for c in config.sources.mqtt
+            mqtt_source(
+                c, max_payload_bytes=payload_limit, on_lost=partial(self._mqtt_lost, c.name)
+            )
+            for c in config.sources.mqtt
         ]
         sources += [
             KafkaSource(
@@ -155,6 +159,20 @@ class Gateway:
             self._pools[role],
             on_failure=lambda kind: counter.labels(role, name, kind.value).inc(),
         )
+
+    def _mqtt_lost(self, source: str, error: MqttError) -> None:
+        """Count why an MQTT connection ended; a session taken over is said loudly, since only
+        a client with our client id can do that (it is reconnected, taking the session back)."""
+        code = getattr(error, "reason_code", None)
+        reason = "connection" if code is None else disconnect_reason(code)
+        self.metrics.mqtt_connections_lost.labels(source, reason).inc()
+        if reason == "session_taken_over":
+            log.error(
+                "MQTT session of %s taken over by another client with its client id; "
+                "reconnecting to take it back",
+                source,
+                extra={"source": source},
+            )
 
     async def _provision(self, name: str, rule: ProvisionRule) -> None:
         assert self._pools is not None and self._cache is not None

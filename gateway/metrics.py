@@ -102,6 +102,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.mqtt_connections_lost = Counter(
+            "gateway_mqtt_connections_lost_total",
+            "MQTT connections that ended, by the broker's DISCONNECT reason (session_taken_over: "
+            "another client connected with our client id) or `connection`; each is reconnected",
+            ["source", "reason"],
+            registry=r,
+        )
         self.source_restarts = Counter(
             "gateway_source_restarts_total",
             "Times a source's intake failed unexpectedly and was restarted",

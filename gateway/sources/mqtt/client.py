@@ -57,9 +57,11 @@ class MqttClient(Lifecycle):
         options: MqttOptions,
         *,
         on_connection_change: Callable[[bool], None] | None = None,
+        on_lost: Callable[[MqttError], None] | None = None,
     ) -> None:
         self.options = options
         self._on_connection_change = on_connection_change
+        self._on_lost = on_lost
         self._inbox = Inbox("the MQTT client is closed")
         self._backoff = Backoff(
             f"{options.host}:{options.port}",
@@ -229,6 +231,11 @@ class MqttClient(Lifecycle):
                     pass  # the connection ended; handled below like any other loss
             lost = await protocol.wait_closed()
             self._set_disconnected()
+            if self._on_lost is not None:
+                try:
+                    self._on_lost(lost)
+                except Exception:
+                    log.exception("on_lost(%s) failed", lost)
             await backoff.after_loss(lost, connected_at)
 
     def _stop_with(self, error: MqttError) -> None:

@@ -46,6 +46,14 @@ def reason_text(code: enum.IntEnum) -> str:
     return f"{code.name.replace('_', ' ').lower()} ({int(code)})"
 
 
+def disconnect_reason(code: int) -> str:
+    """A DISCONNECT reason as a metric label: `session_taken_over`; `code_<n>` if unknown."""
+    try:
+        return mqtt5.DisconnectReasonCode(code).name.lower()
+    except ValueError:
+        return f"code_{code}"
+
+
 class MqttProtocol(asyncio.Protocol):
     """One connection: writes CONNECT, parses everything, pings, and sends PUBACKs in order.
 

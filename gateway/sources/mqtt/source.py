@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from gateway.config import LimitsConfig, MqttSourceConfig
 from gateway.contracts import Source
+from gateway.errors import MqttError
 from gateway.sources.mqtt.client import MqttClient
 from gateway.sources.mqtt.message import Message
 from gateway.sources.mqtt.options import MqttOptions, packet_limit
@@ -65,6 +66,7 @@ class MqttSource(MqttSourceBase):
         config: MqttSourceConfig,
         *,
         on_connection_change: Callable[[bool], None] | None = None,
+        on_lost: Callable[[MqttError], None] | None = None,
         max_payload_bytes: int = DEFAULT_PAYLOAD_LIMIT,
     ) -> None:
         super().__init__(config)
@@ -83,7 +85,9 @@ class MqttSource(MqttSourceBase):
             server_hostname=config.host if config.tls else None,
             max_packet_size=packet_limit(max_payload_bytes),
         )
-        self.client = MqttClient(options, on_connection_change=on_connection_change)
+        self.client = MqttClient(
+            options, on_connection_change=on_connection_change, on_lost=on_lost
+        )
 
     @property
     def connected(self) -> bool:
