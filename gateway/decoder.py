@@ -141,7 +141,7 @@ def decode(
         raise Reject("invalid_text", "text contains NUL (\\u0000), which PostgreSQL cannot store")
     try:
         body = _parse(payload)
-    except RecursionError:  # unreachable after the depth check; kept as the parser's own bound
+    except RecursionError:  # what was not measured first (above) still ends in a clean reject
         raise Reject("too_deeply_nested", "nesting deeper than the parser allows") from None
     except msgspec.ValidationError as exc:
         reason = "non_finite_value" if str(exc).startswith("Number out of range") else None

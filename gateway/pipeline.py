@@ -199,12 +199,17 @@ class Pipeline:
             self._capacity.clear()
 
     def _unclaimed(self, source: Source[M], message: M, reason: str, at: int) -> None:
-        topic = message.topic
-        if len(topic) > self._max_topic:
-            detail = f"topic of {len(topic)} characters, limit {self._max_topic}"
-            self._reject(source, message, "topic_too_long", None, detail, at)
-        else:
+        if not self._topic_too_long(source, message, at):
             self._reject(source, message, reason, None, "no identity claim", at)
+
+    def _topic_too_long(self, source: Source[M], message: M, at: int) -> bool:
+        """Reject a topic longer than the limit, whatever it claims; says whether it did."""
+        length = len(message.topic)
+        if length <= self._max_topic:
+            return False
+        detail = f"topic of {length} characters, limit {self._max_topic}"
+        self._reject(source, message, "topic_too_long", None, detail, at)
+        return True
 
     def _unrouted(
         self, source: Source[M], message: M, identity: str, role: str, stream: str, at: int
@@ -236,8 +241,7 @@ class Pipeline:
     def _unknown_identity(
         self, source: Source[M], message: M, identity: str, received_at: int
     ) -> None:
-        if len(message.topic) > self._max_topic:
-            self._unclaimed(source, message, "", received_at)
+        if self._topic_too_long(source, message, received_at):
             return
         if NAME_PATTERN.fullmatch(identity) is None:
             # Not a name the registry could hold: not stored, not provisioned, not counted.
@@ -478,11 +482,10 @@ class Pipeline:
         """The table refuses every write: send its streams' messages to rejects, whole, until
         a probe finds it writable again; every other route keeps flowing meanwhile."""
         key = (route.role, route.table)
+        held = key in self._held_errors
         self._held_errors[key] = error
-        if any(
-            held.table == route.table and held.role == route.role for held in self._held.values()
-        ):
-            return  # already held, and probed
+        if held:
+            return  # and probed already
         for (role, stream), other in list(self._routes.items()):
             if other.role == route.role and other.table == route.table:
                 self._held[(role, stream)] = self._routes.pop((role, stream))
