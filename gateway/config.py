@@ -29,9 +29,14 @@ from gateway.validation import ConfigError, from_pydantic
 
 __all__ = [
     "BatchingConfig",
+    "BrokersConfig",
     "DatabaseConfig",
     "GatewayConfig",
+    "KafkaAccountsConfig",
+    "KafkaConnection",
     "KafkaSourceConfig",
+    "MosquittoAccountsConfig",
+    "MqttConnection",
     "MqttSourceConfig",
     "RouteConfig",
     "Secret",
@@ -112,19 +117,15 @@ class DatabaseConfig(Section):
     """libpq-style TLS mode for every pool."""
 
 
-class MqttSourceConfig(Section):
-    """One MQTT session (optionally in a shared-subscription group) feeding the gateway."""
+class MqttConnection(Section):
+    """Where an MQTT broker is and how to log in to it."""
 
-    name: str = Field(default="mqtt", pattern=r"^[A-Za-z0-9_.-]+$")
-    """Source name in metrics, logs and rejects."""
     host: str = "127.0.0.1"
     """Broker host."""
     port: int = Field(default=1883, ge=1, le=65535)
     """Broker port."""
-    protocol: Literal["5", "3.1.1"] = "5"
-    """MQTT version: 5 uses the fast built-in client; 3.1.1 the aiomqtt compatibility transport."""
     username: str | None = None
-    """Broker user of the gateway (the ACL lets it read `devices/#`)."""
+    """Broker user."""
     password: Secret | None = None
     """Where the broker password is."""
     tls: bool = False
@@ -135,6 +136,16 @@ class MqttSourceConfig(Section):
     """Client certificate, for brokers that authenticate by certificate."""
     key_file: Path | None = None
     """Client certificate's private key."""
+
+
+class MqttSourceConfig(MqttConnection):
+    """One MQTT session (optionally in a shared-subscription group) feeding the gateway. Its
+    `username` is the gateway's broker account, bound to `client_id` so no device can take it."""
+
+    name: str = Field(default="mqtt", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Source name in metrics, logs and rejects."""
+    protocol: Literal["5", "3.1.1"] = "5"
+    """MQTT version: 5 uses the fast built-in client; 3.1.1 the aiomqtt compatibility transport."""
     client_id: str = Field(default="gateway-1", min_length=1, max_length=64)
     """Session identity at the broker: one per pod, stable across restarts."""
     session_expiry: int = Field(default=3600, ge=0)
@@ -165,12 +176,9 @@ class MqttSourceConfig(Section):
         return f"$share/{self.share_group}/{topic}" if self.share_group else topic
 
 
-class KafkaSourceConfig(Section):
-    """A consumer group over topics whose producers Kafka's ACLs restrict (e.g. a trusted
-    bridge): the identity claim comes from the record key, a header, or the topic name."""
+class KafkaConnection(Section):
+    """Where a Kafka cluster is and how to log in to it."""
 
-    name: str = Field(default="kafka", pattern=r"^[A-Za-z0-9_.-]+$")
-    """Source name in metrics, logs and rejects."""
     bootstrap_servers: str = "127.0.0.1:9092"
     """Comma-separated broker addresses."""
     security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
@@ -178,7 +186,7 @@ class KafkaSourceConfig(Section):
     sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-256"
     """SASL mechanism."""
     username: str | None = None
-    """SASL user of the gateway (needs Read on the topics and the group)."""
+    """SASL user."""
     password: Secret | None = None
     """Where the SASL password is."""
     ca_file: Path | None = None
@@ -187,6 +195,22 @@ class KafkaSourceConfig(Section):
     """Client certificate for SSL authentication."""
     key_file: Path | None = None
     """Client certificate's private key."""
+
+    def _check_credentials(self) -> None:
+        """Called last by each subclass's validator, so its own problems are named first."""
+        if self.security_protocol.startswith("SASL") and not (self.username and self.password):
+            raise ValueError(f"{self.security_protocol} needs `username` and `password`")
+
+
+class KafkaSourceConfig(KafkaConnection):
+    """A consumer group over topics whose writers Kafka's ACLs restrict: the identity claim
+    comes from the topic name (each identity's topic writable only by its own principal), or
+    from the record key or a header on topics that only `trusted_producers` may write (e.g. a
+    bridge). The gateway checks the cluster's ACLs for this at start and while it runs; its
+    `username` needs Read on the topics and the group, and Describe on the cluster."""
+
+    name: str = Field(default="kafka", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Source name in metrics, logs and rejects."""
     group_id: str = "m2m-gateway"
     """Consumer group: pods in one group split the partitions."""
     client_id: str = "m2m-gateway"
@@ -197,6 +221,13 @@ class KafkaSourceConfig(Section):
     """Regular expression of topics to consume, instead of `topics`."""
     identity_from: str = Field(default="key", pattern=r"^(key|header:.+|topic:.+)$")
     """`key`, `header:<name>`, or `topic:<template>` such as `telemetry.{identity}`."""
+    trusted_producers: list[Annotated[str, StringConstraints(pattern=r"^User:.+$")]] = []
+    """Principals (`User:<name>`) that may write these topics for any identity, such as an
+    MQTT-to-Kafka bridge. With key or header claims every writer must be one of them; with
+    topic claims, each identity's topic may be written by its own principal and by these."""
+    acl_check_interval: float = Field(default=5, gt=0)
+    """Seconds between checks of the cluster's ACLs while running: a writer the claims do not
+    allow stops intake from this source until the ACL is gone."""
     stream: str = "telemetry"
     """Route stream of the records (unless the topic template has `{stream}`)."""
     max_poll_records: int = Field(default=10_000, ge=1)
@@ -223,8 +254,7 @@ class KafkaSourceConfig(Section):
                 TopicTemplate(self.identity_from.removeprefix("topic:"), separator=".")
             except ConfigError as exc:
                 raise ValueError("; ".join(m for _, m in exc.problems)) from None
-        if self.security_protocol.startswith("SASL") and not (self.username and self.password):
-            raise ValueError(f"{self.security_protocol} needs `username` and `password`")
+        self._check_credentials()
         return self
 
 
@@ -308,6 +338,61 @@ class LimitsConfig(Section):
     """Readings further in the future than this are rejected too."""
 
 
+class MosquittoAccountsConfig(MqttConnection):
+    """Mosquitto's dynamic-security plugin, where identities' broker accounts are kept: its
+    admin account (`username`, `password`) is what the registry's commands log in as."""
+
+    username: str | None = "admin"
+    """Dynamic-security admin account."""
+    client_id: str = Field(default="gateway-accounts", min_length=1, max_length=64)
+    """Client id of the admin connection."""
+    gateway_clients: list[Annotated[str, StringConstraints(pattern=r"^[^/+#]{1,64}$")]] = []
+    """Client ids of the gateway pods (e.g. `gateway-0`, `gateway-1`): each gets an account of
+    that name, bound to that client id, in `gateway_role`, with `gateway_password`."""
+    gateway_password: Secret | None = None
+    """Where the gateway accounts' password is (the pods' `sources.mqtt.password`)."""
+    gateway_role: str = "gateway"
+    """Dynamic-security role of the gateway accounts: subscribe to every device topic."""
+    device_topic: str = "devices/{identity}/+"
+    """The one topic filter a device may publish to, as the broker's ACL file states it with
+    `%u` (`pattern write devices/%u/+`); the audit compares accounts against it."""
+
+
+class KafkaAccountsConfig(KafkaConnection):
+    """Kafka, where identities get SCRAM credentials and Write ACLs through the admin
+    protocol; `username` must be allowed to alter SCRAM credentials and ACLs."""
+
+    mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-256"
+    """SCRAM mechanism of the identities' credentials."""
+    iterations: int = Field(default=4096, ge=4096, le=16384)
+    """SCRAM iterations (Kafka accepts 4096 to 16384)."""
+    topic_template: str | None = "telemetry.{identity}"
+    """Each identity's own topic, which only its principal may write (a literal ACL; a prefixed
+    one when the template goes on after `{identity}`). None: identities get credentials only."""
+    unmanaged: list[Annotated[str, StringConstraints(pattern=r"^User:.+$")]] = []
+    """Principals that are not identities and are left alone (the gateway's own, bridges,
+    operators); any other principal is reported when it is not an active identity."""
+
+    @model_validator(mode="after")
+    def _template(self) -> KafkaAccountsConfig:
+        if self.topic_template is not None:
+            try:
+                TopicTemplate(self.topic_template, separator=".")
+            except ConfigError as exc:
+                raise ValueError("; ".join(m for _, m in exc.problems)) from None
+        self._check_credentials()
+        return self
+
+
+class BrokersConfig(Section):
+    """Brokers whose accounts follow the identity registry."""
+
+    mosquitto: MosquittoAccountsConfig | None = None
+    """Mosquitto with the dynamic-security plugin."""
+    kafka: KafkaAccountsConfig | None = None
+    """Kafka with SCRAM and an ACL authorizer."""
+
+
 class HttpConfig(Section):
     host: str = "0.0.0.0"
     """Address of `/metrics`, `/healthz` and `/readyz`."""
@@ -335,6 +420,8 @@ class GatewayConfig(BaseSettings):
     """When batches are written, and how much may wait in memory."""
     identities: IdentitiesConfig = IdentitiesConfig()
     """Policy for identities the registry does not know."""
+    brokers: BrokersConfig = BrokersConfig()
+    """Broker accounts kept from the registry (`gateway brokers plan|apply`)."""
     limits: LimitsConfig = LimitsConfig()
     """What a message may be."""
     http: HttpConfig = HttpConfig()
