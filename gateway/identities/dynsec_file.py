@@ -1,0 +1,137 @@
+"""The dynamic-security plugin's JSON file, written directly while the broker is stopped.
+
+The plugin rewrites its whole file after every command, so creating a fleet through it is
+quadratic (500 accounts on a 1 MB file took 13 s here). A fleet is written here instead, in one
+atomic replacement, and the broker reads it when it starts. Passwords are stored as the plugin
+stores them: PBKDF2-SHA512, base64 hash and base64 12-byte salt; hashing is the cost, so many
+accounts are hashed in a process pool.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import multiprocessing
+import os
+import secrets
+import tempfile
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from gateway.identities.dynsec import NewAccount
+
+__all__ = ["ADMIN_ROLE", "hash_password", "init_file", "write_accounts"]
+
+ADMIN_ROLE = "admin"
+ITERATIONS = 101  # what the plugin itself uses
+
+# Below this, starting worker processes costs more than hashing in this one.
+_POOL_FROM = 2000
+
+# What `mosquitto_ctrl dynsec init` grants its admin: the plugin's control topics and $SYS, and
+# reading (not writing) everything else for inspection.
+_ADMIN_ACLS = [
+    ("publishClientSend", "$CONTROL/dynamic-security/#"),
+    ("publishClientReceive", "$CONTROL/dynamic-security/#"),
+    ("subscribePattern", "$CONTROL/dynamic-security/#"),
+    ("publishClientReceive", "$SYS/#"),
+    ("subscribePattern", "$SYS/#"),
+    ("publishClientReceive", "#"),
+    ("subscribePattern", "#"),
+    ("unsubscribePattern", "#"),
+]
+_DEFAULT_ACCESS = {
+    "publishClientSend": False,
+    "publishClientReceive": True,
+    "subscribe": False,
+    "unsubscribe": True,
+}
+
+
+def hash_password(
+    password: str, *, salt: bytes | None = None, iterations: int = ITERATIONS
+) -> tuple[str, str]:
+    """(hash, salt), both base64, as the plugin stores and checks them."""
+    salt = secrets.token_bytes(12) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return base64.b64encode(digest).decode(), base64.b64encode(salt).decode()
+
+
+def init_file(path: Path, admin_username: str, admin_password: str) -> None:
+    """A starting file as `mosquitto_ctrl dynsec init` writes it: the admin and its role."""
+    password, salt = hash_password(admin_password)
+    document = {
+        "clients": [
+            {
+                "username": admin_username,
+                "textname": "Dynsec admin user",
+                "password": password,
+                "salt": salt,
+                "iterations": ITERATIONS,
+                "roles": [{"rolename": ADMIN_ROLE}],
+            }
+        ],
+        "roles": [
+            {
+                "rolename": ADMIN_ROLE,
+                "acls": [{"acltype": t, "topic": topic, "allow": True} for t, topic in _ADMIN_ACLS],
+            }
+        ],
+        "defaultACLAccess": dict(_DEFAULT_ACCESS),
+    }
+    _replace(path, document)
+
+
+def write_accounts(
+    path: Path, accounts: Iterable[NewAccount], *, disabled: Iterable[str] = ()
+) -> int:
+    """Create or replace these clients in the file (roles must exist there or be made by the
+    caller); the names in `disabled` are written disabled. Returns how many were written."""
+    document: dict[str, Any] = json.loads(path.read_text())
+    wanted = list(accounts)
+    off = set(disabled)
+    hashes = _hash_all([a.password for a in wanted])
+    written = {}
+    for account, (password, salt) in zip(wanted, hashes, strict=True):
+        client: dict[str, Any] = {
+            "username": account.username,
+            "clientid": account.client_id,
+            "password": password,
+            "salt": salt,
+            "iterations": ITERATIONS,
+            "roles": [{"rolename": role} for role in account.roles],
+        }
+        if account.text_name is not None:
+            client["textname"] = account.text_name
+        if account.username in off:
+            client["disabled"] = True
+        written[account.username] = client
+    kept = [c for c in document.get("clients", []) if c.get("username") not in written]
+    document["clients"] = kept + list(written.values())
+    _replace(path, document)
+    return len(written)
+
+
+def _hash_all(passwords: Sequence[str]) -> list[tuple[str, str]]:
+    if len(passwords) < _POOL_FROM:
+        return [hash_password(p) for p in passwords]
+    # Not fork: the caller may have threads (an event loop's executor), and fork copies their locks.
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=context) as pool:
+        return list(pool.map(hash_password, passwords, chunksize=1000))
+
+
+def _replace(path: Path, document: dict[str, Any]) -> None:
+    """Write beside the file, then rename over it: the broker never reads half a file."""
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as out:
+            os.fchmod(out.fileno(), 0o600)
+            json.dump(document, out, separators=(",", ":"))
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
