@@ -85,6 +85,22 @@ class TopicTemplate:
         stream = parts[self._stream] if self._stream >= 0 else self.default_stream
         return identity, stream
 
+    def identity_topics(self, identity: str) -> tuple[str, bool]:
+        """Where `identity` alone may write: `(name, False)` for the one topic of a template that
+        ends at `{identity}`, `(prefix, True)` for every topic under `<levels>/<identity>/` when
+        levels follow it. Raises ConfigError when a varying level comes before `{identity}`:
+        no one name or prefix would then be that identity's alone."""
+        levels = self.template.split(self._separator)
+        if self._stream >= 0 and self._stream < self._identity:
+            raise ConfigError(
+                f"topic template {self.template!r}",
+                [("template", "`{stream}` before `{identity}` leaves no topic to one identity")],
+            )
+        head = self._separator.join([*levels[: self._identity], identity])
+        if self._identity == self._levels - 1:
+            return head, False
+        return head + self._separator, True
+
     def subscription(self) -> str:
         """The MQTT filter to subscribe: everything under the identity level, so that topics
         with extra or missing levels (which the shipped ACL refuses at the broker, and a wider one

@@ -59,6 +59,11 @@ SELECT at, actor, db_user, action, subject, before, after FROM gateway.audit_log
  WHERE subject = $1 ORDER BY at DESC, id DESC LIMIT $2
 """
 
+STATES = (
+    "SELECT i.name, i.status, r.name AS role FROM gateway.identities i"
+    " JOIN gateway.roles r ON r.id = i.role_id"
+)
+
 # What the data plane recorded for the identity over the last day (gateway.identity_activity).
 ACTIVITY = """
 SELECT coalesce(sum(rows), 0) AS rows, coalesce(sum(rejects), 0) AS rejects,
@@ -342,6 +347,15 @@ class Registry:
             arguments.append(await self._any_role_id(role))
         rows = await self._conn.fetch(_page_sql(role is not None, statuses), *arguments)
         return [identity_from_row(row) for row in rows]
+
+    async def states(self, names: Sequence[str] | None = None) -> dict[str, tuple[Status, str]]:
+        """Status and role name of the named identities (of all when None), which is what their
+        broker accounts follow; names that are not registered are left out."""
+        if names is None:
+            rows = await self._conn.fetch(STATES)
+        else:
+            rows = await self._conn.fetch(f"{STATES} WHERE i.name = ANY($1::text[])", list(names))
+        return {row["name"]: (row["status"], row["role"]) for row in rows}
 
     async def count(self, role: str | None = None, status: Status | None = None) -> int:
         """How many identities match, without scanning them."""

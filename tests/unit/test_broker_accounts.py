@@ -1,0 +1,195 @@
+"""The broker-account plans: what the registry says against what the brokers hold."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import KafkaAccountsConfig, MosquittoAccountsConfig
+from gateway.identities.accounts import (
+    AccountPlan,
+    gateway_role_acls,
+    identity_binding,
+    new_credentials,
+    plan_kafka,
+    plan_mosquitto,
+)
+from gateway.identities.dynsec import DynsecAccount
+from gateway.kafka_admin import AclBinding
+
+MOSQUITTO = MosquittoAccountsConfig(gateway_clients=["gateway-0"])
+KAFKA = KafkaAccountsConfig(unmanaged=["User:bridge"])
+GATEWAY = DynsecAccount("gateway-0", "gateway-0", False, ("gateway",))
+
+
+def device(name: str, *, client_id: str | None = None, disabled: bool = False) -> DynsecAccount:
+    return DynsecAccount(name, client_id or name, disabled)
+
+
+def actions(changes: list) -> set[tuple[str, str]]:  # type: ignore[type-arg]
+    return {(c.action, c.name) for c in changes}
+
+
+def test_mosquitto_follows_the_registry_both_ways() -> None:
+    identities = {
+        "new": ("active", "telemetry_ingest"),
+        "ok": ("active", "telemetry_ingest"),
+        "off": ("active", "telemetry_ingest"),
+        "gone": ("retired", "telemetry_ingest"),
+        "gone-off": ("retired", "telemetry_ingest"),
+        "moved": ("active", "telemetry_ingest"),
+        "wide": ("active", "telemetry_ingest"),
+    }
+    live = {
+        "admin": DynsecAccount("admin", None, False, ("admin",)),
+        "gateway-0": GATEWAY,
+        "ok": device("ok"),
+        "off": device("off", disabled=True),
+        "gone": device("gone"),
+        "gone-off": device("gone-off", disabled=True),
+        "moved": device("moved", client_id="gateway-1"),
+        "wide": DynsecAccount("wide", "wide", False, ("admin",), ("all",)),
+        "stray": device("stray"),
+    }
+    changes = plan_mosquitto(identities, live, MOSQUITTO)
+    assert actions(changes) == {
+        ("create", "new"),
+        ("enable", "off"),
+        ("disable", "gone"),
+        ("bind", "moved"),
+        ("roles", "wide"),
+        ("disable", "stray"),
+    }
+
+
+def test_mosquitto_gateway_accounts_are_bound_and_hold_only_the_gateway_role() -> None:
+    live = {"gateway-0": DynsecAccount("gateway-0", None, True, ("gateway", "admin"))}
+    assert actions(plan_mosquitto({}, live, MOSQUITTO)) == {
+        ("enable", "gateway-0"),
+        ("bind", "gateway-0"),
+        ("roles", "gateway-0"),
+    }
+    assert actions(plan_mosquitto({}, {}, MOSQUITTO)) == {("create", "gateway-0")}
+
+
+def test_an_identity_named_like_a_gateway_account_gets_no_account() -> None:
+    identities = {"gateway-0": ("active", "telemetry_ingest")}
+    changes = plan_mosquitto(identities, {"gateway-0": GATEWAY}, MOSQUITTO)
+    assert actions(changes) == {("report", "gateway-0")}
+
+
+def test_mosquitto_plan_for_named_identities_ignores_the_rest() -> None:
+    identities = {"gone": ("retired", "r")}
+    live = {"gone": device("gone"), "stray": device("stray")}
+    changes = plan_mosquitto(identities, live, MOSQUITTO, names=["gone", "unknown"])
+    assert actions(changes) == {("disable", "gone")}
+
+
+def test_mosquitto_widened_defaults_and_gateway_role_are_found() -> None:
+    wanted = tuple((t, topic, True) for t, topic in gateway_role_acls(MOSQUITTO))
+    live = {"gateway-0": GATEWAY}
+    clean = plan_mosquitto(
+        {},
+        live,
+        MOSQUITTO,
+        gateway_acls={"gateway": wanted},
+        default_access={"publishClientSend": False, "subscribe": False},
+    )
+    assert clean == []
+    widened = plan_mosquitto(
+        {},
+        live,
+        MOSQUITTO,
+        gateway_acls={"gateway": (*wanted, ("publishClientSend", "#", True))},
+        default_access={"publishClientSend": True, "subscribe": False},
+    )
+    assert actions(widened) == {("role_acls", "gateway"), ("report", "defaultACLAccess")}
+
+
+def test_gateway_role_reads_every_device_topic_directly_and_shared() -> None:
+    assert gateway_role_acls(MOSQUITTO) == (
+        ("subscribePattern", "devices/#"),
+        ("subscribePattern", "$share/+/devices/#"),
+    )
+
+
+def write(principal: str, topic: str, pattern: str = "literal") -> AclBinding:
+    return AclBinding("topic", topic, pattern, principal, "write")
+
+
+def test_kafka_identity_binding_follows_the_template() -> None:
+    assert identity_binding(KAFKA, "a") == write("User:a", "telemetry.a")
+    prefixed = KafkaAccountsConfig(topic_template="telemetry.{identity}.{stream}")
+    assert identity_binding(prefixed, "a") == write("User:a", "telemetry.a.", "prefixed")
+    assert identity_binding(KafkaAccountsConfig(topic_template=None), "a") is None
+
+
+def test_kafka_follows_the_registry_both_ways() -> None:
+    identities = {
+        "new": ("active", "r"),
+        "ok": ("active", "r"),
+        "gone": ("retired", "r"),
+    }
+    users = {"ok": ("SCRAM-SHA-256",), "gone": ("SCRAM-SHA-256",), "stranger": ("SCRAM-SHA-256",)}
+    bindings = [
+        write("User:ok", "telemetry.ok"),
+        write("User:ok", "telemetry.new"),  # another identity's topic
+        write("User:gone", "telemetry.gone"),
+        write("User:stranger", "telemetry.ok"),
+        write("User:stranger", "telemetry.", "prefixed"),  # every identity's topic
+        write("User:bridge", "telemetry.", "prefixed"),  # declared unmanaged: left alone
+        write("User:stranger", "other-topic"),  # not an identity's: not ours
+    ]
+    changes = plan_kafka(identities, users, bindings, KAFKA)
+    assert actions(changes) == {
+        ("create", "new"),
+        ("grant", "new"),
+        ("revoke", "ok"),
+        ("delete", "gone"),
+        ("revoke", "gone"),
+        ("revoke", "stranger"),
+        ("report", "stranger"),
+    }
+    revoked = {str(c.binding) for c in changes if c.action == "revoke"}
+    assert str(write("User:ok", "telemetry.new")) in revoked
+    assert str(write("User:stranger", "telemetry.", "prefixed")) in revoked
+    assert str(write("User:bridge", "telemetry.", "prefixed")) not in revoked
+
+
+def test_a_prefix_is_bound_only_when_it_ends_after_the_name() -> None:
+    config = KafkaAccountsConfig(topic_template="telemetry.{identity}.{stream}")
+    identities = {"a": ("active", "r"), "a2": ("active", "r")}
+    users = {"a": ("SCRAM-SHA-256",), "a2": ("SCRAM-SHA-256",)}
+    bindings = [
+        write("User:a", "telemetry.a.", "prefixed"),
+        write("User:a2", "telemetry.a2.", "prefixed"),
+        write("User:a", "telemetry.a", "prefixed"),  # also covers telemetry.a2.*
+    ]
+    changes = plan_kafka(identities, users, bindings, config)
+    assert [(c.action, str(c.binding)) for c in changes] == [
+        ("revoke", str(write("User:a", "telemetry.a", "prefixed")))
+    ]
+
+
+def test_new_credentials_are_generated_unless_supplied() -> None:
+    from gateway.identities.accounts import AccountChange
+
+    plan = AccountPlan(
+        (
+            AccountChange("mosquitto", "create", "a", ""),
+            AccountChange("kafka", "create", "a", ""),
+            AccountChange("kafka", "create", "b", ""),
+        )
+    )
+    credentials = new_credentials(plan, {"b": "given"})
+    assert credentials["b"].password == "given"
+    assert len(credentials["a"].password) >= 32
+    assert "given" not in repr(credentials)
+
+
+@pytest.mark.parametrize("limit", [1, 50])
+def test_a_plan_renders_within_its_limit(limit: int) -> None:
+    from gateway.identities.accounts import AccountChange
+
+    plan = AccountPlan(tuple(AccountChange("kafka", "grant", f"n{i}", "") for i in range(10)))
+    text = plan.render(limit)
+    assert text.count("\n") == min(limit, 10) + (1 if limit < 10 else 0)
