@@ -62,7 +62,8 @@ class DynsecAccount:
 
 @dataclass(frozen=True, slots=True)
 class NewAccount:
-    """An account to create: `client_id` is bound, so no other client id may log in as it."""
+    """An account to create: `client_id` is bound, so no other client id may log in as it (an
+    empty one leaves the account unbound, as for a test broker's shared gateway account)."""
 
     username: str
     password: str = field(repr=False)
@@ -273,9 +274,10 @@ class Dynsec:
                 command="createClient",
                 username=account.username,
                 password=account.password,
-                clientid=account.client_id,
                 roles=[{"rolename": role} for role in account.roles],
             )
+            if account.client_id:
+                command["clientid"] = account.client_id
             if account.text_name is not None:
                 command["textname"] = account.text_name
             commands.append(command)
@@ -368,3 +370,14 @@ class Dynsec:
         return {
             acl["acltype"]: bool(acl["allow"]) for acl in response.get("data", {}).get("acls", ())
         }
+
+    async def set_default_access(self, access: Mapping[str, bool]) -> None:
+        """setDefaultACLAccess: change only the given kinds (e.g. publishClientReceive False)."""
+        await self._checked(
+            [
+                _Command(
+                    command="setDefaultACLAccess",
+                    acls=[{"acltype": kind, "allow": allow} for kind, allow in access.items()],
+                )
+            ]
+        )

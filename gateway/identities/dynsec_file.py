@@ -16,14 +16,14 @@ import multiprocessing
 import os
 import secrets
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from gateway.identities.dynsec import NewAccount
 
-__all__ = ["ADMIN_ROLE", "hash_password", "init_file", "write_accounts"]
+__all__ = ["ADMIN_ROLE", "hash_password", "init_file", "write_accounts", "write_role"]
 
 ADMIN_ROLE = "admin"
 ITERATIONS = 101  # what the plugin itself uses
@@ -60,8 +60,15 @@ def hash_password(
     return base64.b64encode(digest).decode(), base64.b64encode(salt).decode()
 
 
-def init_file(path: Path, admin_username: str, admin_password: str) -> None:
-    """A starting file as `mosquitto_ctrl dynsec init` writes it: the admin and its role."""
+def init_file(
+    path: Path,
+    admin_username: str,
+    admin_password: str,
+    *,
+    default_access: Mapping[str, bool] | None = None,
+) -> None:
+    """A starting file as `mosquitto_ctrl dynsec init` writes it: the admin and its role, and
+    the default access given here in place of the tool's."""
     password, salt = hash_password(admin_password)
     document = {
         "clients": [
@@ -80,7 +87,7 @@ def init_file(path: Path, admin_username: str, admin_password: str) -> None:
                 "acls": [{"acltype": t, "topic": topic, "allow": True} for t, topic in _ADMIN_ACLS],
             }
         ],
-        "defaultACLAccess": dict(_DEFAULT_ACCESS),
+        "defaultACLAccess": {**_DEFAULT_ACCESS, **(default_access or {})},
     }
     _replace(path, document)
 
@@ -88,8 +95,9 @@ def init_file(path: Path, admin_username: str, admin_password: str) -> None:
 def write_accounts(
     path: Path, accounts: Iterable[NewAccount], *, disabled: Iterable[str] = ()
 ) -> int:
-    """Create or replace these clients in the file (roles must exist there or be made by the
-    caller); the names in `disabled` are written disabled. Returns how many were written."""
+    """Create or replace these clients in the file (their roles must exist there: see
+    `write_role`); the names in `disabled` are written disabled; an empty `client_id` leaves an
+    account unbound. Returns how many were written."""
     document: dict[str, Any] = json.loads(path.read_text())
     wanted = list(accounts)
     off = set(disabled)
@@ -98,12 +106,13 @@ def write_accounts(
     for account, (password, salt) in zip(wanted, hashes, strict=True):
         client: dict[str, Any] = {
             "username": account.username,
-            "clientid": account.client_id,
             "password": password,
             "salt": salt,
             "iterations": ITERATIONS,
             "roles": [{"rolename": role} for role in account.roles],
         }
+        if account.client_id:
+            client["clientid"] = account.client_id
         if account.text_name is not None:
             client["textname"] = account.text_name
         if account.username in off:
@@ -113,6 +122,20 @@ def write_accounts(
     document["clients"] = kept + list(written.values())
     _replace(path, document)
     return len(written)
+
+
+def write_role(path: Path, role: str, acls: Sequence[tuple[str, str]]) -> None:
+    """Create or replace a role in the file with exactly these allow ACLs (acltype, topic)."""
+    document: dict[str, Any] = json.loads(path.read_text())
+    roles = [r for r in document.get("roles", []) if r.get("rolename") != role]
+    roles.append(
+        {
+            "rolename": role,
+            "acls": [{"acltype": t, "topic": topic, "allow": True} for t, topic in acls],
+        }
+    )
+    document["roles"] = roles
+    _replace(path, document)
 
 
 def _hash_all(passwords: Sequence[str]) -> list[tuple[str, str]]:

@@ -1,8 +1,13 @@
-"""A Mosquitto broker on loopback, with passwords and the ACL that makes identity broker-enforced.
+"""A Mosquitto broker on loopback whose accounts live in the dynamic-security plugin.
 
-The ACL is the security boundary of the MQTT path: a device may publish only under
-`devices/<its user name>/`, so the identity the gateway reads from the topic was checked by the
-broker. The same rules ship in `deploy/mosquitto/aclfile` (a test keeps the two equal).
+Two things make identity broker-enforced. The ACL file's one line lets a device publish only one
+level under `devices/<its user name>/` (the plugin in Mosquitto 2.0.11 does not substitute `%u`
+in its own ACLs, so that line stays in a file; the same rules ship in `deploy/mosquitto/aclfile`
+and a test keeps the two equal). The plugin holds the accounts: each device's is bound to its
+name as client id, so no device can take another's session or the gateway's; the gateway's
+accounts are in a role that may subscribe to every device topic. Accounts of a running broker
+are made through the plugin (`gateway.identities.dynsec`), those of a stopped one straight into
+its file (`gateway.identities.dynsec_file`).
 
 With `tls=True` a second listener speaks TLS with a certificate for `localhost` and 127.0.0.1,
 signed by a throwaway CA from `gateway.services.certificates` (`ca_file`), so clients can be
@@ -11,30 +16,38 @@ tested both with and without the CA they need to trust.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shutil
-import signal
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from gateway.config import MosquittoAccountsConfig, Secret
+from gateway.identities.dynsec import Dynsec, NewAccount
+from gateway.identities.dynsec_file import init_file, write_accounts, write_role
 from gateway.services._process import (
     LOOPBACK,
     LocalService,
     ServiceError,
     ServiceProcess,
     free_port,
-    run_tool,
 )
 from gateway.services.certificates import CertificateAuthority
 from gateway.sources.mqtt.options import DEFAULT_PACKET_LIMIT
 
 __all__ = [
     "BROKER_LIMITS",
+    "DEFAULT_ACCESS",
+    "GATEWAY_ACLS",
+    "GATEWAY_ROLE",
     "Mosquitto",
     "MqttBroker",
     "MqttUser",
     "acl_rules",
+    "dynsec_plugin",
     "mosquitto_binary",
 ]
 
@@ -55,18 +68,41 @@ def mosquitto_binary() -> str | None:
     return found if Path(found).exists() else None
 
 
-def acl_rules(gateway_user: str = "gateway") -> str:
-    """The broker ACL: devices write one level under their own name; the gateway reads all."""
+GATEWAY_ROLE = "gateway"
+GATEWAY_ACLS = (
+    ("subscribePattern", "devices/#"),
+    # Mosquitto checks a shared subscription's filter with its `$share/<group>/` prefix.
+    ("subscribePattern", "$share/+/devices/#"),
+    ("publishClientReceive", "devices/#"),
+)
+"""The dynamic-security role of the gateway's accounts: subscribe to every device topic, alone
+or in a shared-subscription group, and receive what is published there."""
+
+DEFAULT_ACCESS = {"publishClientReceive": False}
+"""Unlike `mosquitto_ctrl dynsec init`: what no role grants is not delivered. With the tool's
+default (receive allowed), a device subscribed to `devices/#` got every other device's
+messages: the ACL file let the subscription through and the plugin let delivery through."""
+
+_PLUGIN = "mosquitto_dynamic_security.so"
+
+
+def dynsec_plugin() -> Path | None:
+    """The dynamic-security plugin beside the installed broker (Debian: /usr/lib/<arch>/)."""
+    roots = [Path("/usr/lib"), Path("/usr/local/lib"), Path("/usr/lib64")]
+    candidates = [path for root in roots for path in (root / _PLUGIN, *root.glob(f"*/{_PLUGIN}"))]
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def acl_rules() -> str:
+    """The broker's ACL file: devices write one level under their own name. Everything else
+    (the gateway's subscriptions, the admin's control topics) is granted by the plugin."""
     return (
         "# Every device may publish one level under its own user name, which is its identity.\n"
         "# One level (`+`), not `#`: `#` also matches the parent level, so a user named\n"
         "# `victim/telemetry` could write `devices/victim/telemetry`, as `victim`.\n"
+        "# This line lives here, not in the dynamic-security plugin: the plugin (Mosquitto\n"
+        "# 2.0.11) accepts `%u` in a role's ACL but never substitutes it, so it matches nothing.\n"
         "pattern write devices/%u/+\n"
-        "\n"
-        "# The gateway reads every device topic, directly or through shared subscriptions.\n"
-        f"user {gateway_user}\n"
-        "topic read devices/#\n"
-        "topic read $share/#\n"
     )
 
 
@@ -101,7 +137,12 @@ class MqttBroker(LocalService):
 
 
 class Mosquitto(MqttBroker):
-    """Debian's `mosquitto` with a generated config: no anonymous access, passwords, ACLs.
+    """Debian's `mosquitto` with a generated config: no anonymous access, the dynamic-security
+    plugin for accounts, the ACL file for device topics.
+
+    The plugin's admin is `admin` (`accounts_config()` logs in as it); `gateway` is a shared,
+    unbound account in the gateway role for tests that start many sessions, while
+    `add_gateway(client_id)` makes the product's kind: one account per pod, bound to its client id.
 
     The limits are the shipped ones (`BROKER_LIMITS`) unless given, e.g. `max_inflight_messages`
     to bound an MQTT 3.1.1 client's window, or `max_packet_size=0` for a broker that takes any
@@ -133,16 +174,77 @@ class Mosquitto(MqttBroker):
         }
         """The config lines that bound memory, 0 meaning no limit, as Mosquitto reads them."""
         self.tls_port: int | None = free_port() if tls else None
+        self.admin = MqttUser("admin", secrets.token_urlsafe(16))
+        """The dynamic-security admin: may manage accounts, may not publish to devices."""
         binary = mosquitto_binary()
         if binary is None:
             raise ServiceError(
                 "mosquitto is not installed: run `apt-get install -y mosquitto` (or `make setup`)"
             )
+        plugin = dynsec_plugin()
+        if plugin is None:
+            raise ServiceError(
+                f"Mosquitto's dynamic-security plugin ({_PLUGIN}) is not installed: Debian's "
+                "`mosquitto` package ships it (apt-get install -y mosquitto)"
+            )
         self._binary = binary
+        self._plugin = plugin
 
     @property
-    def password_file(self) -> Path:
-        return self.directory / "passwords"
+    def dynsec_file(self) -> Path:
+        """The plugin's accounts, roles and default access (JSON)."""
+        return self.directory / "dynamic-security.json"
+
+    @property
+    def admin_password_file(self) -> Path:
+        return self.directory / "admin-password"
+
+    @property
+    def gateway_password_file(self) -> Path:
+        return self.directory / "gateway-password"
+
+    def accounts_config(self, **overrides: object) -> MosquittoAccountsConfig:
+        """Where this broker's plugin is, logged in as its admin (password in a 0600 file)."""
+        values: dict[str, object] = {
+            "host": self.host,
+            "port": self.port,
+            "username": self.admin.username,
+            "password": Secret(file=self.admin_password_file),
+            "gateway_password": Secret(file=self.gateway_password_file),
+            "gateway_role": GATEWAY_ROLE,
+        }
+        values.update(overrides)
+        return MosquittoAccountsConfig.model_validate(values)
+
+    def add_users(self, users: list[MqttUser]) -> None:
+        """Device accounts, each bound to its name as client id; an existing account (such as
+        the gateway's) only gets the new password. A running broker takes them at once."""
+        self._upsert([NewAccount(u.username, u.password, u.username) for u in users])
+
+    def add_gateway(self, client_id: str, password: str | None = None) -> MqttUser:
+        """A gateway pod's account: named after its client id, bound to it, in the gateway role."""
+        user = MqttUser(client_id, password or secrets.token_urlsafe(16))
+        self._upsert([NewAccount(client_id, user.password, client_id, roles=(GATEWAY_ROLE,))])
+        return user
+
+    def _upsert(self, accounts: Sequence[NewAccount]) -> None:
+        if not self.running:
+            write_accounts(self.dynsec_file, accounts)
+            return
+        # Callers are synchronous (tests add users between awaits): the plugin's session runs
+        # on a loop of its own, in a thread, while the caller's loop waits.
+        with ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, self._upsert_live(accounts)).result()
+
+    async def _upsert_live(self, accounts: Sequence[NewAccount]) -> None:
+        # A client id of its own: two admin sessions with one id would take over each other.
+        config = self.accounts_config(client_id=f"accounts-{secrets.token_hex(4)}")
+        async with Dynsec(config) as dynsec:
+            existing = await dynsec.accounts()
+            await dynsec.create([a for a in accounts if a.username not in existing])
+            for account in accounts:
+                if account.username in existing:
+                    await dynsec.set_password(account.username, account.password)
 
     @property
     def acl_file(self) -> Path:
@@ -161,29 +263,32 @@ class Mosquitto(MqttBroker):
     def _ca(self) -> CertificateAuthority:
         return CertificateAuthority(self.directory / "tls")
 
-    def add_users(self, users: list[MqttUser]) -> None:
-        """A running broker reloads its password file at once (SIGHUP)."""
-        for user in users:
-            run_tool(
-                ["mosquitto_passwd", "-b", str(self.password_file), user.username, user.password],
-                what=f"adding MQTT user {user.username}",
-            )
-        self._reload()
-
-    def _reload(self) -> None:
-        if self.running and self._process is not None:
-            self._process.process.send_signal(signal.SIGHUP)
-
     async def _prepare(self) -> None:
-        self.password_file.touch(mode=0o600)
-        self.add_users([self.gateway])
-        self.acl_file.write_text(acl_rules(self.gateway.username))
+        for path, secret in (
+            (self.admin_password_file, self.admin.password),
+            (self.gateway_password_file, self.gateway.password),
+        ):
+            path.touch(mode=0o600)
+            path.write_text(secret)
+        init_file(
+            self.dynsec_file,
+            self.admin.username,
+            self.admin.password,
+            default_access=DEFAULT_ACCESS,
+        )
+        write_role(self.dynsec_file, GATEWAY_ROLE, GATEWAY_ACLS)
+        write_accounts(
+            self.dynsec_file,
+            [NewAccount(self.gateway.username, self.gateway.password, "", roles=(GATEWAY_ROLE,))],
+        )
+        self.acl_file.write_text(acl_rules())
         self.acl_file.chmod(0o600)
         (self.directory / "data").mkdir()
         self.config_file.write_text(
             f"listener {self.port} {self.host}\n"
             "allow_anonymous false\n"
-            f"password_file {self.password_file}\n"
+            f"plugin {self._plugin}\n"
+            f"plugin_opt_config_file {self.dynsec_file}\n"
             f"acl_file {self.acl_file}\n"
             "persistence true\n"
             f"persistence_location {self.directory / 'data'}/\n"

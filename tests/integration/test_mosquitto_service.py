@@ -1,4 +1,7 @@
-"""The Mosquitto launcher enforces passwords and the device ACL the gateway's identity rests on."""
+"""The Mosquitto launcher enforces passwords and the device ACL the gateway's identity rests on.
+
+Device accounts are bound to their name as client id, so every device here connects with it.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ REFUSED = r"[Bb]ad user name or password|[Nn]ot authorized"
 
 
 def client(broker: Mosquitto, user: MqttUser, **kwargs: object) -> aiomqtt.Client:
+    kwargs.setdefault("identifier", user.username)
     return aiomqtt.Client(
         broker.host,
         broker.port,
@@ -32,7 +36,7 @@ async def raw_publish(broker: Mosquitto, user: MqttUser, topic: str) -> mqtt5.Pu
     try:
         writer.write(
             mqtt5.ConnectPacket(
-                f"raw-{user.username}", username=user.username, password=user.password.encode()
+                user.username, username=user.username, password=user.password.encode()
             ).write()
         )
         connack, _ = mqtt5.read(memoryview(await reader.read(1024)))
@@ -101,4 +105,4 @@ async def test_devices_cannot_read_other_devices(mosquitto: Mosquitto) -> None:
 
 def test_shipped_acl_is_the_one_the_launcher_enforces() -> None:
     shipped = Path(__file__).parents[2] / "deploy" / "mosquitto" / "aclfile"
-    assert shipped.read_text() == acl_rules("gateway")
+    assert shipped.read_text() == acl_rules()
