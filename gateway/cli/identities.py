@@ -7,6 +7,7 @@ Tables for people by default, `--json` for scripts. Every change is audited unde
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -15,9 +16,25 @@ from typing import IO, Any
 import asyncpg
 import orjson
 
+from gateway import trail
+from gateway.cli.brokers import (
+    add_broker_options,
+    brokers_config,
+    read_credentials,
+    sync_accounts,
+    write_credentials,
+)
+from gateway.config import BrokersConfig
 from gateway.db import admin_dsn, connect
+from gateway.identities.accounts import BrokerAccounts, Credential, configured
 from gateway.identities.importer import import_file
-from gateway.identities.model import KINDS, STATUSES, Identity, InvalidIdentityError
+from gateway.identities.model import (
+    KINDS,
+    STATUSES,
+    Identity,
+    IdentityRetiredError,
+    InvalidIdentityError,
+)
 from gateway.identities.registry import IdentityDetails, Registry
 from gateway.trail import default_actor
 
@@ -33,6 +50,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     changes.add_argument(
         "--actor", default=None, help="who the audit log names (default: $GATEWAY_ACTOR or user)"
     )
+    # With brokers configured, every change reaches the identity's broker accounts at once.
+    add_broker_options(changes)
     identities = commands.add_parser(
         "identities", help="manage machine identities", description=__doc__
     )
@@ -80,9 +99,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     assign.add_argument("--role", required=True, help="declared role name")
     assign.set_defaults(handler=_assign)
 
-    retire = actions.add_parser("retire", parents=[changes], help="retire an identity for good")
+    retire = actions.add_parser(
+        "retire", parents=[changes], help="retire an identity for good (its accounts disabled)"
+    )
     retire.add_argument("name")
     retire.set_defaults(handler=_retire)
+
+    rotate = actions.add_parser(
+        "rotate", parents=[changes], help="give an identity's broker accounts a new password"
+    )
+    rotate.add_argument("name")
+    rotate.set_defaults(handler=_rotate)
 
 
 def _positive(text: str) -> int:
@@ -119,18 +146,62 @@ async def _with_registry(
         await conn.close()
 
 
+def _brokers(args: argparse.Namespace, *, creates: bool) -> BrokersConfig | None:
+    """The brokers this change reaches, checked before the registry changes: accounts it
+    creates need their passwords supplied or somewhere to write generated ones."""
+    config = brokers_config(getattr(args, "config", None))
+    if not configured(config):
+        return None
+    if creates and args.credentials_out is None and args.credentials_in is None:
+        raise InvalidIdentityError(
+            "brokers are configured: pass --credentials-out FILE for the new accounts' "
+            "generated passwords, or --credentials-in FILE"
+        )
+    return config
+
+
+async def _follow(
+    args: argparse.Namespace, registry: Registry, config: BrokersConfig | None, names: list[str]
+) -> None:
+    """Make the identities' broker accounts follow what the registry now says."""
+    if config is None:
+        return
+    conn = registry.connection
+    plan = await sync_accounts(
+        conn,
+        config,
+        registry.actor,
+        names=names,
+        supplied=read_credentials(args.credentials_in),
+        credentials_out=args.credentials_out,
+    )
+    done = plan.actions
+    if len(done) <= 10:
+        for change in done:
+            print(f"  {change}")
+    else:
+        print(f"  {len(done)} broker account changes")
+    for report in plan.reports:
+        print(f"  note: {report}")
+
+
 async def _add(args: argparse.Namespace) -> int:
     attributes = parse_attributes(args.attr)
+
+    brokers = _brokers(args, creates=True)
 
     async def work(registry: Registry, conn: asyncpg.Connection) -> int:
         identity = await registry.add(args.name, args.role, args.kind, attributes)
         print(f"added {identity.name} ({identity.kind}) with role {identity.role}")
+        await _follow(args, registry, brokers, [identity.name])
         return 0
 
     return await _with_registry(args, work)
 
 
 async def _import(args: argparse.Namespace) -> int:
+    brokers = _brokers(args, creates=True)
+
     async def work(registry: Registry, conn: asyncpg.Connection) -> int:
         progress = ProgressLine(sys.stderr)
         try:
@@ -145,6 +216,7 @@ async def _import(args: argparse.Namespace) -> int:
             progress.finish()
         skipped = f" ({result.skipped} already registered, skipped)" if result.skipped else ""
         print(f"imported {result.imported} identities from {args.file}{skipped}")
+        await _follow(args, registry, brokers, list(result.names))
         return 0
 
     return await _with_registry(args, work)
@@ -196,6 +268,8 @@ async def _show(args: argparse.Namespace) -> int:
 
 
 async def _assign(args: argparse.Namespace) -> int:
+    brokers = _brokers(args, creates=True)
+
     async def work(registry: Registry, conn: asyncpg.Connection) -> int:
         before = await registry.get(args.name)
         identity = await registry.assign(args.name, args.role)
@@ -203,15 +277,48 @@ async def _assign(args: argparse.Namespace) -> int:
             print(f"{identity.name} already has role {identity.role}; nothing changed")
         else:
             print(f"{identity.name}: role {before.role} -> {identity.role}")
+        await _follow(args, registry, brokers, [identity.name])
         return 0
 
     return await _with_registry(args, work)
 
 
 async def _retire(args: argparse.Namespace) -> int:
+    brokers = _brokers(args, creates=False)
+
     async def work(registry: Registry, conn: asyncpg.Connection) -> int:
         identity = await registry.retire(args.name)
         print(f"retired {identity.name} at {_when(identity.retired_at)}")
+        await _follow(args, registry, brokers, [identity.name])
+        return 0
+
+    return await _with_registry(args, work)
+
+
+async def _rotate(args: argparse.Namespace) -> int:
+    brokers = _brokers(args, creates=True)
+    if brokers is None:
+        raise InvalidIdentityError("no brokers configured: give --config with a [brokers] section")
+
+    async def work(registry: Registry, conn: asyncpg.Connection) -> int:
+        identity = await registry.get(args.name)
+        if identity.status != "active":
+            raise IdentityRetiredError(f"identity {identity.name!r} is retired")
+        supplied = read_credentials(args.credentials_in).get(identity.name)
+        if supplied is None and args.credentials_out is None:
+            raise InvalidIdentityError(
+                f"--credentials-in has no password for {identity.name}, and there is no "
+                "--credentials-out for a generated one"
+            )
+        credential = Credential(identity.name, supplied or secrets.token_urlsafe(24))
+        async with BrokerAccounts(brokers) as accounts:
+            await accounts.rotate(identity.name, credential.password)
+        if args.credentials_out is not None and supplied is None:
+            write_credentials(args.credentials_out, {identity.name: credential})
+        await trail.record(
+            conn, registry.actor, "identity.rotate", identity.name, None, {"password": "rotated"}
+        )
+        print(f"rotated the broker password of {identity.name}")
         return 0
 
     return await _with_registry(args, work)

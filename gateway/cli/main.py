@@ -51,7 +51,7 @@ async def config_reference(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from gateway.cli import identities, roles, simulate
+    from gateway.cli import brokers, identities, roles, simulate
 
     root = argparse.ArgumentParser(prog="gateway", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -90,6 +90,7 @@ def parser() -> argparse.ArgumentParser:
     reference.set_defaults(handler=config_reference)
     roles.register(commands)
     identities.register(commands)
+    brokers.register(commands)
     simulate.register(commands)
     return root
 

@@ -130,6 +130,8 @@ class ImportResult:
 
     imported: int
     skipped: int
+    names: tuple[str, ...] = ()
+    """The names this import registered (those added by someone else meanwhile included)."""
 
 
 class ImportFileError(IdentityError):
@@ -387,7 +389,8 @@ async def import_rows(
             )
         if progress is not None:
             progress("inserting", 1, 1)
-    return ImportResult(imported=imported, skipped=skipped + late)
+        names = tuple(row["name"] for row in await conn.fetch("SELECT name FROM identity_import"))
+    return ImportResult(imported=imported, skipped=skipped + late, names=names)
 
 
 def _counted(rows: list[tuple[Any, ...]], progress: Progress | None) -> Iterator[tuple[Any, ...]]:

@@ -195,6 +195,10 @@ class Registry:
         self._conn = conn
         self.actor = actor
 
+    @property
+    def connection(self) -> asyncpg.Connection:
+        return self._conn
+
     async def add(
         self,
         name: str,
