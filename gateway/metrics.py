@@ -140,6 +140,20 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.kafka_unbound_writers = Gauge(
+            "gateway_kafka_unbound_writers",
+            "ACL bindings found by the last check that let a principal write records claiming "
+            "an identity it is not bound to; while above 0 the source takes nothing in",
+            ["source"],
+            registry=r,
+        )
+        self.kafka_acl_check_failures = Counter(
+            "gateway_kafka_acl_check_failures_total",
+            "Checks of the cluster's ACLs that could not be made (broker unreachable, Describe "
+            "on the cluster refused); the last verdict stands meanwhile",
+            ["source"],
+            registry=r,
+        )
         self.ack_latency = Histogram(
             "gateway_ack_latency_seconds",
             "From a message's arrival to its acknowledgement",

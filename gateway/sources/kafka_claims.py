@@ -1,0 +1,307 @@
+"""Whether a Kafka cluster's ACLs bind a source's identity claims to the principals that write.
+
+Kafka authenticates producers but does not stamp records with their principal, so a claim is
+only as good as the ACLs around it. With topic claims (`topic:telemetry.{identity}`) each
+identity's topic may be written only by `User:<identity>` and the source's `trusted_producers`;
+with key or header claims every principal that may write a consumed topic must be trusted.
+`unbound_writers` reads the cluster's ACL bindings and names each one that breaks this;
+`ClaimsWatch` repeats the check while the source runs and tells it the verdict.
+
+Conservatively:
+- Only ALLOW bindings of Write or All on topics count. DENY bindings are ignored: a deny is
+  narrowed by its host and pattern and can be deleted on its own, so it cannot be relied on to
+  cover every way a broader allow reaches a topic. Remove the allow instead.
+- `User:*` is always a violation, trusted or not.
+- A literal `*` topic, or a prefix that covers topics of several identities, counts for every
+  consumed topic it matches. A prefix is bound to identity X only when it fixes the whole
+  identity level: `telemetry.X.` for `telemetry.{identity}.{stream}`; `telemetry.X` is not
+  (it also covers `telemetry.X2`), and with `telemetry.{identity}` no prefix is.
+- With `topic_pattern`, any binding that could match a topic of the pattern counts (the
+  pattern's literal beginning is all that rules a prefix out), since its topics may be created
+  later; with `topics`, exactly the listed topics count. Bindings on topics the source does not
+  consume are ignored, and so are topics that do not fit the template (they claim nobody).
+
+What DescribeAcls cannot show is not checked: the broker's super users (`super.users`) may write
+everything and appear in no binding, and a broker with `allow.everyone.if.no.acl.found=true`
+lets anyone write a topic that has no ACL at all. Keep both to the gateway's trusted producers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from gateway.config import KafkaSourceConfig
+from gateway.kafka_admin import AclBinding
+from gateway.metrics import Metrics
+from gateway.topics import TopicTemplate
+
+__all__ = ["ClaimsWatch", "Violation", "literal_prefix", "unbound_writers"]
+
+log = logging.getLogger(__name__)
+
+ANYONE = "User:*"
+_WRITES = frozenset({"write", "all"})
+_SEPARATOR = "."
+_ESCAPABLE = frozenset(r"\.^$*+?{}[]|()-/ #&~,:;<=>!@%'\"`_")
+_SPECIAL = frozenset(".^$*+?{}[]|()")
+_OPTIONAL = frozenset("*?{")
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """An ACL binding that lets a principal write records the source would take as another
+    identity's; `reason` says which topic and identity, for logs and the start-up error."""
+
+    binding: AclBinding
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.reason} (ACL: {self.binding})"
+
+
+def unbound_writers(config: KafkaSourceConfig, bindings: Sequence[AclBinding]) -> list[Violation]:
+    """The bindings (one violation each, in their order) that break the source's claims."""
+    scope = _Scope(config)
+    violations = []
+    for binding in bindings:
+        if not _may_write(binding):
+            continue
+        reason = scope.violation(binding)
+        if reason is not None:
+            violations.append(Violation(binding, reason))
+    return violations
+
+
+def _may_write(binding: AclBinding) -> bool:
+    return (
+        binding.resource_type == "topic"
+        and binding.permission == "allow"
+        and binding.operation in _WRITES
+    )
+
+
+def literal_prefix(pattern: str) -> str:
+    """Text every topic the pattern matches (`re.match`, as the consumer does) starts with.
+
+    Conservative: it stops at the first construct that is not a plain character, and is empty
+    for any alternation, so it may be shorter than the real prefix but never longer.
+    """
+    if "|" in pattern:
+        return ""
+    prefix: list[str] = []
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        width = 1
+        if char == "\\":
+            if i + 1 >= len(pattern) or pattern[i + 1] not in _ESCAPABLE:
+                break  # a class such as \d, or a back-reference
+            char, width = pattern[i + 1], 2
+        elif char in _SPECIAL:
+            if char == "^" and i == 0:
+                i += 1
+                continue
+            break
+        following = pattern[i + width : i + width + 1]
+        if following and following in _OPTIONAL:
+            break  # the character may be absent
+        prefix.append(char)
+        if following == "+":
+            break
+        i += width
+    return "".join(prefix)
+
+
+def _describe(binding: AclBinding) -> str:
+    name = binding.resource_name
+    if binding.pattern_type == "prefixed":
+        return f"every topic starting with {name!r}"
+    if name == "*":
+        return "every topic"
+    return f"topic {name}"
+
+
+class _Scope:
+    """What a source consumes and how it claims identities, compiled once per check."""
+
+    def __init__(self, config: KafkaSourceConfig) -> None:
+        self.trusted = frozenset(config.trusted_producers)
+        self.topics = list(config.topics)
+        self.pattern = re.compile(config.topic_pattern) if config.topic_pattern else None
+        self.pattern_prefix = literal_prefix(config.topic_pattern or "")
+        claim = config.identity_from
+        self.by_topic = claim.startswith("topic:")
+        template = claim.removeprefix("topic:") if self.by_topic else "{identity}"
+        self.levels = template.split(_SEPARATOR)
+        self.identity_level = self.levels.index("{identity}")
+        self.parse = TopicTemplate(template, separator=_SEPARATOR).parse
+        self.carrier = "key" if claim == "key" else f"header {claim.removeprefix('header:')!r}"
+
+    def violation(self, binding: AclBinding) -> str | None:
+        principal = binding.principal
+        prefixed = binding.pattern_type == "prefixed"
+        covered: list[str] | None  # the consumed topics it covers; None: not known by name
+        if prefixed:
+            covered = None
+            if self.pattern is None:
+                covered = [t for t in self.topics if t.startswith(binding.resource_name)]
+        elif binding.resource_name == "*":
+            covered = self.topics if self.pattern is None else None
+        else:
+            covered = [t for t in self.topics if t == binding.resource_name]
+            if self.pattern is not None and self.pattern.match(binding.resource_name):
+                covered = [binding.resource_name]
+        if covered is None and not self._could_match(binding):
+            return None
+        if covered is not None and not covered:
+            return None
+        what = _describe(binding)
+        if principal == ANYONE:
+            return f"every principal ({ANYONE}) may write {what}"
+        if principal in self.trusted:
+            return None
+        if not self.by_topic:
+            return (
+                f"{principal} may write {what}, whose records name their identity in the "
+                f"{self.carrier}, and is not one of the trusted producers"
+            )
+        own = principal.removeprefix("User:") if principal.startswith("User:") else None
+        if covered is not None:
+            for topic in covered:
+                claimed = self.parse(topic)
+                if claimed is not None and claimed[0] != own:
+                    where = "" if what == f"topic {topic}" else f" ({what})"
+                    return (
+                        f"{principal} may write topic {topic}{where}, "
+                        f"which claims identity {claimed[0]}"
+                    )
+            return None
+        return self._pattern_violation(binding, principal, own, what)
+
+    def _could_match(self, binding: AclBinding) -> bool:
+        """Whether a binding not settled by name could cover a topic of the pattern."""
+        if binding.pattern_type != "prefixed":
+            return True  # the literal `*`
+        name, start = binding.resource_name, self.pattern_prefix
+        return name.startswith(start) or start.startswith(name)
+
+    def _pattern_violation(
+        self, binding: AclBinding, principal: str, own: str | None, what: str
+    ) -> str | None:
+        if binding.pattern_type != "prefixed" or binding.resource_name == "":
+            return f"{principal} may write {what}, which includes topics of other identities"
+        bound = self._prefix_identity(binding.resource_name)
+        if bound is None:
+            return None  # no topic under this prefix fits the template
+        if bound == "":
+            return (
+                f"{principal} may write {what}, which does not fix the identity level of "
+                f"{_SEPARATOR.join(self.levels)!r} and so covers several identities' topics"
+            )
+        if bound != own:
+            return f"{principal} may write {what}, whose topics claim identity {bound}"
+        return None
+
+    def _prefix_identity(self, prefix: str) -> str | None:
+        """The identity every template topic under `prefix` claims; "" when it is not one,
+        None when no topic under it fits the template."""
+        parts = prefix.split(_SEPARATOR)
+        if len(parts) > len(self.levels):
+            return None  # its topics have more levels than the template
+        at = self.identity_level
+        complete, partial = parts[:-1], parts[-1]  # the last part may be cut short
+        for part, level in zip(complete[:at], self.levels, strict=False):
+            if level != "{stream}" and part != level:
+                return None
+        if len(complete) > at:
+            return complete[at] or None
+        level = self.levels[len(complete)]
+        if len(complete) < at and level != "{stream}" and not level.startswith(partial):
+            return None
+        return ""
+
+
+Describe = Callable[[], Awaitable[Sequence[AclBinding]]]
+
+
+class ClaimsWatch:
+    """Re-checks a source's ACLs every `acl_check_interval` seconds while it runs.
+
+    Each verdict that differs from the last is logged (an error naming every binding, or that
+    the claims are bound again) and handed to `on_verdict`; the gauge always shows the count.
+    A check that fails keeps the last verdict: it is counted and logged once until one succeeds.
+    """
+
+    def __init__(
+        self,
+        config: KafkaSourceConfig,
+        *,
+        describe: Describe,
+        metrics: Metrics,
+        on_verdict: Callable[[Sequence[Violation]], None],
+    ) -> None:
+        self.config = config
+        self.violations: list[Violation] = []
+        self.failures = 0
+        self._describe = describe
+        self._gauge = metrics.kafka_unbound_writers.labels(config.name)
+        self._failed = metrics.kafka_acl_check_failures.labels(config.name)
+        self._on_verdict = on_verdict
+        self._failing = False
+
+    async def check(self) -> list[Violation]:
+        """Read the ACLs and judge them; raises whatever reading them raised."""
+        violations = unbound_writers(self.config, await self._describe())
+        self._gauge.set(len(violations))
+        return violations
+
+    def settle(self, violations: list[Violation]) -> None:
+        """Take a verdict: log and pass it on when it changed."""
+        if violations == self.violations:
+            return
+        self.violations = violations
+        name = self.config.name
+        if violations:
+            log.error(
+                "kafka source %s: intake stopped, identity claims not bound to who writes: %s",
+                name,
+                "; ".join(map(str, violations)),
+                extra={"source": name},
+            )
+        else:
+            log.warning(
+                "kafka source %s: identity claims bound again; intake resumes",
+                name,
+                extra={"source": name},
+            )
+        self._on_verdict(violations)
+
+    async def run(self) -> None:
+        name = self.config.name
+        while True:
+            await asyncio.sleep(self.config.acl_check_interval)
+            try:
+                violations = await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Broker away or Describe revoked: the last verdict stands until a check works.
+                self.failures += 1
+                self._failed.inc()
+                if not self._failing:
+                    log.warning(
+                        "kafka source %s: cannot read the cluster's ACLs (%s); keeping the last "
+                        "verdict (%d unbound writers)",
+                        name,
+                        exc,
+                        len(self.violations),
+                        extra={"source": name},
+                    )
+                self._failing = True
+                continue
+            self._failing = False
+            self.settle(violations)
