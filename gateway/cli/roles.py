@@ -10,10 +10,12 @@ from typing import Any
 
 import orjson
 
+from gateway.cli.brokers import CONFIG_ENV, brokers_config, sync_accounts
 from gateway.db import admin_dsn, connect
+from gateway.identities.accounts import configured
 from gateway.migrate import migrate
 from gateway.roles.apply import apply_roles, plan_roles
-from gateway.roles.audit import Severity, run_audit
+from gateway.roles.audit import Severity, broker_findings, run_audit
 from gateway.roles.catalog import read_catalog
 from gateway.roles.declaration import load_declaration
 from gateway.roles.plan import PlanError
@@ -166,9 +168,23 @@ async def run_show(args: argparse.Namespace) -> int:
 
 async def run_audit_command(args: argparse.Namespace) -> int:
     doc = load_declaration(args.roles)
+    brokers = brokers_config(args.config)
     conn = await connect(admin_dsn(args.dsn))
     try:
         findings = await run_audit(conn, doc, stale_after_days=args.stale_after)
+        if configured(brokers):
+            plan = await sync_accounts(
+                conn,
+                brokers,
+                default_actor(),
+                names=None,
+                supplied={},
+                credentials_out=None,
+                apply=False,
+            )
+            findings = sorted(
+                findings + broker_findings(plan), key=lambda f: (-f.severity, f.check, f.subject)
+            )
     finally:
         await conn.close()
     threshold = Severity[args.fail_on.upper()]
@@ -231,6 +247,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         choices=[str(s) for s in Severity],
         default="low",
         help="lowest severity that makes the exit code non-zero (default low)",
+    )
+    audit.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None,
+        help="gateway configuration: its [brokers] are audited against the registry too "
+        "(default: $GATEWAY_CONFIG)",
     )
     audit.add_argument("--json", action="store_true", help="machine-readable output")
     audit.set_defaults(handler=run_audit_command)

@@ -13,11 +13,12 @@ from typing import Any
 
 import asyncpg
 
+from gateway.identities.accounts import AccountPlan
 from gateway.roles.apply import plan_roles
 from gateway.roles.declaration import Declaration, Tier
 from gateway.roles.plan import Change
 
-__all__ = ["Finding", "Severity", "run_audit"]
+__all__ = ["Finding", "Severity", "broker_findings", "run_audit"]
 
 
 class Severity(IntEnum):
@@ -66,6 +67,35 @@ WRITE_TIERS = [Tier.INGEST.value, Tier.TRANSACTIONAL.value]
 def drift_finding(change: Change) -> Finding:
     severity, check = DRIFT.get(change.kind, (Severity.MEDIUM, change.kind))
     return Finding(severity, check, change.subject, change.summary)
+
+
+# Broker drift, by the change `brokers apply` would make: anything that lets a sender in where
+# the registry says no is high; an account missing or disabled only stops an active identity.
+BROKER_DRIFT: dict[tuple[str, str], tuple[Severity, str]] = {
+    ("mosquitto", "create"): (Severity.MEDIUM, "broker_account_missing"),
+    ("mosquitto", "enable"): (Severity.MEDIUM, "broker_account_disabled"),
+    ("mosquitto", "disable"): (Severity.HIGH, "broker_account_without_identity"),
+    ("mosquitto", "bind"): (Severity.HIGH, "broker_client_id_unbound"),
+    ("mosquitto", "roles"): (Severity.HIGH, "broker_permissions_wider"),
+    ("mosquitto", "role_acls"): (Severity.HIGH, "broker_permissions_wider"),
+    ("mosquitto", "report"): (Severity.HIGH, "broker_permissions_wider"),
+    ("kafka", "create"): (Severity.MEDIUM, "broker_account_missing"),
+    ("kafka", "grant"): (Severity.MEDIUM, "broker_acl_missing"),
+    ("kafka", "delete"): (Severity.HIGH, "broker_account_without_identity"),
+    ("kafka", "revoke"): (Severity.HIGH, "broker_permissions_wider"),
+    ("kafka", "report"): (Severity.MEDIUM, "broker_unmanaged_principal"),
+}
+
+
+def broker_findings(plan: AccountPlan) -> list[Finding]:
+    """Each difference between the registry and the brokers, as a finding."""
+    findings = []
+    for change in plan.changes:
+        severity, check = BROKER_DRIFT.get(
+            (change.broker, change.action), (Severity.MEDIUM, "broker_drift")
+        )
+        findings.append(Finding(severity, check, change.name, str(change)))
+    return findings
 
 
 async def run_audit(
