@@ -74,7 +74,8 @@ class _Device(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         options = self.part.options
-        client_id, password = f"{self.name}-{self.part.run_id}", options.password_for(self.name)
+        # The broker binds each device account to its name as client id.
+        client_id, password = self.name, options.password_for(self.name)
         if options.protocol == "3.1.1":
             self.transport.write(encode_connect_311(client_id, self.name, password))
             return

@@ -166,7 +166,7 @@ def device_client(broker: Mosquitto, device: MqttUser) -> aiomqtt.Client:
         broker.port,
         username=device.username,
         password=device.password,
-        identifier=f"{device.username}-{secrets.token_hex(3)}",
+        identifier=device.username,  # the broker binds the account to it
         protocol=aiomqtt.ProtocolVersion.V5,
     )
 

@@ -125,7 +125,12 @@ def gateway_options(
 async def publish(broker: Mosquitto, device: MqttUser, payloads: list[bytes]) -> None:
     """Publish QoS 1 as the device to its telemetry topic, each PUBACK awaited."""
     async with aiomqtt.Client(
-        broker.host, broker.port, username=device.username, password=device.password, protocol=V5
+        broker.host,
+        broker.port,
+        username=device.username,
+        password=device.password,
+        identifier=device.username,  # the broker binds a device's account to its name
+        protocol=V5,
     ) as publisher:
         for payload in payloads:
             await publisher.publish(f"devices/{device.username}/telemetry", payload, qos=1)
@@ -185,7 +190,7 @@ async def test_subscription_the_acl_forbids_is_granted_but_never_delivered(
     writer = broker.add_user(unique("sensor"))
     nosy = broker.add_user(unique("sensor"))
     spy_options = MqttOptions(
-        client_id=unique("nosy"),
+        client_id=nosy.username,
         host=broker.host,
         port=broker.port,
         username=nosy.username,

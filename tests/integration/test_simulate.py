@@ -81,7 +81,8 @@ def client(broker: Mosquitto, user: MqttUser) -> aiomqtt.Client:
         username=user.username,
         password=user.password,
         protocol=V5,
-        identifier=f"{user.username}-{secrets.token_hex(3)}",
+        # A device's account is bound to its name; the shared gateway account to none.
+        identifier=(f"gateway-{secrets.token_hex(3)}" if user == broker.gateway else user.username),
     )
 
 
