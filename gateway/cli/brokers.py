@@ -13,16 +13,12 @@ import csv
 import io
 import os
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from gateway import trail
 from gateway.config import BrokersConfig, load_config
 from gateway.db import admin_dsn, connect
 from gateway.errors import GatewayError
-from gateway.identities.accounts import AccountPlan, BrokerAccounts, Credential
-from gateway.identities.registry import Registry
+from gateway.identities.accounts import AccountPlan, sync_accounts
 from gateway.trail import default_actor
 
 __all__ = [
@@ -31,13 +27,10 @@ __all__ = [
     "brokers_config",
     "read_credentials",
     "register",
-    "sync_accounts",
-    "write_credentials",
 ]
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 EXIT_CHANGES_PENDING = 2
-RECORDED_CHANGES = 1000
 
 
 def add_broker_options(parser: argparse.ArgumentParser) -> None:
@@ -82,70 +75,6 @@ def read_credentials(path: Path | None) -> dict[str, str]:
             raise GatewayError(f"{path}:{number}: expected name,password")
         found[row[0]] = row[1]
     return found
-
-
-def write_credentials(path: Path, credentials: Mapping[str, Credential]) -> None:
-    """Append to a file only its owner can read, created so before anything is in it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "w", newline="") as out:
-        os.fchmod(out.fileno(), 0o600)
-        writer = csv.writer(out)
-        if out.tell() == 0:
-            writer.writerow(["name", "password"])
-        for credential in credentials.values():
-            writer.writerow([credential.name, credential.password])
-
-
-def _check_delivery(
-    plan: AccountPlan, config: BrokersConfig, supplied: Mapping[str, str], out: Path | None
-) -> None:
-    """Refuse, before changing anything, to make passwords no one will be able to read."""
-    if out is not None:
-        return
-    gateways = set(config.mosquitto.gateway_clients) if config.mosquitto else set()
-    missing = sorted(
-        {c.name for c in plan.actions if c.action == "create"} - supplied.keys() - gateways
-    )
-    if missing:
-        raise GatewayError(
-            f"{len(missing)} new broker account(s) need a password (e.g. {missing[0]}): pass "
-            "--credentials-out FILE for generated ones, or --credentials-in FILE"
-        )
-
-
-async def sync_accounts(
-    conn: Any,
-    config: BrokersConfig,
-    actor: str,
-    *,
-    names: list[str] | None,
-    supplied: Mapping[str, str],
-    credentials_out: Path | None,
-    apply: bool = True,
-) -> AccountPlan:
-    """Plan (and apply) the brokers' side of the registry, recording what was done."""
-    identities = await Registry(conn, actor).states(names)
-    async with BrokerAccounts(config) as brokers:
-        plan = await brokers.plan(identities, names)
-        if not apply or not plan.actions:
-            return plan
-        _check_delivery(plan, config, supplied, credentials_out)
-        created = await brokers.apply(plan, identities, supplied)
-    generated = {n: c for n, c in created.items() if n not in supplied}
-    if generated and credentials_out is not None:
-        write_credentials(credentials_out, generated)
-    await trail.record(
-        conn,
-        actor,
-        "brokers.apply",
-        "brokers",
-        None,
-        {
-            "changes": [c.as_json() for c in plan.actions[:RECORDED_CHANGES]],
-            "total": len(plan.actions),
-        },
-    )
-    return plan
 
 
 async def run_plan(args: argparse.Namespace) -> int:

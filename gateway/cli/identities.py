@@ -17,16 +17,16 @@ import asyncpg
 import orjson
 
 from gateway import trail
-from gateway.cli.brokers import (
-    add_broker_options,
-    brokers_config,
-    read_credentials,
+from gateway.cli.brokers import add_broker_options, brokers_config, read_credentials
+from gateway.config import BrokersConfig
+from gateway.db import admin_dsn, connect
+from gateway.identities.accounts import (
+    BrokerAccounts,
+    Credential,
+    configured,
     sync_accounts,
     write_credentials,
 )
-from gateway.config import BrokersConfig
-from gateway.db import admin_dsn, connect
-from gateway.identities.accounts import BrokerAccounts, Credential, configured
 from gateway.identities.importer import import_file
 from gateway.identities.model import (
     KINDS,

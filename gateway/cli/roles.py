@@ -10,9 +10,9 @@ from typing import Any
 
 import orjson
 
-from gateway.cli.brokers import CONFIG_ENV, brokers_config, sync_accounts
+from gateway.cli.brokers import CONFIG_ENV, brokers_config
 from gateway.db import admin_dsn, connect
-from gateway.identities.accounts import configured
+from gateway.identities.accounts import configured, sync_accounts
 from gateway.migrate import migrate
 from gateway.roles.apply import apply_roles, plan_roles
 from gateway.roles.audit import Severity, broker_findings, run_audit

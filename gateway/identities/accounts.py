@@ -20,13 +20,20 @@ to the device, and never logged or stored here: the brokers keep only salted has
 
 from __future__ import annotations
 
+import csv
+import os
 import secrets
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import asyncpg
+
+from gateway import trail
 from gateway.errors import GatewayError
+from gateway.identities.registry import Registry
 from gateway.topics import TopicTemplate
 
 if TYPE_CHECKING:
@@ -45,9 +52,13 @@ __all__ = [
     "identity_binding",
     "plan_kafka",
     "plan_mosquitto",
+    "sync_accounts",
+    "write_credentials",
 ]
 
 Broker = Literal["mosquitto", "kafka"]
+# An apply's audit record lists this many changes at most, and counts them all.
+RECORDED_CHANGES = 1000
 IdentityStates = Mapping[str, "tuple[Status, str]"]
 
 
@@ -535,3 +546,67 @@ class BrokerAccounts:
             if client is not None:
                 found[name] = _account(client)
         return found
+
+
+def write_credentials(path: Path, credentials: Mapping[str, Credential]) -> None:
+    """Append to a file only its owner can read, created so before anything is in it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "w", newline="") as out:
+        os.fchmod(out.fileno(), 0o600)
+        writer = csv.writer(out)
+        if out.tell() == 0:
+            writer.writerow(["name", "password"])
+        for credential in credentials.values():
+            writer.writerow([credential.name, credential.password])
+
+
+def check_delivery(
+    plan: AccountPlan, config: BrokersConfig, supplied: Mapping[str, str], out: Path | None
+) -> None:
+    """Refuse, before changing anything, to make passwords no one will be able to read."""
+    if out is not None:
+        return
+    gateways = set(config.mosquitto.gateway_clients) if config.mosquitto else set()
+    missing = sorted(
+        {c.name for c in plan.actions if c.action == "create"} - supplied.keys() - gateways
+    )
+    if missing:
+        raise AccountsError(
+            f"{len(missing)} new broker account(s) need a password (e.g. {missing[0]}): pass "
+            "--credentials-out FILE for generated ones, or --credentials-in FILE"
+        )
+
+
+async def sync_accounts(
+    conn: asyncpg.Connection,
+    config: BrokersConfig,
+    actor: str,
+    *,
+    names: list[str] | None,
+    supplied: Mapping[str, str],
+    credentials_out: Path | None,
+    apply: bool = True,
+) -> AccountPlan:
+    """Plan (and apply) the brokers' side of the registry, recording what was done."""
+    identities = await Registry(conn, actor).states(names)
+    async with BrokerAccounts(config) as brokers:
+        plan = await brokers.plan(identities, names)
+        if not apply or not plan.actions:
+            return plan
+        check_delivery(plan, config, supplied, credentials_out)
+        created = await brokers.apply(plan, identities, supplied)
+    generated = {n: c for n, c in created.items() if n not in supplied}
+    if generated and credentials_out is not None:
+        write_credentials(credentials_out, generated)
+    await trail.record(
+        conn,
+        actor,
+        "brokers.apply",
+        "brokers",
+        None,
+        {
+            "changes": [c.as_json() for c in plan.actions[:RECORDED_CHANGES]],
+            "total": len(plan.actions),
+        },
+    )
+    return plan

@@ -28,6 +28,7 @@ import orjson
 from gateway.bootstrap import EXAMPLE_ROLES, bootstrap
 from gateway.config import (
     BatchingConfig,
+    BrokersConfig,
     DatabaseConfig,
     GatewayConfig,
     HttpConfig,
@@ -35,6 +36,7 @@ from gateway.config import (
     Secret,
     SourcesConfig,
 )
+from gateway.identities.accounts import sync_accounts
 from gateway.identities.registry import Registry
 from gateway.services._process import free_port
 from gateway.services.mosquitto import Mosquitto, MqttUser
@@ -66,15 +68,21 @@ class Stack:
     devices: dict[str, MqttUser] = field(default_factory=dict)
 
     def config(self, **overrides: Any) -> GatewayConfig:
-        """A gateway configuration for this stack; keyword arguments replace whole sections."""
+        """A gateway configuration for this stack; keyword arguments replace whole sections.
+
+        Its MQTT account is the pod's own, bound to its client id, as in production; every pod
+        account of the stack shares the launcher's gateway password.
+        """
         os.environ[MQTT_PASSWORD_ENV] = self.broker.gateway.password
+        client_id = overrides.pop("client_id", f"gw-{secrets.token_hex(3)}")
+        pod = self.broker.add_gateway(client_id, self.broker.gateway.password)
         source = MqttSourceConfig(
             name="mosquitto",
             host=self.broker.host,
             port=self.broker.port,
-            username=self.broker.gateway.username,
+            username=pod.username,
             password=Secret(env=MQTT_PASSWORD_ENV),
-            client_id=overrides.pop("client_id", f"gw-{secrets.token_hex(3)}"),
+            client_id=client_id,
             share_group=overrides.pop("share_group", None),
             receive_maximum=overrides.pop("receive_maximum", 10_000),
         )
@@ -99,15 +107,26 @@ class Stack:
         return conn
 
     async def add_devices(self, names: Sequence[str], role: str = "telemetry_ingest") -> None:
+        """Register devices and give them broker accounts the way `gateway identities add`
+        does: through the registry, which makes each one's account bound to its name."""
+        passwords = {name: secrets.token_urlsafe(12) for name in names}
         conn = await self.admin()
         try:
             registry = Registry(conn, "tests")
             for name in names:
                 await registry.add(name, role)
+            await sync_accounts(
+                conn,
+                BrokersConfig(mosquitto=self.broker.accounts_config()),
+                "tests",
+                names=list(names),
+                supplied=passwords,
+                credentials_out=None,
+            )
         finally:
             await conn.close()
         for name in names:
-            self.devices[name] = self.broker.add_user(name)
+            self.devices[name] = MqttUser(name, passwords[name])
 
     async def count(self, sql: str = "SELECT count(*) FROM ingest.telemetry", *args: Any) -> int:
         conn = await self.admin()
@@ -142,7 +161,7 @@ class Stack:
             self.broker.port,
             username=user.username,
             password=user.password,
-            identifier=f"{name}-{secrets.token_hex(3)}",
+            identifier=name,
             protocol=aiomqtt.ProtocolVersion.V5,
             max_queued_outgoing_messages=100_000,
         ) as client:
