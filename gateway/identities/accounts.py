@@ -554,7 +554,7 @@ def write_credentials(path: Path, credentials: Mapping[str, Credential]) -> None
     with os.fdopen(fd, "w", newline="") as out:
         os.fchmod(out.fileno(), 0o600)
         writer = csv.writer(out)
-        if out.tell() == 0:
+        if os.fstat(out.fileno()).st_size == 0:
             writer.writerow(["name", "password"])
         for credential in credentials.values():
             writer.writerow([credential.name, credential.password])

@@ -1,0 +1,214 @@
+"""Broker accounts follow the identity lifecycle, through the command line a person uses:
+Mosquitto's dynamic-security plugin and Kafka's SCRAM credentials and ACLs, both real."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from gateway import cli
+from gateway.config import KafkaAccountsConfig
+from gateway.db import ADMIN_DSN_ENV
+from gateway.identities.dynsec import Dynsec, NewAccount
+from gateway.kafka_admin import AclBinding, KafkaAdmin
+from gateway.services.kafka import SCRAM, Kafka
+
+from .stack import EXAMPLE_ROLES, Stack
+
+ROLE = "telemetry_ingest"
+
+
+@pytest.fixture(scope="module")
+async def kafka() -> AsyncIterator[Kafka]:
+    async with Kafka() as broker:
+        yield broker
+
+
+@pytest.fixture(scope="module")
+async def env(deployment: Stack) -> Stack:
+    return deployment
+
+
+@pytest.fixture
+def config_file(env: Stack, kafka: Kafka, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The gateway configuration an operator keeps, with both brokers' admin connections."""
+    mosquitto = env.broker.accounts_config()
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        "[brokers.mosquitto]\n"
+        f'host = "{mosquitto.host}"\nport = {mosquitto.port}\n'
+        f'username = "{mosquitto.username}"\n'
+        f'password = {{ file = "{mosquitto.password.file}" }}\n'  # type: ignore[union-attr]
+        f'gateway_role = "{mosquitto.gateway_role}"\n'
+        "[brokers.kafka]\n"
+        f'bootstrap_servers = "{kafka.bootstrap}"\n'
+        'topic_template = "telemetry.{identity}"\n'
+    )
+    monkeypatch.setenv(ADMIN_DSN_ENV, env.database.dsn)
+    monkeypatch.setenv("GATEWAY_ACTOR", "ops")
+    return path
+
+
+async def gateway(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """The command line as a user runs it; it has its own event loop, so in a thread."""
+    code = await asyncio.to_thread(cli.main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def passwords(path: Path) -> dict[str, str]:
+    with path.open(newline="") as handle:
+        return {row["name"]: row["password"] for row in csv.DictReader(handle)}
+
+
+def mqtt(env: Stack, name: str, password: str, client_id: str | None = None) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        env.broker.host,
+        env.broker.port,
+        username=name,
+        password=password,
+        identifier=client_id or name,
+        protocol=aiomqtt.ProtocolVersion.V5,
+    )
+
+
+async def mqtt_refused(env: Stack, name: str, password: str, client_id: str | None = None) -> bool:
+    try:
+        async with mqtt(env, name, password, client_id):
+            return False
+    except aiomqtt.MqttError:
+        return True
+
+
+async def produce(kafka: Kafka, user: str, password: str, topic: str) -> str | None:
+    """None when the record was written, else the error's name."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka.sasl_bootstrap,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism=SCRAM,
+        sasl_plain_username=user,
+        sasl_plain_password=password,
+        request_timeout_ms=5000,
+        metadata_max_age_ms=1000,
+    )
+    try:
+        await producer.start()
+        await asyncio.wait_for(producer.send_and_wait(topic, b"{}"), 10)
+    except (KafkaError, TimeoutError) as error:
+        return type(error).__name__
+    finally:
+        await producer.stop()
+    return None
+
+
+async def test_an_identity_s_accounts_follow_add_rotate_and_retire(
+    env: Stack, kafka: Kafka, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name, other = f"dev-{secrets.token_hex(3)}", f"dev-{secrets.token_hex(3)}"
+    for topic in (f"telemetry.{name}", f"telemetry.{other}"):
+        await kafka.create_topic(topic)
+    out = tmp_path / "credentials.csv"
+    for who in (name, other):
+        code, text, err = await gateway(
+            capsys, "identities", "add", who, "--role", ROLE,
+            "--config", str(config_file), "--credentials-out", str(out),
+        )  # fmt: skip
+        assert code == 0, err
+    assert out.stat().st_mode & 0o777 == 0o600
+    issued = passwords(out)
+    assert issued.keys() == {name, other}
+    assert issued[name] not in text + err  # handed over in the file only
+
+    # MQTT: the account is bound to the device's own name as client id.
+    async with mqtt(env, name, issued[name]):
+        pass
+    assert await mqtt_refused(env, name, issued[name], client_id=f"{name}-2")
+    # Kafka: it writes its own topic, and not another identity's.
+    assert await produce(kafka, name, issued[name], f"telemetry.{name}") is None
+    assert await produce(kafka, name, issued[name], f"telemetry.{other}") is not None
+
+    # Rotation: the old password stops working on both brokers, the new one works.
+    code, _, err = await gateway(
+        capsys, "identities", "rotate", name, "--config", str(config_file),
+        "--credentials-out", str(tmp_path / "rotated.csv"),
+    )  # fmt: skip
+    assert code == 0, err
+    rotated = passwords(tmp_path / "rotated.csv")[name]
+    assert await mqtt_refused(env, name, issued[name])
+    assert await produce(kafka, name, issued[name], f"telemetry.{name}") is not None
+    assert await produce(kafka, name, rotated, f"telemetry.{name}") is None
+
+    # Retirement disconnects the connected device and refuses it everywhere afterwards.
+    async with mqtt(env, name, rotated) as device:
+        started = time.monotonic()
+        code, _, err = await gateway(
+            capsys, "identities", "retire", name, "--config", str(config_file)
+        )
+        assert code == 0, err
+        with pytest.raises(aiomqtt.MqttError):
+            for _ in range(200):
+                await device.publish(f"devices/{name}/telemetry", b"{}", qos=1, timeout=1)
+                await asyncio.sleep(0.05)
+        print(f"retire to disconnect: {time.monotonic() - started:.3f}s")
+    assert await mqtt_refused(env, name, rotated)
+    assert await produce(kafka, name, rotated, f"telemetry.{name}") is not None
+    # The other identity is untouched.
+    async with mqtt(env, other, issued[other]):
+        pass
+
+
+async def test_drift_is_audited_and_apply_repairs_it(
+    env: Stack, kafka: Kafka, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    victim, thief = f"dev-{secrets.token_hex(3)}", f"dev-{secrets.token_hex(3)}"
+    out = tmp_path / "credentials.csv"
+    for who in (victim, thief):
+        code, _, err = await gateway(
+            capsys, "identities", "add", who, "--role", ROLE,
+            "--config", str(config_file), "--credentials-out", str(out),
+        )  # fmt: skip
+        assert code == 0, err
+    stray = f"stray-{secrets.token_hex(3)}"
+    # By hand, behind the registry's back: an account of no identity, a device unbound and
+    # given a role, and a Kafka binding that lets one identity write as another.
+    async with Dynsec(env.broker.accounts_config(client_id="hand")) as dynsec:
+        await dynsec.create([NewAccount(stray, "pw", "")])
+        await dynsec.set_client_id(thief, "")
+        await dynsec.set_roles(thief, ["gateway"])
+    widened = AclBinding("topic", f"telemetry.{victim}", "literal", f"User:{thief}", "write")
+    async with KafkaAdmin(KafkaAccountsConfig(bootstrap_servers=kafka.bootstrap)) as admin:
+        await admin.create_acls([widened])
+
+    code, text, _ = await gateway(
+        capsys, "audit", "--config", str(config_file), "--roles", str(EXAMPLE_ROLES), "--json"
+    )
+    assert code == 3
+    found = {(f["check"], f["subject"]) for f in orjson.loads(text)["findings"]}
+    assert {
+        ("broker_account_without_identity", stray),
+        ("broker_client_id_unbound", thief),
+        ("broker_permissions_wider", thief),
+    } <= found
+
+    code, text, err = await gateway(
+        capsys, "brokers", "apply", "--config", str(config_file), "--credentials-out", str(out)
+    )
+    assert code == 0, err
+    code, text, _ = await gateway(capsys, "brokers", "plan", "--config", str(config_file))
+    assert code == 0, text
+    async with Dynsec(env.broker.accounts_config(client_id="hand")) as dynsec:
+        accounts = await dynsec.accounts()
+    assert accounts[stray].disabled
+    assert accounts[thief].client_id == thief and accounts[thief].roles == ()
+    async with KafkaAdmin(KafkaAccountsConfig(bootstrap_servers=kafka.bootstrap)) as admin:
+        assert widened not in await admin.describe_acls(resource_type="topic")
