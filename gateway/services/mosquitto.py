@@ -76,7 +76,10 @@ GATEWAY_ACLS = (
     ("publishClientReceive", "devices/#"),
 )
 """The dynamic-security role of the gateway's accounts: subscribe to every device topic, alone
-or in a shared-subscription group, and receive what is published there."""
+or in a shared-subscription group, and receive what is published there. Delivery is what
+counts: beside an ACL file Mosquitto 2.0.11 grants any SUBSCRIBE (it checks reads per message),
+but the subscribe patterns keep the role whole without one (checked: without the `$share`
+pattern the plugin alone refuses a shared subscription)."""
 
 DEFAULT_ACCESS = {"publishClientReceive": False}
 """Unlike `mosquitto_ctrl dynsec init`: what no role grants is not delivered. With the tool's
