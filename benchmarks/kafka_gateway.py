@@ -208,6 +208,7 @@ class Bench:
             group_id=group,
             topics=[topic],
             identity_from="key",
+            trusted_producers=["User:bridge"],
         )
         return GatewayConfig(
             database=DatabaseConfig(
@@ -676,6 +677,7 @@ async def services(settings: Settings) -> AsyncIterator[Bench]:
         ):
             names = KafkaFleetOptions(devices=settings.devices).names()
             ingest_dsn = await prepare_database(postgres, doc, names)
+            await kafka.allow("gateway", ["Describe"], cluster=True)  # to read the ACLs
             yield Bench(postgres, kafka, settings, ingest_dsn, Path(workdir))
 
 

@@ -9,6 +9,10 @@ to a rebalance) means records are read again: at least once, or exactly once wit
 
 Memory is bounded in bytes by the fetch sizes (`fetch_sizes`), which follow the payload limit
 and the batch size unless configured.
+
+Identity claims are only as good as the cluster's ACLs (`kafka_claims`): the source refuses to
+start while a principal could write records claiming an identity it is not bound to, and stops
+taking records in (partitions paused, itself not ready) while a check finds one at run time.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ from aiokafka.errors import (
 from gateway.config import BatchingConfig, KafkaSourceConfig, LimitsConfig
 from gateway.contracts import Source
 from gateway.errors import GatewayError
+from gateway.kafka_admin import KafkaAdminError
 from gateway.metrics import Metrics
 from gateway.sources.acks import AckWindow
+from gateway.sources.kafka_claims import ClaimsWatch, Violation, topic_writes
 from gateway.tls import client_context
 from gateway.topics import TopicTemplate
 
@@ -55,6 +61,8 @@ DEFAULT_BATCH_BYTES: int = BatchingConfig.model_fields["max_bytes"].default
 RECORD_HEADROOM = 4096
 """Bytes a fetched record may need beside its value: key, headers, record and batch headers."""
 _PARTITION_SHARE = 1024 * 1024  # Kafka's own default per partition: enough to keep up
+_CLUSTER_AUTHORIZATION_FAILED = 31
+_SECURITY_DISABLED = 54  # DescribeAcls on a cluster without an authorizer
 
 
 def fetch_sizes(
@@ -223,8 +231,16 @@ class KafkaSource(Source[KafkaRecord]):
         self._dirty: set[TopicPartition] = set()
         self._backlog: list[KafkaRecord] = []
         self._paused = False
+        self._refused = False  # the ACLs leave claims unbound: nothing is taken in
         self._keepalive: asyncio.Task[None] | None = None
         self._committer: asyncio.Task[None] | None = None
+        self._watch = ClaimsWatch(
+            config,
+            describe=lambda: topic_writes(config),
+            metrics=metrics,
+            on_verdict=self._claims_verdict,
+        )
+        self._watcher: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._member = False
         self.rebalances = 0
@@ -235,8 +251,15 @@ class KafkaSource(Source[KafkaRecord]):
     @property
     def connected(self) -> bool:
         """In the group with an assignment received (possibly empty: more pods than partitions),
-        and its coordinator reachable: a lost broker makes the pod not ready until it is back."""
-        return self._consumer is not None and self._member and _coordinator_known(self._consumer)
+        its coordinator reachable (a lost broker makes the pod not ready until it is back), and
+        its claims bound by the cluster's ACLs."""
+        consumer = self._consumer
+        return (
+            consumer is not None
+            and self._member
+            and not self._refused
+            and _coordinator_known(consumer)
+        )
 
     def consumer_arguments(self) -> dict[str, Any]:
         """What the consumer is built with: offsets committed by hand, fetches sized in bytes."""
@@ -262,6 +285,7 @@ class KafkaSource(Source[KafkaRecord]):
         config = self.config
         arguments = self.consumer_arguments()
         context = arguments["ssl_context"]
+        await self._check_claims(context)
         consumer = AIOKafkaConsumer(**arguments)
         listener = _Listener(self)
         if config.topic_pattern is not None:
@@ -273,24 +297,77 @@ class KafkaSource(Source[KafkaRecord]):
         except BaseException as exc:
             await consumer.stop()
             if isinstance(exc, KafkaConnectionError):
-                tls = await tls_failure(config.bootstrap_servers, context) if context else None
-                raise KafkaSourceError(
-                    f"kafka source {self.name}: cannot join {config.bootstrap_servers} "
-                    + (
-                        f"({tls}); check `ca_file` and the client certificate"
-                        if tls
-                        else f"({exc}); check the address, for SASL the user name and password, "
-                        "for TLS `ca_file` and the client certificate"
-                    )
-                ) from exc
+                raise await self._cannot_join(exc, context) from exc
             if isinstance(exc, TopicAuthorizationFailedError | GroupAuthorizationFailedError):
                 raise self._unauthorized(exc) from exc
             raise
         self._consumer = consumer
         self._committer = asyncio.create_task(self._commit_loop(), name=f"commit-{self.name}")
+        self._watcher = asyncio.create_task(self._watch.run(), name=f"acls-{self.name}")
+
+    async def _check_claims(self, context: ssl.SSLContext | None) -> None:
+        """Before joining the group: refuse to start unless the ACLs bind every claim."""
+        try:
+            violations = await self._watch.check()
+        except KafkaAdminError as exc:
+            if isinstance(exc.__cause__, KafkaConnectionError):
+                raise await self._cannot_join(exc.__cause__, context) from exc
+            self._metrics.kafka_acl_check_failures.labels(self.name).inc()
+            if exc.code == _SECURITY_DISABLED:
+                raise KafkaSourceError(
+                    f"kafka source {self.name}: the cluster has no ACL authorizer, so any client "
+                    "may write records as any identity; configure `authorizer.class.name` and "
+                    "ACLs on the brokers"
+                ) from exc
+            refused = "not authorized to" if exc.code == _CLUSTER_AUTHORIZATION_FAILED else "cannot"
+            raise KafkaSourceError(
+                f"kafka source {self.name}: {refused} describe the cluster's ACLs ({exc}), so "
+                f"cannot check who may write its topics; {self._principal()} needs Describe on "
+                "the cluster (Kafka ACLs)"
+            ) from exc
+        if violations:
+            raise KafkaSourceError(
+                f"kafka source {self.name}: identity claims from {self.config.identity_from} are "
+                "not bound to who writes them: "
+                + "; ".join(map(str, violations))
+                + ". Remove these ACLs, or name the principal in `trusted_producers` if it may "
+                "write as any identity"
+            )
+
+    async def _cannot_join(
+        self, exc: Exception, context: ssl.SSLContext | None
+    ) -> KafkaSourceError:
+        servers = self.config.bootstrap_servers
+        tls = await tls_failure(servers, context) if context else None
+        return KafkaSourceError(
+            f"kafka source {self.name}: cannot join {servers} "
+            + (
+                f"({tls}); check `ca_file` and the client certificate"
+                if tls
+                else f"({exc}); check the address, for SASL the user name and password, "
+                "for TLS `ca_file` and the client certificate"
+            )
+        )
+
+    def _claims_verdict(self, violations: Sequence[Violation]) -> None:
+        """Stop taking records in while claims are unbound (what is in flight is still written
+        and committed); take them in again once the ACLs bind them."""
+        self._refused = bool(violations)
+        consumer = self._consumer
+        if consumer is None:
+            return
+        if self._refused:
+            consumer.pause(*consumer.assignment())
+        elif not self._paused:
+            consumer.resume(*consumer.assignment())
 
     async def close(self) -> None:
         """Commit what is acknowledged and leave the group (its partitions move on at once)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         await self._stop_keepalive()
         if self._committer is not None:
             self._committer.cancel()
@@ -309,19 +386,22 @@ class KafkaSource(Source[KafkaRecord]):
         return self._claim
 
     async def receive(self) -> list[KafkaRecord]:
-        if self._backlog:
-            records, self._backlog = self._backlog, []
-            return records
         consumer = self._require()
         while True:
+            if self._backlog and not self._refused:
+                records, self._backlog = self._backlog, []
+                return records
             try:
+                # While refused the partitions are paused: polling keeps the group membership.
                 batches = await consumer.getmany(
                     timeout_ms=1000, max_records=self.config.max_poll_records
                 )
             except (TopicAuthorizationFailedError, GroupAuthorizationFailedError) as exc:
                 raise self._unauthorized(exc) from exc
             records = self._register(batches)
-            if records:
+            if self._refused:
+                self._backlog.extend(records)  # fetched before the pause took effect
+            elif records:
                 return records
 
     def _register(
@@ -339,17 +419,18 @@ class KafkaSource(Source[KafkaRecord]):
             )
         return records
 
-    def _unauthorized(self, error: Exception) -> KafkaSourceError:
+    def _principal(self) -> str:
         config = self.config
         if config.security_protocol.startswith("SASL"):
-            principal = f"user {config.username!r}"
-        elif config.cert_file is not None:
-            principal = f"the principal of certificate {config.cert_file} (often its CN)"
-        else:
-            principal = "the anonymous principal"
+            return f"user {config.username!r}"
+        if config.cert_file is not None:
+            return f"the principal of certificate {config.cert_file} (often its CN)"
+        return "the anonymous principal"
+
+    def _unauthorized(self, error: Exception) -> KafkaSourceError:
         return KafkaSourceError(
-            f"kafka source {self.name}: not authorized ({error}); {principal} "
-            f"needs Read on the topics and on group {config.group_id!r} (Kafka ACLs)"
+            f"kafka source {self.name}: not authorized ({error}); {self._principal()} "
+            f"needs Read on the topics and on group {self.config.group_id!r} (Kafka ACLs)"
         )
 
     def position(self, record: KafkaRecord) -> list[Any]:
@@ -379,7 +460,7 @@ class KafkaSource(Source[KafkaRecord]):
 
     async def resume(self) -> None:
         await self._stop_keepalive()
-        if self._consumer is not None:
+        if self._consumer is not None and not self._refused:
             self._consumer.resume(*self._consumer.assignment())
 
     async def _poll_while_paused(self) -> None:
@@ -477,7 +558,7 @@ class KafkaSource(Source[KafkaRecord]):
                 if self._consumer is not None:
                     # Lag counts from the group's committed offset, not from zero.
                     partition.committed = await self._consumer.committed(tp)
-        if self._paused and self._consumer is not None:
+        if (self._paused or self._refused) and self._consumer is not None:
             self._consumer.pause(*assigned)
 
     def _require(self) -> AIOKafkaConsumer:

@@ -35,11 +35,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.config import KafkaSourceConfig
-from gateway.kafka_admin import AclBinding
+from gateway.kafka_admin import AclBinding, KafkaAdmin
 from gateway.metrics import Metrics
 from gateway.topics import TopicTemplate
 
-__all__ = ["ClaimsWatch", "Violation", "literal_prefix", "unbound_writers"]
+__all__ = ["ClaimsWatch", "Violation", "literal_prefix", "topic_writes", "unbound_writers"]
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,14 @@ class _Scope:
         if len(complete) < at and level != "{stream}" and not level.startswith(partial):
             return None
         return ""
+
+
+async def topic_writes(config: KafkaSourceConfig) -> list[AclBinding]:
+    """The cluster's ALLOW bindings on topics, read as the source's own principal (which needs
+    Describe on the cluster); a connection of its own for each check, so a broker that went
+    away and came back needs nothing more. Raises `KafkaAdminError`."""
+    async with KafkaAdmin(config) as admin:
+        return await admin.describe_acls(resource_type="topic", permission="allow")
 
 
 Describe = Callable[[], Awaitable[Sequence[AclBinding]]]

@@ -56,6 +56,7 @@ class KafkaStack:
             password=Secret(env=f"TEST_KAFKA_{user.upper()}"),
             group_id=kafka.pop("group_id", GROUP),
             topics=list(topics),
+            trusted_producers=kafka.pop("trusted_producers", ["User:bridge"]),
             **kafka,
         )
         return self.stack.config(sources=SourcesConfig(kafka=[source]), **sections)
@@ -93,6 +94,7 @@ async def env(role_passwords: dict[str, str]) -> AsyncIterator[KafkaStack]:
         Kafka(users=PASSWORDS) as kafka,
     ):
         await deployment.add_devices(DEVICES)
+        await kafka.allow("gateway", ["Describe"], cluster=True)  # to read the ACLs
         for topic, partitions in PARTITIONS.items():
             await kafka.create_topic(topic, partitions)
         await kafka.allow("bridge", ["Write", "Describe"], topic=TOPIC)

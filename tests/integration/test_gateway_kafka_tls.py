@@ -45,7 +45,9 @@ class TlsStack:
         if source.get("password") is None and "username" in source:
             os.environ["TEST_KAFKA_TLS_PASSWORD"] = PASSWORDS[source["username"]]
             source["password"] = Secret(env="TEST_KAFKA_TLS_PASSWORD")
-        kafka = KafkaSourceConfig(name="kafka", topics=[TOPIC], **source)
+        kafka = KafkaSourceConfig(
+            name="kafka", topics=[TOPIC], trusted_producers=["User:bridge"], **source
+        )
         return self.stack.config(sources=SourcesConfig(kafka=[kafka]))
 
     def sasl_ssl(self, group: str, **source: Any) -> GatewayConfig:
@@ -120,6 +122,7 @@ async def env(deployment: Stack) -> AsyncIterator[TlsStack]:
         await kafka.create_topic(TOPIC, PARTITIONS)
         await kafka.allow("bridge", ["Write", "Describe"], topic=TOPIC)
         for principal, group in (("gateway", "tls-sasl"), (READER_CN, "tls-cert")):
+            await kafka.allow(principal, ["Describe"], cluster=True)  # to read the ACLs
             await kafka.allow(principal, ["Read", "Describe"], topic=TOPIC)
             await kafka.allow(principal, ["Read"], group=group)
         yield TlsStack(deployment, kafka)

@@ -114,6 +114,7 @@ async def test_poison_queued_in_the_kafka_topic_before_start(env: Stack) -> None
         await kafka.allow("bridge", ["Write", "Describe"], topic=KAFKA_TOPIC)
         await kafka.allow("gateway", ["Read", "Describe"], topic=KAFKA_TOPIC)
         await kafka.allow("gateway", ["Read"], group="poison")
+        await kafka.allow("gateway", ["Describe"], cluster=True)  # to read the ACLs
         producer = AIOKafkaProducer(**kafka.client_kwargs("bridge"), acks="all")
         await producer.start()
         try:
@@ -132,6 +133,7 @@ async def test_poison_queued_in_the_kafka_topic_before_start(env: Stack) -> None
             password=Secret(env=env_name),
             group_id="poison",
             topics=[KAFKA_TOPIC],
+            trusted_producers=["User:bridge"],
         )
         config: GatewayConfig = env.config(sources=SourcesConfig(kafka=[source]))
         gateway = GatewayProcess(config)

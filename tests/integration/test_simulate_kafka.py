@@ -314,6 +314,7 @@ async def test_the_gateway_records_what_the_fleet_says(
     await kafka.allow("gateway", ["Read", "Describe"], topic=topics[1])
     await kafka.allow("gateway", ["Read"], group=f"{group}-key")
     await kafka.allow("gateway", ["Read"], group=f"{group}-header")
+    await kafka.allow("gateway", ["Describe"], cluster=True)  # to read the ACLs
     by_key = sasl(kafka, topics[0], devices=4, prefix="gw-", count=800, malformed=0.05)
     by_header = replace(by_key, topic=topics[1], count=300, readings=2, identity_header="device")
     monkeypatch.setenv("TEST_SIM_KAFKA_GATEWAY", USERS["gateway"])
@@ -330,6 +331,7 @@ async def test_the_gateway_records_what_the_fleet_says(
                 group_id=f"{group}-{'key' if options.identity_header is None else 'header'}",
                 topics=[options.topic],
                 identity_from=options.identity_from,
+                trusted_producers=["User:bridge"],
             )
             for n, options in enumerate((by_key, by_header))
         ]
