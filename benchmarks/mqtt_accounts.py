@@ -1,0 +1,169 @@
+"""Mosquitto accounts at fleet scale: live creation through the dynamic-security plugin, a bulk
+load into its file while the broker is stopped, and retiring one device among 100,000.
+
+The plugin rewrites its whole file after every command, so live creation slows as the fleet
+grows; the live figures are measured at growing sizes and extrapolated, never run to 100,000.
+Starts its own brokers; prints one JSON object.
+
+    .venv/bin/python benchmarks/mqtt_accounts.py [--live 500 2000] [--bulk 100000] [--retires 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import statistics
+import time
+from typing import Any
+
+import mqtt5
+import orjson
+from _harness import phase
+
+from gateway.identities.dynsec import Dynsec, NewAccount
+from gateway.identities.dynsec_file import write_accounts
+from gateway.services.mosquitto import Mosquitto, MqttUser
+
+PASSWORD = "bench-device-secret"
+
+
+def fleet(first: int, stop: int) -> list[NewAccount]:
+    return [NewAccount(f"dev-{i:06d}", PASSWORD, f"dev-{i:06d}") for i in range(first, stop)]
+
+
+async def connect(broker: Mosquitto, user: MqttUser) -> tuple[Any, Any] | None:
+    """A logged-in bare session, or None when the broker refused it."""
+    reader, writer = await asyncio.open_connection(broker.host, broker.port)
+    writer.write(
+        mqtt5.ConnectPacket(
+            user.username, username=user.username, password=user.password.encode()
+        ).write()
+    )
+    data = await reader.read(1024)
+    connack, _ = mqtt5.read(memoryview(data)) if data else (None, 0)
+    if isinstance(connack, mqtt5.ConnAckPacket) and connack.reason_code == 0:
+        return reader, writer
+    writer.close()
+    return None
+
+
+async def first_login(broker: Mosquitto, user: MqttUser, timeout: float = 300) -> tuple[Any, Any]:
+    """The broker says nothing when its plugin has read the file: try until let in."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        session = await connect(broker, user)
+        if session is not None:
+            return session
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{user.username} was not let in within {timeout:g}s")
+
+
+async def live(sizes: list[int]) -> dict[str, Any]:
+    """Create accounts through $CONTROL until each size is reached; seconds per account."""
+    steps = []
+    async with (
+        Mosquitto() as broker,
+        phase("live") as info,
+        Dynsec(broker.accounts_config()) as dynsec,
+    ):
+        have = 0
+        for size in sorted(sizes):
+            started = time.monotonic()
+            await dynsec.create(fleet(have, size))
+            seconds = time.monotonic() - started
+            steps.append(
+                {
+                    "fleet_after": size,
+                    "created": size - have,
+                    "seconds": round(seconds, 2),
+                    "ms_per_account": round(1000 * seconds / (size - have), 2),
+                    "file_kb": broker.dynsec_file.stat().st_size // 1024,
+                }
+            )
+            have = size
+    # Each command rewrites the file, whose size grows with the fleet: time per account grows
+    # linearly, so creating a fleet of n costs about a*n + b*n^2. Fit it to the last two steps.
+    (s1, s2) = steps[-2:]
+    m1 = (steps[-3]["fleet_after"] if len(steps) > 2 else 0) + s1["created"] / 2
+    m2 = s1["fleet_after"] + s2["created"] / 2
+    slope = (s2["ms_per_account"] - s1["ms_per_account"]) / (m2 - m1)  # ms per account per account
+    base = s1["ms_per_account"] - slope * m1
+    n = 100_000
+    estimate = (base * n + slope * n * n / 2) / 1000
+    return {
+        "steps": steps,
+        "ms_per_account_growth_per_1000": round(slope * 1000, 3),
+        "extrapolated_100k_live_hours": round(estimate / 3600, 1),
+        "phase": info,
+    }
+
+
+async def bulk(count: int, retires: int) -> dict[str, Any]:
+    """Write `count` accounts into a stopped broker's file, start it, then retire devices."""
+    async with Mosquitto() as broker:
+        async with phase("bulk") as info:
+            await broker.stop()
+            started = time.monotonic()
+            written = write_accounts(broker.dynsec_file, fleet(0, count))
+            write_s = time.monotonic() - started
+            started = time.monotonic()
+            await broker.start()
+            listening_s = time.monotonic() - started
+            probe = MqttUser(f"dev-{count - 1:06d}", PASSWORD)
+            session = await first_login(broker, probe)
+            login_s = time.monotonic() - started
+            session[1].close()
+        result: dict[str, Any] = {
+            "accounts": written,
+            "write_file_s": round(write_s, 2),
+            "file_mb": round(broker.dynsec_file.stat().st_size / 1e6, 1),
+            "start_to_listening_s": round(listening_s, 2),
+            "start_to_first_login_s": round(login_s, 2),
+            "phase": info,
+        }
+        async with phase("retire") as info:
+            kicks, replies = [], []
+            async with Dynsec(broker.accounts_config()) as dynsec:
+                for i in range(retires):
+                    user = MqttUser(f"dev-{i:06d}", PASSWORD)
+                    reader, writer = await first_login(broker, user)
+                    started = time.monotonic()
+                    done = asyncio.create_task(dynsec.set_disabled([user.username], True))
+                    while await reader.read(1024):
+                        pass
+                    kicks.append(time.monotonic() - started)
+                    await done
+                    replies.append(time.monotonic() - started)
+                    writer.close()
+                    assert await connect(broker, user) is None, "a retired device logged in"
+        result["retire"] = {
+            "runs": retires,
+            "to_disconnect_s_median": round(statistics.median(kicks), 3),
+            "to_reply_s_median": round(statistics.median(replies), 3),
+            "to_disconnect_s": [round(k, 3) for k in kicks],
+            "to_reply_s": [round(r, 3) for r in replies],
+            "phase": info,
+        }
+        return result
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--live", type=int, nargs="+", default=[500, 1000, 2000])
+    parser.add_argument("--bulk", type=int, default=100_000)
+    parser.add_argument("--retires", type=int, default=5)
+    args = parser.parse_args()
+    report = {
+        "benchmark": "mqtt_accounts",
+        "cpus": os.cpu_count(),
+        "run": secrets.token_hex(3),
+        "live": await live(args.live),
+        "bulk": await bulk(args.bulk, args.retires),
+    }
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
