@@ -27,6 +27,7 @@ from gateway.app import Gateway
 from gateway.bootstrap import EXAMPLE_ROLES, bootstrap, example_passwords
 from gateway.config import (
     BatchingConfig,
+    BrokersConfig,
     DatabaseConfig,
     GatewayConfig,
     HttpConfig,
@@ -37,14 +38,16 @@ from gateway.config import (
 from gateway.fleet.mqtt import Fleet
 from gateway.fleet.options import FleetOptions
 from gateway.fleet.report import FleetReport
+from gateway.identities.accounts import sync_accounts
 from gateway.roles.declaration import load_declaration
 from gateway.services.amqtt import Amqtt
-from gateway.services.mosquitto import Mosquitto, MqttBroker, mosquitto_binary
+from gateway.services.mosquitto import Mosquitto, MqttBroker, MqttUser, mosquitto_binary
 from gateway.services.postgres import Postgres, postgres_binaries
 
 __all__ = ["EXIT_INTERRUPTED", "DemoOptions", "gateway_command", "run_demo"]
 
 MQTT_PASSWORD_ENV = "GATEWAY_DEMO_MQTT_PASSWORD"
+DEMO_CLIENT_ID = "gateway-demo"
 EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C; SIGTERM ends the demo the same way
 
 
@@ -113,10 +116,8 @@ async def demo(options: DemoOptions) -> int:
         names = [f"sensor-{i:04d}" for i in range(options.devices)]
         ready = await bootstrap(postgres.dsn, roles=doc, identities=names, actor="demo")
         say(f"Applied {len(ready.plan.changes)} role changes as version {ready.version}.")
-        device_password = secrets.token_urlsafe(12)
-        for name in names:
-            broker.add_user(name, device_password)
-        say(f"Provisioned {len(names)} devices (registry and broker accounts).")
+        credentials = {name: secrets.token_urlsafe(12) for name in names}
+        say(await provision_broker(broker, postgres.dsn, credentials))
 
         os.environ[MQTT_PASSWORD_ENV] = broker.gateway.password
         gateway = Gateway(demo_config(postgres, broker), actor="demo")
@@ -131,7 +132,7 @@ async def demo(options: DemoOptions) -> int:
                     port=broker.port,
                     devices=options.devices,
                     prefix="sensor-",
-                    password=device_password,
+                    credentials=credentials,
                     rate=options.rate,
                     duration=options.duration,
                     readings=options.readings,
@@ -163,6 +164,28 @@ async def demo(options: DemoOptions) -> int:
     return 0
 
 
+async def provision_broker(broker: MqttBroker, dsn: str, credentials: dict[str, str]) -> str:
+    """Give the registered fleet its broker accounts as production does: `brokers apply`
+    makes Mosquitto's accounts follow the registry, each bound to its name, and the gateway's
+    own bound to its client id. amqtt has no such plugin: its password file gets the devices."""
+    if not isinstance(broker, Mosquitto):
+        broker.add_users([MqttUser(name, password) for name, password in credentials.items()])
+        return f"Provisioned {len(credentials)} devices (registry, and amqtt's password file)."
+    config = BrokersConfig(mosquitto=broker.accounts_config(gateway_clients=[DEMO_CLIENT_ID]))
+    conn = await asyncpg.connect(dsn)
+    try:
+        plan = await sync_accounts(
+            conn, config, "demo", names=None, supplied=credentials, credentials_out=None
+        )
+    finally:
+        await conn.close()
+    created = sum(1 for c in plan.actions if c.action == "create")
+    return (
+        f"Provisioned {len(credentials)} devices through the registry into Mosquitto: "
+        f"{created} accounts, each bound to its own name, the gateway's to {DEMO_CLIENT_ID}."
+    )
+
+
 def demo_config(postgres: Postgres, broker: MqttBroker) -> GatewayConfig:
     return GatewayConfig(
         database=DatabaseConfig(
@@ -178,9 +201,9 @@ def demo_config(postgres: Postgres, broker: MqttBroker) -> GatewayConfig:
                     protocol=broker.protocol,
                     host=broker.host,
                     port=broker.port,
-                    username=broker.gateway.username,
+                    username=DEMO_CLIENT_ID if isinstance(broker, Mosquitto) else "gateway",
                     password=Secret(env=MQTT_PASSWORD_ENV),
-                    client_id="gateway-demo",
+                    client_id=DEMO_CLIENT_ID,
                 )
             ]
         ),

@@ -145,11 +145,17 @@ class AccountPlan:
 
 
 def gateway_role_acls(config: MosquittoAccountsConfig) -> tuple[tuple[str, str], ...]:
-    """The gateway role: subscribe to every device topic, directly or in a shared group."""
+    """The gateway role: subscribe to every device topic, directly or in a shared group (the
+    plugin checks a shared filter with its `$share/<group>/` prefix), and receive what is
+    published there: with receiving denied by default, no device can read another's."""
     device_levels = config.device_topic.split("/")
     head = "/".join(device_levels[: device_levels.index("{identity}")])
     every = f"{head}/#" if head else "#"
-    return (("subscribePattern", every), ("subscribePattern", f"$share/+/{every}"))
+    return (
+        ("subscribePattern", every),
+        ("subscribePattern", f"$share/+/{every}"),
+        ("publishClientReceive", every),
+    )
 
 
 def plan_mosquitto(
@@ -206,12 +212,13 @@ def plan_mosquitto(
             if have != wanted:
                 change("role_acls", config.gateway_role, f"ACLs {have} are not {wanted}")
         if default_access is not None:
-            for acltype in ("publishClientSend", "subscribe"):
+            for acltype in ("publishClientSend", "publishClientReceive", "subscribe"):
                 if default_access.get(acltype, True):
                     change(
                         "report",
                         "defaultACLAccess",
-                        f"{acltype} is allowed by default: every account may do it",
+                        f"{acltype} is allowed by default: every account may do it "
+                        "(devices could write or read beyond their own topics)",
                     )
     return changes
 

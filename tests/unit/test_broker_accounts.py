@@ -92,7 +92,11 @@ def test_mosquitto_widened_defaults_and_gateway_role_are_found() -> None:
         live,
         MOSQUITTO,
         gateway_acls={"gateway": wanted},
-        default_access={"publishClientSend": False, "subscribe": False},
+        default_access={
+            "publishClientSend": False,
+            "publishClientReceive": False,
+            "subscribe": False,
+        },
     )
     assert clean == []
     widened = plan_mosquitto(
@@ -100,7 +104,11 @@ def test_mosquitto_widened_defaults_and_gateway_role_are_found() -> None:
         live,
         MOSQUITTO,
         gateway_acls={"gateway": (*wanted, ("publishClientSend", "#", True))},
-        default_access={"publishClientSend": True, "subscribe": False},
+        default_access={
+            "publishClientSend": True,
+            "publishClientReceive": False,
+            "subscribe": False,
+        },
     )
     assert actions(widened) == {("role_acls", "gateway"), ("report", "defaultACLAccess")}
 
@@ -109,6 +117,7 @@ def test_gateway_role_reads_every_device_topic_directly_and_shared() -> None:
     assert gateway_role_acls(MOSQUITTO) == (
         ("subscribePattern", "devices/#"),
         ("subscribePattern", "$share/+/devices/#"),
+        ("publishClientReceive", "devices/#"),
     )
 
 
