@@ -10,7 +10,7 @@ chmod 700 .
 for name in postgres_password \
     db_telemetry_ingest db_state_writer db_rejects_writer db_analytics_reader db_auditor \
     db_gateway_control db_gateway_admin \
-    mqtt_gateway mqtt_sensor_0001; do
+    mqtt_admin mqtt_gateway mqtt_sensor_0001; do
     if [ ! -s "$name" ]; then
         # Letters and digits only: the admin password goes into a DSN unescaped.
         LC_ALL=C tr -dc 'A-Za-z0-9' </dev/urandom | head -c 32 >"$name"

@@ -348,11 +348,16 @@ def test_compose_mosquitto_gets_the_shipped_config_and_acl() -> None:
     setup = spec["services"]["mosquitto-setup"]
     script = setup["command"][-1]
     conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
-    password_file = re.search(r"^password_file (\S+)", conf, re.M)
+    dynsec_file = re.search(r"^plugin_opt_config_file (\S+)", conf, re.M)
     acl_file = re.search(r"^acl_file (\S+)", conf, re.M)
-    assert password_file and acl_file
+    assert dynsec_file and acl_file
+    assert not re.search(r"^password_file", conf, re.M), "accounts live in the plugin"
     assert f"cp /shipped/mosquitto.conf /shipped/aclfile {Path(acl_file[1]).parent}/" in script
-    assert f"-c -b {password_file[1]} gateway" in script
+    assert f"mosquitto_ctrl dynsec init {dynsec_file[1]} admin" in script
+    assert "mosquitto_passwd" not in script
+    # The plugin rewrites its file: it must be on the data volume, which both services mount.
+    data = f"mosquitto-data:{Path(dynsec_file[1]).parent}"
+    assert data in setup["volumes"] and data in spec["services"]["mosquitto"]["volumes"]
     assert "./mosquitto:/shipped:ro" in setup["volumes"]
     (source,) = compose_config().sources.mqtt
     assert source.username == "gateway" and source.host == "mosquitto"
@@ -546,19 +551,23 @@ def test_kubernetes_selectors_match_the_pods() -> None:
     assert service["metadata"]["name"] == "gateway"
 
 
-def test_kubernetes_mosquitto_reads_the_shipped_files_and_a_secret_password_file() -> None:
+def test_kubernetes_mosquitto_reads_the_shipped_files_and_inits_its_plugin_file() -> None:
     objects = manifests()
     spec = objects[("StatefulSet", "mosquitto")]["spec"]["template"]["spec"]
     conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
     config_dir = Path(re.search(r"^acl_file (\S+)", conf, re.M)[1]).parent  # type: ignore[index]
-    password = re.search(r"^password_file (\S+)", conf, re.M)[1]  # type: ignore[index]
+    dynsec = Path(re.search(r"^plugin_opt_config_file (\S+)", conf, re.M)[1])  # type: ignore[index]
     volumes = {v["name"]: v for v in spec["volumes"]}
     (broker,) = spec["containers"]
     mount = next(m for m in broker["volumeMounts"] if m["mountPath"] == str(config_dir))
-    sources = volumes[mount["name"]]["projected"]["sources"]
-    secret = next(s["secret"] for s in sources if "secret" in s)
-    assert [item["path"] for item in secret["items"]] == [Path(password).name]
-    assert any(s.get("configMap", {}).get("name") == "mosquitto-config" for s in sources)
+    assert volumes[mount["name"]]["configMap"]["name"] == "mosquitto-config"
+    data = next(m for m in broker["volumeMounts"] if m["mountPath"] == str(dynsec.parent))
+    assert data["name"] in {
+        t["metadata"]["name"]
+        for t in objects[("StatefulSet", "mosquitto")]["spec"]["volumeClaimTemplates"]
+    }
+    (init,) = spec["initContainers"]
+    assert f"mosquitto_ctrl dynsec init {dynsec} admin" in init["command"][-1]
     assert spec["securityContext"]["runAsNonRoot"] is True
 
 
