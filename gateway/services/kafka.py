@@ -33,11 +33,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from aiokafka import AIOKafkaClient
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import for_code
-from aiokafka.protocol.admin import CreateAclsRequest, DescribeAclsRequest
+from aiokafka.conn import create_conn
+from aiokafka.errors import SaslAuthenticationFailed, for_code
 
+from gateway.config import KafkaConnection
+from gateway.kafka_admin import CLUSTER, AclBinding, KafkaAdmin, ScramCredential
 from gateway.services._process import (
     LOOPBACK,
     LocalService,
@@ -68,23 +69,6 @@ PROPAGATION_TIMEOUT = 15.0
 PRINCIPAL_MAPPING = "RULE:^CN=([^,]+)$/$1/,DEFAULT"
 
 INSTALL_HINT = "install Maven and a Java 17+ runtime (Debian: apt-get install maven default-jre)"
-
-# Kafka's wire codes (org.apache.kafka.common.acl / resource), as CreateAcls expects them.
-_RESOURCE_TOPIC = 2
-_RESOURCE_GROUP = 3
-_PATTERN_LITERAL = 3
-_PERMISSION_ALLOW = 3
-_OPERATIONS = {
-    "all": 2,
-    "read": 3,
-    "write": 4,
-    "create": 5,
-    "delete": 6,
-    "alter": 7,
-    "describe": 8,
-    "describeconfigs": 10,
-    "alterconfigs": 11,
-}
 
 # Names end up in `User:<name>` principals, and both names and passwords in StorageTool's
 # `[name=...,password=...]` syntax, which has no escaping (even quotes do not protect a comma).
@@ -320,56 +304,70 @@ class Kafka(LocalService):
         *,
         topic: str | None = None,
         group: str | None = None,
+        cluster: bool = False,
     ) -> None:
-        """Grant `user` each operation (e.g. "Read", "Write") on the named topic and/or group.
-
-        aiokafka's admin client has no ACL calls (aio-libs/aiokafka#955), so this sends Kafka's
-        CreateAcls request itself rather than pay seconds of JVM start for `AclCommand`.
-        Returns once the broker's authorizer, not only the controller, holds the ACLs.
+        """Grant `user` each operation (e.g. "Read", "Write", "DescribeConfigs") on the named
+        topic and/or group, and on the cluster with `cluster=True` (Describe there lets a
+        principal read ACLs). Returns once the broker's authorizer, not only the controller,
+        holds the ACLs.
         """
         resources = [
             (kind, name)
-            for kind, name in ((_RESOURCE_TOPIC, topic), (_RESOURCE_GROUP, group))
-            if name
+            for kind, name in (("topic", topic), ("group", group), ("cluster", CLUSTER))
+            if name and (kind != "cluster" or cluster)
         ]
         if not resources:
-            raise ValueError("allow() needs a topic, a group or both")
-        codes = []
-        for operation in operations:
-            try:
-                codes.append(_OPERATIONS[operation.lower()])
-            except KeyError:
-                raise ValueError(f"unknown ACL operation {operation!r}") from None
-        bindings = [
-            (kind, name, f"User:{user}", code) for kind, name in resources for code in codes
-        ]
-        client = AIOKafkaClient(bootstrap_servers=self.bootstrap)
-        await client.bootstrap()
-        try:
-            node = client.get_random_node()
-            for kind, name, principal, code in bindings:
-                request = CreateAclsRequest(
-                    kind, name, _PATTERN_LITERAL, principal, "*", code, _PERMISSION_ALLOW
-                )
-                response = await client.send(node, request)
-                for result in response.to_object()["creation_responses"]:
-                    what = f"granting {principal} operation {code} on {name!r}"
-                    _raise_for(result["error_code"], result["error_message"], what)
+            raise ValueError("allow() needs a topic, a group or the cluster")
+        # "DescribeConfigs" as the CLI spells it is Kafka's DESCRIBE_CONFIGS.
+        names = [re.sub(r"(?<=[a-z])(?=[A-Z])", "_", operation).lower() for operation in operations]
+        wanted = {
+            AclBinding(kind, name, "literal", f"User:{user}", operation)
+            for kind, name in resources
+            for operation in names
+        }
+        async with self.admin() as admin:
+            await admin.create_acls(sorted(wanted, key=str))
 
             async def visible() -> bool:
-                for kind, name, principal, code in bindings:
-                    request = DescribeAclsRequest(
-                        kind, name, _PATTERN_LITERAL, principal, "*", code, _PERMISSION_ALLOW
-                    )
-                    found = (await client.send(node, request)).to_object()
-                    _raise_for(found["error_code"], found["error_message"], "describing ACLs")
-                    if not found["resources"]:
-                        return False
-                return True
+                return wanted <= set(await admin.describe_acls(principal=f"User:{user}"))
 
             await _until(visible, f"ACLs of {user!r} reaching the broker")
-        finally:
-            await client.close()
+
+    async def add_users(self, users: Mapping[str, str]) -> None:
+        """Create SCRAM users (or give existing ones a new password) on the running broker,
+        returning once the broker logs them in with it. Names may hold what the registry's do
+        (`.`, `_`, `-`, `:`, `@`, `=`); they start with no permissions."""
+        if ADMIN in users:
+            raise ValueError(f"{ADMIN!r} is the broker's own superuser; choose another name")
+        if not users:
+            return
+        credentials = [ScramCredential(user, password) for user, password in users.items()]
+        async with self.admin() as admin:
+            await admin.upsert_scram(credentials, mechanism=SCRAM)
+        self.users.update(users)
+        # The broker applies the controller's records in order, so the last one logging in
+        # means every one before it is in its credential cache too.
+        last = credentials[-1]
+        await _until(lambda: self._logs_in(last.user, last.password), f"the login of {last.user!r}")
+
+    async def _logs_in(self, user: str, password: str) -> bool:
+        try:
+            connection = await create_conn(
+                self.host,
+                self.sasl_port,
+                security_protocol="SASL_PLAINTEXT",
+                sasl_mechanism=SCRAM,
+                sasl_plain_username=user,
+                sasl_plain_password=password,
+            )
+        except SaslAuthenticationFailed:
+            return False
+        connection.close()
+        return True
+
+    def admin(self) -> KafkaAdmin:
+        """An admin client on the PLAINTEXT listener, where it acts as a superuser."""
+        return KafkaAdmin(KafkaConnection(bootstrap_servers=self.bootstrap))
 
     @property
     def _server_properties(self) -> Path:
