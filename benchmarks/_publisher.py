@@ -9,7 +9,6 @@ payloads the broker allows, payloads over its packet limit and hostile ones.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,7 +64,7 @@ class Publisher(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         connect = mqtt5.ConnectPacket(
-            f"{self.username}-{time.monotonic_ns()}",
+            self.username,  # the broker binds a device's account to its name
             username=self.username,
             password=self.password.encode(),
             clean_start=True,

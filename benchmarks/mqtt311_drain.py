@@ -41,7 +41,11 @@ PASSWORD_ENV = "BENCH_MQTT_PASSWORD"
 async def leftover(source: AnyMqttSource, broker: Mosquitto, marker: MqttUser) -> int:
     """Messages redelivered before a fresh marker: 0 when every ack reached the broker."""
     async with aiomqtt.Client(
-        broker.host, broker.port, username=marker.username, password=marker.password
+        broker.host,
+        broker.port,
+        username=marker.username,
+        password=marker.password,
+        identifier=marker.username,
     ) as publisher:
         await publisher.publish(f"devices/{marker.username}/telemetry", b"marker", qos=1)
     count = 0

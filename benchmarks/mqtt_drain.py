@@ -53,7 +53,7 @@ class Publisher(asyncio.Protocol):
 
     def __init__(self, device: MqttUser, packets: list[bytes], window: int) -> None:
         self._connect = mqtt5.ConnectPacket(
-            "bench-publisher", username=device.username, password=device.password.encode()
+            device.username, username=device.username, password=device.password.encode()
         ).write()
         self._packets = packets
         self._window = window
@@ -232,6 +232,7 @@ async def publish_marker(broker: Mosquitto, device: MqttUser) -> None:
         broker.port,
         username=device.username,
         password=device.password,
+        identifier=device.username,
         protocol=aiomqtt.ProtocolVersion.V5,
     ) as publisher:
         await publisher.publish(TOPIC, b"marker", qos=1)
