@@ -14,6 +14,9 @@
     ├── FleetError              the simulated fleet could not run (gateway.fleet.common)
     │   └── KafkaFleetError     the Kafka fleet's producer was refused or failed
     ├── KafkaSourceError        Kafka refused authentication or authorization
+    ├── KafkaAdminError         Kafka refused an admin request (ACLs, SCRAM credentials) or
+    │                           could not be reached for one; carries the broker's error code
+    │                           (gateway.kafka_admin)
     └── MqttError               the MQTT transport (also: the client is closed)
         ├── MqttConnectError    no session: the broker refused (carries the reason code), or the
         │                       broker was unreachable, timed out, or failed the TLS handshake
