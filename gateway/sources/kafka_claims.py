@@ -226,11 +226,24 @@ class _Scope:
 
 
 async def topic_writes(config: KafkaSourceConfig) -> list[AclBinding]:
-    """The cluster's ALLOW bindings on topics, read as the source's own principal (which needs
-    Describe on the cluster); a connection of its own for each check, so a broker that went
-    away and came back needs nothing more. Raises `KafkaAdminError`."""
+    """The cluster's ALLOW bindings that apply to the source's topics, read as its own principal
+    (which needs Describe on the cluster); a connection of its own for each check, so a broker
+    that went away and came back needs nothing more. Raises `KafkaAdminError`.
+
+    Listed topics are asked one by one (the broker gives the literal, prefixed and `*`
+    bindings that apply to each), so a cluster with an ACL per identity is not read whole
+    every few seconds; a pattern may match topics made later, so it needs every topic binding.
+    """
     async with KafkaAdmin(config) as admin:
-        return await admin.describe_acls(resource_type="topic", permission="allow")
+        if config.topic_pattern is not None:
+            return await admin.describe_acls(resource_type="topic", permission="allow")
+        found: dict[AclBinding, None] = {}
+        for topic in config.topics:
+            applying = await admin.describe_acls(
+                resource_type="topic", resource_name=topic, pattern_type="match", permission="allow"
+            )
+            found.update(dict.fromkeys(applying))
+        return list(found)
 
 
 Describe = Callable[[], Awaitable[Sequence[AclBinding]]]
