@@ -147,8 +147,9 @@ async def test_acls_are_created_described_by_filter_and_deleted(admin: KafkaAdmi
 async def test_scram_user_produces_where_its_acl_allows_and_nowhere_else(
     kafka: Kafka, admin: KafkaAdmin, shape: str
 ) -> None:
-    # The registry's names may hold `.`, `:`, `@` and `=`; SCRAM escapes `=` on the wire.
-    user = unique("sensor-") if shape == "plain" else unique("svc.eu:billing@site=") + ".x"
+    # The registry's names may hold `.`, `:`, `@` and `=` (SCRAM escapes `=` on the wire), and
+    # run to 128 characters.
+    user = unique("sensor-") if shape == "plain" else unique("svc.eu:billing@site=").ljust(128, "x")
     password = secrets.token_urlsafe(16)
     own, other = f"telemetry.{secrets.token_hex(4)}", f"telemetry.{secrets.token_hex(4)}"
     await kafka.create_topic(own)
