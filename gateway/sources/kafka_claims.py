@@ -255,6 +255,8 @@ class ClaimsWatch:
     Each verdict that differs from the last is logged (an error naming every binding, or that
     the claims are bound again) and handed to `on_verdict`; the gauge always shows the count.
     A check that fails keeps the last verdict: it is counted and logged once until one succeeds.
+    Between two checks a widened ACL goes unseen, and records it let in before intake stopped,
+    or while it lasted, cannot be told from others: they are read when intake resumes.
     """
 
     def __init__(
