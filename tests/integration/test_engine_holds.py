@@ -514,13 +514,14 @@ async def test_an_unforeseen_error_in_intake_restarts_it(
 async def test_refused_credentials_still_end_the_gateway(env: Stack) -> None:
     process = GatewayProcess(env.config(client_id="gw-hold-refused"))
     await process.start()
-    gateway_user = env.broker.gateway
+    password = env.broker.gateway.password
     try:
-        env.broker.add_user(gateway_user.username, "not-the-gateway-password")
-        await env.broker.restart()  # the gateway reconnects, with what is now a wrong password
+        # The pod's own account gets another password: the plugin disconnects the gateway,
+        # which reconnects with what is now a wrong one.
+        env.broker.add_gateway("gw-hold-refused", "not-the-gateway-password")
         code = await process.wait(timeout=60)
     finally:
-        env.broker.add_user(gateway_user.username, gateway_user.password)
+        env.broker.add_gateway("gw-hold-refused", password)
         if process.process is not None and process.process.returncode is None:
             await process.kill()
     assert code != 0

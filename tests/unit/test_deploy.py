@@ -320,13 +320,25 @@ def test_compose_migrate_runs_real_commands_with_every_role_password() -> None:
     spec = compose()
     migrate = spec["services"]["migrate"]
     commands = list(gateway_commands(migrate["command"][-1]))
-    assert [c[:3] for c in commands] == [["gateway", "migrate"], ["gateway", "roles", "apply"]]
+    assert [c[:3] for c in commands] == [
+        ["gateway", "migrate"],
+        ["gateway", "roles", "apply"],
+        ["gateway", "brokers", "apply"],
+    ]
     for argv in commands:
         assert_cli(argv)
     mounted = compose_secrets(migrate)
     doc = load_declaration(DEPLOY / "compose" / "roles.toml")
     for role in doc.roles:
         assert role_file(doc, role) in mounted, f"migrate cannot read {role}'s password"
+    # `brokers apply` logs in as the plugin's admin and gives the gateway's account its password.
+    brokers = compose_config().brokers.mosquitto
+    assert brokers is not None and brokers.password and brokers.gateway_password
+    assert {
+        PurePosixPath(str(brokers.password.file)),
+        PurePosixPath(str(brokers.gateway_password.file)),
+    } <= set(mounted)
+    assert "mosquitto" in migrate["depends_on"]
     assert "/run/secrets/postgres_password" in " ".join(migrate["entrypoint"])
 
 
@@ -360,7 +372,12 @@ def test_compose_mosquitto_gets_the_shipped_config_and_acl() -> None:
     assert data in setup["volumes"] and data in spec["services"]["mosquitto"]["volumes"]
     assert "./mosquitto:/shipped:ro" in setup["volumes"]
     (source,) = compose_config().sources.mqtt
-    assert source.username == "gateway" and source.host == "mosquitto"
+    assert source.host == "mosquitto"
+    # The gateway's account is its own, bound to its client id by `brokers apply`.
+    brokers = compose_config().brokers.mosquitto
+    assert brokers is not None and source.username == source.client_id
+    assert source.client_id in brokers.gateway_clients
+    assert source.password == brokers.gateway_password
 
 
 def test_compose_prometheus_scrapes_the_gateway_and_loads_the_rules() -> None:
