@@ -10,12 +10,13 @@ from typing import Any
 
 import orjson
 
-from gateway.cli.brokers import CONFIG_ENV, brokers_config
+from gateway.cli.brokers import CONFIG_ENV
+from gateway.config import BrokersConfig, load_config
 from gateway.db import admin_dsn, connect
 from gateway.identities.accounts import configured, sync_accounts
 from gateway.migrate import migrate
 from gateway.roles.apply import apply_roles, plan_roles
-from gateway.roles.audit import Severity, broker_findings, run_audit
+from gateway.roles.audit import Severity, broker_findings, kafka_claim_findings, run_audit
 from gateway.roles.catalog import read_catalog
 from gateway.roles.declaration import load_declaration
 from gateway.roles.plan import PlanError
@@ -168,10 +169,13 @@ async def run_show(args: argparse.Namespace) -> int:
 
 async def run_audit_command(args: argparse.Namespace) -> int:
     doc = load_declaration(args.roles)
-    brokers = brokers_config(args.config)
+    config = load_config(args.config) if args.config is not None else None
+    brokers = config.brokers if config is not None else BrokersConfig()
     conn = await connect(admin_dsn(args.dsn))
     try:
         findings = await run_audit(conn, doc, stale_after_days=args.stale_after)
+        if config is not None and config.sources.kafka:
+            findings += await kafka_claim_findings(config.sources.kafka)
         if configured(brokers):
             plan = await sync_accounts(
                 conn,
@@ -182,9 +186,8 @@ async def run_audit_command(args: argparse.Namespace) -> int:
                 credentials_out=None,
                 apply=False,
             )
-            findings = sorted(
-                findings + broker_findings(plan), key=lambda f: (-f.severity, f.check, f.subject)
-            )
+            findings += broker_findings(plan)
+        findings.sort(key=lambda f: (-f.severity, f.check, f.subject))
     finally:
         await conn.close()
     threshold = Severity[args.fail_on.upper()]

@@ -7,18 +7,20 @@ scheduled job that fails when something needs a person.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from enum import IntEnum
 from typing import Any
 
 import asyncpg
 
+from gateway.config import KafkaSourceConfig
 from gateway.identities.accounts import AccountPlan
 from gateway.roles.apply import plan_roles
 from gateway.roles.declaration import Declaration, Tier
 from gateway.roles.plan import Change
 
-__all__ = ["Finding", "Severity", "broker_findings", "run_audit"]
+__all__ = ["Finding", "Severity", "broker_findings", "kafka_claim_findings", "run_audit"]
 
 
 class Severity(IntEnum):
@@ -95,6 +97,27 @@ def broker_findings(plan: AccountPlan) -> list[Finding]:
             (change.broker, change.action), (Severity.MEDIUM, "broker_drift")
         )
         findings.append(Finding(severity, check, change.name, str(change)))
+    return findings
+
+
+async def kafka_claim_findings(sources: Sequence[KafkaSourceConfig]) -> list[Finding]:
+    """Kafka sources whose claims the cluster's ACLs do not bind to who writes: any principal
+    that may write as an identity it is not, read as each source's own principal."""
+    from gateway.kafka_admin import KafkaAdminError
+    from gateway.sources.kafka_claims import topic_writes, unbound_writers
+
+    findings = []
+    for source in sources:
+        try:
+            violations = unbound_writers(source, await topic_writes(source))
+        except KafkaAdminError as exc:
+            findings.append(
+                Finding(Severity.MEDIUM, "kafka_acl_check_failed", source.name, str(exc))
+            )
+            continue
+        findings += [
+            Finding(Severity.HIGH, "kafka_claims_unbound", source.name, str(v)) for v in violations
+        ]
     return findings
 
 

@@ -212,3 +212,30 @@ async def test_drift_is_audited_and_apply_repairs_it(
     assert accounts[thief].client_id == thief and accounts[thief].roles == ()
     async with KafkaAdmin(KafkaAccountsConfig(bootstrap_servers=kafka.bootstrap)) as admin:
         assert widened not in await admin.describe_acls(resource_type="topic")
+
+
+async def test_audit_names_a_writer_that_kafka_claims_do_not_bind(
+    env: Stack, kafka: Kafka, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    topic = f"bridged-{secrets.token_hex(3)}"
+    await kafka.create_topic(topic)
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        "[[sources.kafka]]\n"
+        f'bootstrap_servers = "{kafka.bootstrap}"\ntopics = ["{topic}"]\n'
+        'identity_from = "key"\ntrusted_producers = ["User:bridge"]\n'
+    )
+    monkeypatch.setenv(ADMIN_DSN_ENV, env.database.dsn)
+    audit = ("audit", "--config", str(config), "--roles", str(EXAMPLE_ROLES), "--json")
+
+    async def kafka_findings() -> list[str]:
+        _, text, _ = await gateway(capsys, *audit)
+        findings = orjson.loads(text)["findings"]
+        return [f["message"] for f in findings if f["check"] == "kafka_claims_unbound"]
+
+    await kafka.allow("bridge", ["Write"], topic=topic)
+    assert await kafka_findings() == []
+    await kafka.allow("mallory", ["Write"], topic=topic)
+    (message,) = await kafka_findings()
+    assert "User:mallory" in message and topic in message
