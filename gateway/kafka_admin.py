@@ -3,8 +3,8 @@
 The registry makes each identity's Kafka account (a SCRAM credential) and its ACLs, and the
 Kafka source reads the ACLs to know whether the broker enforces its claims. aiokafka 0.14 has
 no admin calls for either: its protocol module carries the ACL requests one binding at a time,
-and the SCRAM requests (API keys 50 and 51) not at all, so both are defined here and sent
-through an `AIOKafkaClient`'s own connection.
+and the SCRAM requests (API keys 50 and 51) not at all, so `gateway.kafka_protocol` defines
+them and this module sends them through an `AIOKafkaClient`'s own connection.
 
 A SCRAM credential travels as a salt and a salted password (PBKDF2 of the password), never the
 password; but the salted password is enough to log in, so it is kept out of reprs and logs too.
@@ -21,29 +21,22 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any
 
 from aiokafka import AIOKafkaClient
 from aiokafka.errors import KafkaError, for_code
-from aiokafka.protocol.admin import (
-    CreateAclsRequest_v1,
-    DeleteAclsRequest_v1,
-    DescribeAclsRequest_v1,
-)
-from aiokafka.protocol.api import Request, RequestStruct, Response
-from aiokafka.protocol.types import (
-    CompactArray,
-    CompactBytes,
-    CompactString,
-    Int8,
-    Int16,
-    Int32,
-    Schema,
-    TaggedFields,
-)
+from aiokafka.protocol.api import Request
 
 from gateway.config import KafkaConnection
 from gateway.errors import GatewayError
+from gateway.kafka_protocol import (
+    AclFilter,
+    AlterScram,
+    CreateAcls,
+    DeleteAcls,
+    DescribeAcls,
+    DescribeScram,
+)
 from gateway.tls import client_context
 
 __all__ = [
@@ -197,154 +190,6 @@ def _check(code: int, message: str | None, what: str) -> None:
     )
 
 
-# --- protocol: the ACL requests with many bindings each, and the SCRAM requests -------------
-# aiokafka ships no type information, so its base classes are `Any` to mypy.
-
-_Binding: TypeAlias = tuple[int, str | None, int, str | None, str | None, int, int]
-
-
-class _CreateAcls(Request[CreateAclsRequest_v1]):  # type: ignore[misc]
-    API_KEY = 30
-
-    def __init__(self, creations: list[_Binding]) -> None:
-        self._creations = creations
-
-    def build(self, request_struct_class: type[CreateAclsRequest_v1]) -> CreateAclsRequest_v1:
-        return request_struct_class(self._creations)
-
-
-class _DeleteAcls(Request[DeleteAclsRequest_v1]):  # type: ignore[misc]
-    API_KEY = 31
-
-    def __init__(self, filters: list[_Binding]) -> None:
-        self._filters = filters
-
-    def build(self, request_struct_class: type[DeleteAclsRequest_v1]) -> DeleteAclsRequest_v1:
-        return request_struct_class(self._filters)
-
-
-class _DescribeAcls(Request[DescribeAclsRequest_v1]):  # type: ignore[misc]
-    API_KEY = 29
-
-    def __init__(self, acl_filter: _Binding) -> None:
-        self._filter = acl_filter
-
-    def build(self, request_struct_class: type[DescribeAclsRequest_v1]) -> DescribeAclsRequest_v1:
-        return request_struct_class(*self._filter)
-
-
-_STRING = CompactString("utf-8")
-
-
-class _DescribeScramResponse(Response):  # type: ignore[misc]
-    API_KEY = 50
-    API_VERSION = 0
-    SCHEMA = Schema(
-        ("throttle_time_ms", Int32),
-        ("error_code", Int16),
-        ("error_message", _STRING),
-        (
-            "results",
-            CompactArray(
-                ("user", _STRING),
-                ("error_code", Int16),
-                ("error_message", _STRING),
-                (
-                    "credential_infos",
-                    CompactArray(
-                        ("mechanism", Int8), ("iterations", Int32), ("tags", TaggedFields)
-                    ),
-                ),
-                ("tags", TaggedFields),
-            ),
-        ),
-        ("tags", TaggedFields),
-    )
-
-
-class _DescribeScramStruct(RequestStruct):  # type: ignore[misc]
-    FLEXIBLE_VERSION = True
-    API_KEY = 50
-    API_VERSION = 0
-    RESPONSE_TYPE = _DescribeScramResponse
-    # A null array of users asks for every user.
-    SCHEMA = Schema(
-        ("users", CompactArray(("name", _STRING), ("tags", TaggedFields))),
-        ("tags", TaggedFields),
-    )
-
-
-class _DescribeScram(Request[_DescribeScramStruct]):  # type: ignore[misc]
-    API_KEY = 50
-
-    def build(self, request_struct_class: type[_DescribeScramStruct]) -> _DescribeScramStruct:
-        return request_struct_class(None, {})
-
-
-class _AlterScramResponse(Response):  # type: ignore[misc]
-    API_KEY = 51
-    API_VERSION = 0
-    SCHEMA = Schema(
-        ("throttle_time_ms", Int32),
-        (
-            "results",
-            CompactArray(
-                ("user", _STRING),
-                ("error_code", Int16),
-                ("error_message", _STRING),
-                ("tags", TaggedFields),
-            ),
-        ),
-        ("tags", TaggedFields),
-    )
-
-
-class _AlterScramStruct(RequestStruct):  # type: ignore[misc]
-    FLEXIBLE_VERSION = True
-    API_KEY = 51
-    API_VERSION = 0
-    RESPONSE_TYPE = _AlterScramResponse
-    SCHEMA = Schema(
-        ("deletions", CompactArray(("name", _STRING), ("mechanism", Int8), ("tags", TaggedFields))),
-        (
-            "upsertions",
-            CompactArray(
-                ("name", _STRING),
-                ("mechanism", Int8),
-                ("iterations", Int32),
-                ("salt", CompactBytes),
-                ("salted_password", CompactBytes),
-                ("tags", TaggedFields),
-            ),
-        ),
-        ("tags", TaggedFields),
-    )
-
-    def __repr__(self) -> str:
-        # aiokafka logs each request's repr at debug level; the salted passwords stay out.
-        deletions, upsertions = self.get_item("deletions"), self.get_item("upsertions")
-        names = [item[0] for item in upsertions]
-        return f"AlterUserScramCredentials(deletions={deletions!r}, upsertions={names!r})"
-
-
-class _AlterScram(Request[_AlterScramStruct]):  # type: ignore[misc]
-    API_KEY = 51
-
-    def __init__(
-        self, deletions: list[tuple[str, int]], upsertions: Sequence[SaltedCredential]
-    ) -> None:
-        self._deletions: list[tuple[str, int, dict[int, bytes]]] = [
-            (name, mechanism, {}) for name, mechanism in deletions
-        ]
-        self._upsertions: list[tuple[str, int, int, bytes, bytes, dict[int, bytes]]] = [
-            (c.user, _MECHANISMS[c.mechanism][0], c.iterations, c.salt, c.salted_password, {})
-            for c in upsertions
-        ]
-
-    def build(self, request_struct_class: type[_AlterScramStruct]) -> _AlterScramStruct:
-        return request_struct_class(self._deletions, self._upsertions, {})
-
-
 # --- salting --------------------------------------------------------------------------------
 
 
@@ -478,7 +323,7 @@ class KafkaAdmin:
         """The ACLs matching a filter: "any" and None match everything; `pattern_type="match"`
         with a `resource_name` gives every ACL that applies to that resource (literal, prefixed
         and the `*` wildcard)."""
-        acl_filter: _Binding = (
+        acl_filter: AclFilter = (
             _code(_RESOURCE_TYPES, "resource type", resource_type, wildcard=True),
             resource_name,
             _code(_PATTERN_TYPES, "pattern type", pattern_type, wildcard=True),
@@ -487,7 +332,7 @@ class KafkaAdmin:
             _code(_OPERATIONS, "operation", operation, wildcard=True),
             _code(_PERMISSIONS, "permission", permission, wildcard=True),
         )
-        found = await self._send(_DescribeAcls(acl_filter), "describing ACLs")
+        found = await self._send(DescribeAcls(acl_filter), "describing ACLs")
         _check(found["error_code"], found["error_message"], "describing ACLs")
         return [
             AclBinding(
@@ -507,7 +352,7 @@ class KafkaAdmin:
         """Create the bindings (those that exist already stay as they are)."""
         for chunk in _chunks(bindings, BATCH):
             response = await self._send(
-                _CreateAcls([binding._wire() for binding in chunk]), "creating ACLs"
+                CreateAcls([binding._wire() for binding in chunk]), "creating ACLs"
             )
             for binding, result in zip(chunk, response["creation_responses"], strict=True):
                 _check(result["error_code"], result["error_message"], f"creating ACL {binding}")
@@ -516,7 +361,7 @@ class KafkaAdmin:
         """Delete exactly these bindings; one that does not exist is not an error."""
         for chunk in _chunks(bindings, BATCH):
             response = await self._send(
-                _DeleteAcls([binding._wire() for binding in chunk]), "deleting ACLs"
+                DeleteAcls([binding._wire() for binding in chunk]), "deleting ACLs"
             )
             for binding, result in zip(chunk, response["filter_responses"], strict=True):
                 what = f"deleting ACL {binding}"
@@ -526,7 +371,7 @@ class KafkaAdmin:
 
     async def scram_users(self) -> dict[str, tuple[str, ...]]:
         """Every SCRAM user, with the mechanisms it has a credential for."""
-        found = await self._send(_DescribeScram(), "describing SCRAM credentials")
+        found = await self._send(DescribeScram(), "describing SCRAM credentials")
         _check(found["error_code"], found["error_message"], "describing SCRAM credentials")
         users: dict[str, tuple[str, ...]] = {}
         for result in found["results"]:
@@ -571,7 +416,11 @@ class KafkaAdmin:
         upsertions: Sequence[SaltedCredential],
         what: str,
     ) -> None:
-        response = await self._send(_AlterScram(deletions, upsertions), what)
+        wire = [
+            (c.user, _MECHANISMS[c.mechanism][0], c.iterations, c.salt, c.salted_password)
+            for c in upsertions
+        ]
+        response = await self._send(AlterScram(deletions, wire), what)
         for result in response["results"]:
             if deletions and result["error_code"] == _RESOURCE_NOT_FOUND:
                 continue

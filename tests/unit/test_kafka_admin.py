@@ -9,14 +9,8 @@ from io import BytesIO
 
 import pytest
 
-from gateway.kafka_admin import (
-    AclBinding,
-    SaltedCredential,
-    ScramCredential,
-    _AlterScram,
-    _AlterScramStruct,
-    _salt,
-)
+from gateway.kafka_admin import AclBinding, SaltedCredential, ScramCredential, _salt
+from gateway.kafka_protocol import AlterScram, AlterScramStruct
 
 
 def test_a_binding_reads_as_the_rule_it_is() -> None:
@@ -56,9 +50,10 @@ def test_the_scram_request_encodes_as_flexible_v0_and_hides_its_secrets(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     salted = SaltedCredential("a=b", "SCRAM-SHA-256", 4096, b"s" * 32, b"k" * 32)
-    struct = _AlterScram([("gone", 1)], [salted]).build(_AlterScramStruct)
+    wire = (salted.user, 1, salted.iterations, salted.salt, salted.salted_password)
+    struct = AlterScram([("gone", 1)], [wire]).build(AlterScramStruct)
 
-    decoded = _AlterScramStruct.SCHEMA.decode(BytesIO(struct.encode()))
+    decoded = AlterScramStruct.SCHEMA.decode(BytesIO(struct.encode()))
     assert decoded[0] == [("gone", 1, {})]
     assert decoded[1] == [("a=b", 1, 4096, b"s" * 32, b"k" * 32, {})]
     assert decoded[2] == {}
