@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from gateway.kafka_admin import AclBinding, KafkaAdmin
 
 __all__ = [
+    "DEFAULT_ACCESS",
     "AccountChange",
     "AccountPlan",
     "AccountsError",
@@ -79,7 +80,8 @@ class AccountChange:
     """One difference between the registry and a broker, and what apply does about it.
 
     `action` is one of: create, enable, disable, bind (client id), roles (set exactly the
-    wanted roles), role_acls (the gateway role's ACLs), grant, revoke (a Kafka binding),
+    wanted roles), role_acls (the gateway role's ACLs), defaults (the plugin's default access),
+    grant, revoke (a Kafka binding),
     delete (a Kafka credential), report (nothing is done: a person decides).
     """
 
@@ -142,6 +144,16 @@ class AccountPlan:
 
 
 # -- Mosquitto ---------------------------------------------------------------------------------
+
+DEFAULT_ACCESS = {
+    "publishClientSend": False,
+    "publishClientReceive": False,
+    "subscribe": False,
+    "unsubscribe": True,
+}
+"""What the plugin allows when no role says: nothing but unsubscribing. Unlike `mosquitto_ctrl
+dynsec init` (receiving allowed): beside an ACL file Mosquitto 2.0.11 grants any SUBSCRIBE, so
+with receiving allowed a device subscribed to `devices/#` got every other device's messages."""
 
 
 def gateway_role_acls(config: MosquittoAccountsConfig) -> tuple[tuple[str, str], ...]:
@@ -212,13 +224,14 @@ def plan_mosquitto(
             if have != wanted:
                 change("role_acls", config.gateway_role, f"ACLs {have} are not {wanted}")
         if default_access is not None:
-            for acltype in ("publishClientSend", "publishClientReceive", "subscribe"):
-                if default_access.get(acltype, True):
+            for acltype, wanted_access in DEFAULT_ACCESS.items():
+                if default_access.get(acltype, not wanted_access) != wanted_access:
+                    allowed = "allowed" if not wanted_access else "denied"
                     change(
-                        "report",
-                        "defaultACLAccess",
-                        f"{acltype} is allowed by default: every account may do it "
-                        "(devices could write or read beyond their own topics)",
+                        "defaults",
+                        acltype,
+                        f"{acltype} is {allowed} by default, for every account without a role "
+                        "that says otherwise",
                     )
     return changes
 
@@ -396,6 +409,9 @@ async def apply_mosquitto(
         new.append(NewAccount(c.name, password, c.name, roles, f"role {role}"))
     if any(c.action == "role_acls" for c in changes) or any(a.username in gateways for a in new):
         await dynsec.ensure_role(config.gateway_role, gateway_role_acls(config))
+    defaults = {c.name: DEFAULT_ACCESS[c.name] for c in changes if c.action == "defaults"}
+    if defaults:
+        await dynsec.set_default_access(defaults)
     if new:
         await dynsec.create(new)
     for action, disabled in (("enable", False), ("disable", True)):

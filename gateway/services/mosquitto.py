@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from gateway.config import MosquittoAccountsConfig, Secret
+from gateway.identities.accounts import DEFAULT_ACCESS, gateway_role_acls
 from gateway.identities.dynsec import Dynsec, NewAccount
 from gateway.identities.dynsec_file import init_file, write_accounts, write_role
 from gateway.services._process import (
@@ -69,22 +70,9 @@ def mosquitto_binary() -> str | None:
 
 
 GATEWAY_ROLE = "gateway"
-GATEWAY_ACLS = (
-    ("subscribePattern", "devices/#"),
-    # Mosquitto checks a shared subscription's filter with its `$share/<group>/` prefix.
-    ("subscribePattern", "$share/+/devices/#"),
-    ("publishClientReceive", "devices/#"),
-)
-"""The dynamic-security role of the gateway's accounts: subscribe to every device topic, alone
-or in a shared-subscription group, and receive what is published there. Delivery is what
-counts: beside an ACL file Mosquitto 2.0.11 grants any SUBSCRIBE (it checks reads per message),
-but the subscribe patterns keep the role whole without one (checked: without the `$share`
+GATEWAY_ACLS = gateway_role_acls(MosquittoAccountsConfig())
+"""The gateway role, as `gateway brokers apply` keeps it (checked: without the `$share`
 pattern the plugin alone refuses a shared subscription)."""
-
-DEFAULT_ACCESS = {"publishClientReceive": False}
-"""Unlike `mosquitto_ctrl dynsec init`: what no role grants is not delivered. With the tool's
-default (receive allowed), a device subscribed to `devices/#` got every other device's
-messages: the ACL file let the subscription through and the plugin let delivery through."""
 
 _PLUGIN = "mosquitto_dynamic_security.so"
 
@@ -277,7 +265,7 @@ class Mosquitto(MqttBroker):
             self.dynsec_file,
             self.admin.username,
             self.admin.password,
-            default_access=DEFAULT_ACCESS,
+            default_access=dict(DEFAULT_ACCESS),
         )
         write_role(self.dynsec_file, GATEWAY_ROLE, GATEWAY_ACLS)
         write_accounts(

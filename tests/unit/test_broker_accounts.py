@@ -6,6 +6,7 @@ import pytest
 
 from gateway.config import KafkaAccountsConfig, MosquittoAccountsConfig
 from gateway.identities.accounts import (
+    DEFAULT_ACCESS,
     AccountPlan,
     gateway_role_acls,
     identity_binding,
@@ -92,11 +93,7 @@ def test_mosquitto_widened_defaults_and_gateway_role_are_found() -> None:
         live,
         MOSQUITTO,
         gateway_acls={"gateway": wanted},
-        default_access={
-            "publishClientSend": False,
-            "publishClientReceive": False,
-            "subscribe": False,
-        },
+        default_access=DEFAULT_ACCESS,
     )
     assert clean == []
     widened = plan_mosquitto(
@@ -104,13 +101,9 @@ def test_mosquitto_widened_defaults_and_gateway_role_are_found() -> None:
         live,
         MOSQUITTO,
         gateway_acls={"gateway": (*wanted, ("publishClientSend", "#", True))},
-        default_access={
-            "publishClientSend": True,
-            "publishClientReceive": False,
-            "subscribe": False,
-        },
+        default_access={**DEFAULT_ACCESS, "publishClientSend": True},
     )
-    assert actions(widened) == {("role_acls", "gateway"), ("report", "defaultACLAccess")}
+    assert actions(widened) == {("role_acls", "gateway"), ("defaults", "publishClientSend")}
 
 
 def test_gateway_role_reads_every_device_topic_directly_and_shared() -> None:
