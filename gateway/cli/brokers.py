@@ -90,6 +90,7 @@ async def run_plan(args: argparse.Namespace) -> int:
             supplied={},
             credentials_out=None,
             apply=False,
+            dynsec_file=args.dynsec_file,
         )
     finally:
         await conn.close()
@@ -109,6 +110,7 @@ async def run_apply(args: argparse.Namespace) -> int:
             names=None,
             supplied=read_credentials(args.credentials_in),
             credentials_out=args.credentials_out,
+            dynsec_file=args.dynsec_file,
         )
     finally:
         await conn.close()
@@ -143,6 +145,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         command = brokers.add_parser(name, help=help_text)
         command.add_argument("--dsn", help="admin DSN (default: $GATEWAY_ADMIN_DSN)")
         add_broker_options(command)
+        command.add_argument(
+            "--dynsec-file",
+            type=Path,
+            metavar="JSON",
+            help="Mosquitto's accounts in the plugin's file, not the running broker, which must "
+            "be stopped: how a fleet of thousands is loaded",
+        )
         command.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "apply":
             command.add_argument("--actor", default=None, help="who the audit log names")

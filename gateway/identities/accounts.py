@@ -38,7 +38,7 @@ from gateway.topics import TopicTemplate
 
 if TYPE_CHECKING:
     from gateway.config import BrokersConfig, KafkaAccountsConfig, MosquittoAccountsConfig
-    from gateway.identities.dynsec import Dynsec, DynsecAccount
+    from gateway.identities.dynsec import Dynsec, DynsecAccount, NewAccount
     from gateway.identities.model import Status
     from gateway.kafka_admin import AclBinding, KafkaAdmin
 
@@ -380,14 +380,13 @@ def new_credentials(
     }
 
 
-async def apply_mosquitto(
-    dynsec: Dynsec,
+def _new_accounts(
     changes: Sequence[AccountChange],
     config: MosquittoAccountsConfig,
     identities: IdentityStates,
     credentials: Mapping[str, Credential],
-) -> None:
-    """Carry out Mosquitto's changes: creations in bulk, the rest account by account."""
+) -> list[NewAccount]:
+    """The accounts to create: devices with their credentials, pods with the gateway's."""
     from gateway.identities.dynsec import NewAccount
 
     gateways = set(config.gateway_clients)
@@ -407,7 +406,23 @@ async def apply_mosquitto(
             password, roles = credentials[c.name].password, ()
         role = identities[c.name][1] if c.name in identities else "gateway"
         new.append(NewAccount(c.name, password, c.name, roles, f"role {role}"))
-    if any(c.action == "role_acls" for c in changes) or any(a.username in gateways for a in new):
+    return new
+
+
+def _wanted_roles(name: str, config: MosquittoAccountsConfig) -> list[str]:
+    return [config.gateway_role] if name in config.gateway_clients else []
+
+
+async def apply_mosquitto(
+    dynsec: Dynsec,
+    changes: Sequence[AccountChange],
+    config: MosquittoAccountsConfig,
+    identities: IdentityStates,
+    credentials: Mapping[str, Credential],
+) -> None:
+    """Carry out Mosquitto's changes through the running plugin."""
+    new = _new_accounts(changes, config, identities, credentials)
+    if any(c.action == "role_acls" for c in changes) or any(a.roles for a in new):
         await dynsec.ensure_role(config.gateway_role, gateway_role_acls(config))
     defaults = {c.name: DEFAULT_ACCESS[c.name] for c in changes if c.action == "defaults"}
     if defaults:
@@ -422,7 +437,40 @@ async def apply_mosquitto(
         if c.action == "bind":
             await dynsec.set_client_id(c.name, c.name)
         elif c.action == "roles":
-            await dynsec.set_roles(c.name, [config.gateway_role] if c.name in gateways else [])
+            await dynsec.set_roles(c.name, _wanted_roles(c.name, config))
+
+
+def apply_mosquitto_file(
+    path: Path,
+    changes: Sequence[AccountChange],
+    config: MosquittoAccountsConfig,
+    identities: IdentityStates,
+    credentials: Mapping[str, Credential],
+) -> None:
+    """Carry out Mosquitto's changes in the plugin's file, for a broker that is stopped: the
+    way to load a fleet, since the running plugin rewrites its whole file after every command."""
+    from gateway.identities.dynsec_file import update_clients, write_accounts, write_role
+
+    new = _new_accounts(changes, config, identities, credentials)
+    if any(c.action == "role_acls" for c in changes) or any(a.roles for a in new):
+        write_role(path, config.gateway_role, gateway_role_acls(config))
+    if new:
+        write_accounts(path, new)
+    fields: dict[str, dict[str, Any]] = {}
+    for c in changes:
+        field: dict[str, Any] = {}
+        if c.action in ("enable", "disable"):
+            field = {"disabled": c.action == "disable"}
+        elif c.action == "bind":
+            field = {"clientid": c.name}
+        elif c.action == "roles":
+            roles = [{"rolename": r} for r in _wanted_roles(c.name, config)]
+            field = {"roles": roles, "groups": []}
+        if field:
+            fields.setdefault(c.name, {}).update(field)
+    defaults = {c.name: DEFAULT_ACCESS[c.name] for c in changes if c.action == "defaults"}
+    if fields or defaults:
+        update_clients(path, fields, default_access=defaults)
 
 
 async def apply_kafka(
@@ -457,31 +505,21 @@ def configured(config: BrokersConfig) -> bool:
     return config.mosquitto is not None or config.kafka is not None
 
 
-def _account(client: Mapping[str, Any]) -> DynsecAccount:
-    from gateway.identities.dynsec import DynsecAccount
-
-    return DynsecAccount(
-        username=client["username"],
-        client_id=client.get("clientid") or None,
-        disabled=bool(client.get("disabled", False)),
-        roles=tuple(r["rolename"] for r in client.get("roles", ())),
-        groups=tuple(g["groupname"] for g in client.get("groups", ())),
-        text_name=client.get("textname"),
-    )
-
-
 class BrokerAccounts:
     """Connections to the configured brokers, to plan and apply against what they hold now."""
 
-    def __init__(self, config: BrokersConfig) -> None:
+    def __init__(self, config: BrokersConfig, *, dynsec_file: Path | None = None) -> None:
         self.config = config
+        self.dynsec_file = dynsec_file
+        """Mosquitto's accounts are read from and written into the plugin's file instead of
+        the running plugin (the broker must be stopped)."""
         self._stack = AsyncExitStack()
         self.dynsec: Dynsec | None = None
         self.kafka: KafkaAdmin | None = None
 
     async def __aenter__(self) -> BrokerAccounts:
         try:
-            if self.config.mosquitto is not None:
+            if self.config.mosquitto is not None and self.dynsec_file is None:
                 from gateway.identities.dynsec import Dynsec
 
                 self.dynsec = await self._stack.enter_async_context(Dynsec(self.config.mosquitto))
@@ -502,6 +540,18 @@ class BrokerAccounts:
     ) -> AccountPlan:
         """The difference for `names` (a lifecycle command's own), or for everything."""
         changes: list[AccountChange] = []
+        if self.dynsec_file is not None and self.config.mosquitto is not None:
+            from gateway.identities.dynsec_file import read_state
+
+            state = read_state(self.dynsec_file)
+            changes += plan_mosquitto(
+                identities,
+                state.accounts,
+                self.config.mosquitto,
+                names=names,
+                gateway_acls=state.role_acls if names is None else None,
+                default_access=state.default_access if names is None else None,
+            )
         if self.dynsec is not None and self.config.mosquitto is not None:
             config = self.config.mosquitto
             if names is None:
@@ -514,7 +564,7 @@ class BrokerAccounts:
                 )
             else:
                 changes += plan_mosquitto(
-                    identities, await self._mosquitto_accounts(names), config, names=names
+                    identities, await self.dynsec.named(list(names)), config, names=names
                 )
         if self.kafka is not None and self.config.kafka is not None:
             changes += plan_kafka(
@@ -534,8 +584,12 @@ class BrokerAccounts:
     ) -> dict[str, Credential]:
         """Carry out the plan; returns the credentials of the identities it created."""
         credentials = new_credentials(plan, supplied)
+        mine = [c for c in plan.actions if c.broker == "mosquitto"]
+        if self.dynsec_file is not None and self.config.mosquitto is not None:
+            apply_mosquitto_file(
+                self.dynsec_file, mine, self.config.mosquitto, identities, credentials
+            )
         if self.dynsec is not None and self.config.mosquitto is not None:
-            mine = [c for c in plan.actions if c.broker == "mosquitto"]
             await apply_mosquitto(self.dynsec, mine, self.config.mosquitto, identities, credentials)
         if self.kafka is not None and self.config.kafka is not None:
             mine = [c for c in plan.actions if c.broker == "kafka"]
@@ -555,20 +609,6 @@ class BrokerAccounts:
                 mechanism=self.config.kafka.mechanism,
                 iterations=self.config.kafka.iterations,
             )
-
-    async def _mosquitto_accounts(self, names: Collection[str]) -> dict[str, DynsecAccount]:
-        """Only the named clients: listing a whole fleet would cost a retirement its second."""
-        assert self.dynsec is not None
-        ordered = sorted(names)
-        responses = await self.dynsec.execute(
-            [{"command": "getClient", "username": name} for name in ordered]
-        )
-        found = {}
-        for name, response in zip(ordered, responses, strict=True):
-            client = (response.get("data") or {}).get("client")
-            if client is not None:
-                found[name] = _account(client)
-        return found
 
 
 def write_credentials(path: Path, credentials: Mapping[str, Credential]) -> None:
@@ -609,10 +649,11 @@ async def sync_accounts(
     supplied: Mapping[str, str],
     credentials_out: Path | None,
     apply: bool = True,
+    dynsec_file: Path | None = None,
 ) -> AccountPlan:
     """Plan (and apply) the brokers' side of the registry, recording what was done."""
     identities = await Registry(conn, actor).states(names)
-    async with BrokerAccounts(config) as brokers:
+    async with BrokerAccounts(config, dynsec_file=dynsec_file) as brokers:
         plan = await brokers.plan(identities, names)
         if not apply or not plan.actions:
             return plan

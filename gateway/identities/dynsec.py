@@ -37,6 +37,7 @@ __all__ = [
     "DynsecAccount",
     "DynsecError",
     "NewAccount",
+    "account_from",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ def _subject(command: Mapping[str, Any]) -> str:
     return ""
 
 
-def _account(data: Mapping[str, Any]) -> DynsecAccount:
+def account_from(data: Mapping[str, Any]) -> DynsecAccount:
+    """A client as the plugin describes it, in its replies and in its file alike."""
     return DynsecAccount(
         username=data["username"],
         client_id=data.get("clientid") or None,
@@ -260,11 +262,26 @@ class Dynsec:
             )
             clients = response.get("data", {}).get("clients", [])
             for data in clients:
-                account = _account(data)
+                account = account_from(data)
                 found[account.username] = account
             offset += len(clients)
             if len(clients) < _PAGE:
                 return found
+
+    async def named(self, usernames: Sequence[str]) -> dict[str, DynsecAccount]:
+        """Only these clients (those that exist): listing a whole fleet to look at one would
+        cost a retirement its second."""
+        ordered = sorted(set(usernames))
+        responses = await self.execute(
+            [_Command(command="getClient", username=name) for name in ordered]
+        )
+        found = {}
+        for response in responses:
+            client = (response.get("data") or {}).get("client")
+            if client is not None:
+                account = account_from(client)
+                found[account.username] = account
+        return found
 
     async def create(self, accounts: Sequence[NewAccount]) -> None:
         """Create accounts, each bound to its client id and in its roles."""

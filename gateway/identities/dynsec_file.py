@@ -18,12 +18,22 @@ import secrets
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.identities.dynsec import NewAccount
+from gateway.identities.dynsec import DynsecAccount, NewAccount, account_from
 
-__all__ = ["ADMIN_ROLE", "hash_password", "init_file", "write_accounts", "write_role"]
+__all__ = [
+    "ADMIN_ROLE",
+    "FileState",
+    "hash_password",
+    "init_file",
+    "read_state",
+    "update_clients",
+    "write_accounts",
+    "write_role",
+]
 
 ADMIN_ROLE = "admin"
 ITERATIONS = 101  # what the plugin itself uses
@@ -122,6 +132,52 @@ def write_accounts(
     document["clients"] = kept + list(written.values())
     _replace(path, document)
     return len(written)
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What the file holds, in the shapes the live plugin reports them."""
+
+    accounts: dict[str, DynsecAccount]
+    role_acls: dict[str, tuple[tuple[str, str, bool], ...]]
+    default_access: dict[str, bool]
+
+
+def read_state(path: Path) -> FileState:
+    """The file's clients, roles and default access, as a plan reads a running plugin's."""
+    document: dict[str, Any] = json.loads(path.read_text())
+    accounts = [account_from(client) for client in document.get("clients", [])]
+    return FileState(
+        accounts={account.username: account for account in accounts},
+        role_acls={
+            role["rolename"]: tuple(
+                (acl["acltype"], acl["topic"], bool(acl.get("allow", False)))
+                for acl in role.get("acls", ())
+            )
+            for role in document.get("roles", [])
+        },
+        default_access={k: bool(v) for k, v in document.get("defaultACLAccess", {}).items()},
+    )
+
+
+def update_clients(
+    path: Path,
+    fields: Mapping[str, Mapping[str, Any]],
+    *,
+    default_access: Mapping[str, bool] | None = None,
+) -> None:
+    """Set these fields of existing clients (`disabled`, `clientid`, `roles` as the file spells
+    them), and of the default access, in one atomic replacement."""
+    document: dict[str, Any] = json.loads(path.read_text())
+    for client in document.get("clients", []):
+        changed = fields.get(client.get("username"))
+        if changed:
+            client.update(changed)
+            if client.get("disabled") is False:
+                del client["disabled"]
+    if default_access:
+        document.setdefault("defaultACLAccess", {}).update(default_access)
+    _replace(path, document)
 
 
 def write_role(path: Path, role: str, acls: Sequence[tuple[str, str]]) -> None:

@@ -22,6 +22,7 @@ from gateway.db import ADMIN_DSN_ENV
 from gateway.identities.dynsec import Dynsec, NewAccount
 from gateway.kafka_admin import AclBinding, KafkaAdmin
 from gateway.services.kafka import SCRAM, Kafka
+from gateway.services.mosquitto import Mosquitto
 
 from .stack import EXAMPLE_ROLES, Stack
 
@@ -71,10 +72,12 @@ def passwords(path: Path) -> dict[str, str]:
         return {row["name"]: row["password"] for row in csv.DictReader(handle)}
 
 
-def mqtt(env: Stack, name: str, password: str, client_id: str | None = None) -> aiomqtt.Client:
+def mqtt(
+    broker: Mosquitto, name: str, password: str, client_id: str | None = None
+) -> aiomqtt.Client:
     return aiomqtt.Client(
-        env.broker.host,
-        env.broker.port,
+        broker.host,
+        broker.port,
         username=name,
         password=password,
         identifier=client_id or name,
@@ -84,7 +87,7 @@ def mqtt(env: Stack, name: str, password: str, client_id: str | None = None) -> 
 
 async def mqtt_refused(env: Stack, name: str, password: str, client_id: str | None = None) -> bool:
     try:
-        async with mqtt(env, name, password, client_id):
+        async with mqtt(env.broker, name, password, client_id):
             return False
     except aiomqtt.MqttError:
         return True
@@ -130,7 +133,7 @@ async def test_an_identity_s_accounts_follow_add_rotate_and_retire(
     assert issued[name] not in text + err  # handed over in the file only
 
     # MQTT: the account is bound to the device's own name as client id.
-    async with mqtt(env, name, issued[name]):
+    async with mqtt(env.broker, name, issued[name]):
         pass
     assert await mqtt_refused(env, name, issued[name], client_id=f"{name}-2")
     # Kafka: it writes its own topic, and not another identity's.
@@ -149,7 +152,7 @@ async def test_an_identity_s_accounts_follow_add_rotate_and_retire(
     assert await produce(kafka, name, rotated, f"telemetry.{name}") is None
 
     # Retirement disconnects the connected device and refuses it everywhere afterwards.
-    async with mqtt(env, name, rotated) as device:
+    async with mqtt(env.broker, name, rotated) as device:
         started = time.monotonic()
         code, _, err = await gateway(
             capsys, "identities", "retire", name, "--config", str(config_file)
@@ -163,7 +166,7 @@ async def test_an_identity_s_accounts_follow_add_rotate_and_retire(
     assert await mqtt_refused(env, name, rotated)
     assert await produce(kafka, name, rotated, f"telemetry.{name}") is not None
     # The other identity is untouched.
-    async with mqtt(env, other, issued[other]):
+    async with mqtt(env.broker, other, issued[other]):
         pass
 
 
@@ -239,3 +242,46 @@ async def test_audit_names_a_writer_that_kafka_claims_do_not_bind(
     await kafka.allow("mallory", ["Write"], topic=topic)
     (message,) = await kafka_findings()
     assert "User:mallory" in message and topic in message
+
+
+async def test_a_fleet_is_loaded_through_the_plugins_file_while_the_broker_is_stopped(
+    env: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    fleet = [f"bulk-{secrets.token_hex(3)}-{i}" for i in range(300)]
+    listing = tmp_path / "fleet.csv"
+    listing.write_text("name,role\n" + "".join(f"{name},{ROLE}\n" for name in fleet))
+    monkeypatch.setenv(ADMIN_DSN_ENV, env.database.dsn)
+    code, _, err = await gateway(capsys, "identities", "import", str(listing))
+    assert code == 0, err
+    retired = fleet.pop()
+    code, _, err = await gateway(capsys, "identities", "retire", retired)
+    assert code == 0, err
+    async with Mosquitto() as broker:
+        config = tmp_path / "gateway.toml"
+        accounts = broker.accounts_config()
+        config.write_text(
+            "[brokers.mosquitto]\n"
+            f'host = "{broker.host}"\nport = {broker.port}\n'
+            f'password = {{ file = "{accounts.password.file}" }}\n'  # type: ignore[union-attr]
+        )
+        async with Dynsec(accounts.model_copy(update={"client_id": "hand"})) as dynsec:
+            await dynsec.create([NewAccount(retired, "old", retired)])  # made before retiring
+        await broker.stop()
+        out = tmp_path / "credentials.csv"
+        code, text, err = await gateway(
+            capsys, "brokers", "apply", "--config", str(config),
+            "--dynsec-file", str(broker.dynsec_file), "--credentials-out", str(out),
+        )  # fmt: skip
+        assert code == 0, err
+        await broker.start()
+        issued = passwords(out)
+        assert fleet[0] in issued and retired not in issued
+        async with mqtt(broker, fleet[0], issued[fleet[0]]):
+            pass
+        # The live plugin now holds what the registry says: the same plan is empty.
+        code, text, _ = await gateway(capsys, "brokers", "plan", "--config", str(config), "--json")
+        planned = orjson.loads(text)["changes"]
+        assert [c for c in planned if c["name"] in {*fleet, retired}] == []
+        async with Dynsec(accounts.model_copy(update={"client_id": "hand"})) as dynsec:
+            assert (await dynsec.named([retired]))[retired].disabled
