@@ -20,7 +20,6 @@ import ssl
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaClient
@@ -37,6 +36,7 @@ from gateway.kafka_protocol import (
     DescribeAcls,
     DescribeScram,
 )
+from gateway.lifecycle import Lifecycle
 from gateway.tls import client_context
 
 __all__ = [
@@ -262,7 +262,7 @@ def connection_arguments(connection: KafkaConnection) -> dict[str, Any]:
     }
 
 
-class KafkaAdmin:
+class KafkaAdmin(Lifecycle):
     """An admin connection to one Kafka cluster: ACLs and SCRAM credentials.
 
     Changes return once the controller has committed them; a broker applies them a moment
@@ -273,7 +273,7 @@ class KafkaAdmin:
         self._connection = connection
         self._client: AIOKafkaClient | None = None
 
-    async def __aenter__(self) -> KafkaAdmin:
+    async def start(self) -> None:
         client = AIOKafkaClient(**connection_arguments(self._connection))
         try:
             await client.bootstrap()
@@ -286,14 +286,8 @@ class KafkaAdmin:
                 retriable=bool(getattr(exc, "retriable", False)),
             ) from exc
         self._client = client
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None

@@ -78,27 +78,17 @@ def read_credentials(path: Path | None) -> dict[str, str]:
 
 
 async def run_plan(args: argparse.Namespace) -> int:
-    config = brokers_config(args.config)
-    _require(config)
-    conn = await connect(admin_dsn(args.dsn))
-    try:
-        plan = await sync_accounts(
-            conn,
-            config,
-            default_actor(),
-            names=None,
-            supplied={},
-            credentials_out=None,
-            apply=False,
-            dynsec_file=args.dynsec_file,
-        )
-    finally:
-        await conn.close()
-    _print(plan, args.json)
+    plan = await _reconcile(args, apply=False)
     return EXIT_CHANGES_PENDING if plan.actions else 0
 
 
 async def run_apply(args: argparse.Namespace) -> int:
+    await _reconcile(args, apply=True)
+    return 0
+
+
+async def _reconcile(args: argparse.Namespace, *, apply: bool) -> AccountPlan:
+    """The whole registry against the brokers: planned, and applied when asked."""
     config = brokers_config(args.config)
     _require(config)
     conn = await connect(admin_dsn(args.dsn))
@@ -106,16 +96,17 @@ async def run_apply(args: argparse.Namespace) -> int:
         plan = await sync_accounts(
             conn,
             config,
-            args.actor or default_actor(),
+            getattr(args, "actor", None) or default_actor(),
             names=None,
             supplied=read_credentials(args.credentials_in),
             credentials_out=args.credentials_out,
+            apply=apply,
             dynsec_file=args.dynsec_file,
         )
     finally:
         await conn.close()
     _print(plan, args.json)
-    return 0
+    return plan
 
 
 def _require(config: BrokersConfig) -> None:

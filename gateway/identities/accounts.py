@@ -34,6 +34,7 @@ import asyncpg
 from gateway import trail
 from gateway.errors import GatewayError
 from gateway.identities.registry import Registry
+from gateway.lifecycle import Lifecycle
 from gateway.topics import TopicTemplate
 
 if TYPE_CHECKING:
@@ -505,7 +506,7 @@ def configured(config: BrokersConfig) -> bool:
     return config.mosquitto is not None or config.kafka is not None
 
 
-class BrokerAccounts:
+class BrokerAccounts(Lifecycle):
     """Connections to the configured brokers, to plan and apply against what they hold now."""
 
     def __init__(self, config: BrokersConfig, *, dynsec_file: Path | None = None) -> None:
@@ -517,7 +518,7 @@ class BrokerAccounts:
         self.dynsec: Dynsec | None = None
         self.kafka: KafkaAdmin | None = None
 
-    async def __aenter__(self) -> BrokerAccounts:
+    async def start(self) -> None:
         try:
             if self.config.mosquitto is not None and self.dynsec_file is None:
                 from gateway.identities.dynsec import Dynsec
@@ -530,9 +531,8 @@ class BrokerAccounts:
         except BaseException:
             await self._stack.aclose()
             raise
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def close(self) -> None:
         await self._stack.aclose()
 
     async def plan(

@@ -21,13 +21,13 @@ import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import aiomqtt
 
 from gateway.config import MosquittoAccountsConfig
 from gateway.errors import GatewayError
+from gateway.lifecycle import Lifecycle
 from gateway.tls import client_context
 
 __all__ = [
@@ -113,7 +113,7 @@ def account_from(data: Mapping[str, Any]) -> DynsecAccount:
     )
 
 
-class Dynsec:
+class Dynsec(Lifecycle):
     """The plugin's admin session: `async with Dynsec(config) as dynsec: ...`."""
 
     def __init__(
@@ -130,7 +130,7 @@ class Dynsec:
         self._requests = itertools.count(1)
         self._nonce = secrets.token_hex(4)
 
-    async def __aenter__(self) -> Dynsec:
+    async def start(self) -> None:
         config = self.config
         password = config.password.require() if config.password is not None else None
         context = (
@@ -167,14 +167,8 @@ class Dynsec:
             raise DynsecError(
                 f"account {config.username!r} may not read {RESPONSE_TOPIC}: {exc}"
             ) from None
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         await self._close()
 
     async def _close(self) -> None:
