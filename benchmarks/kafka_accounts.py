@@ -34,8 +34,7 @@ from typing import Any
 
 from _harness import loadavg, phase
 from aiokafka import AIOKafkaProducer
-from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaError, SaslAuthenticationFailed
+from aiokafka.errors import KafkaError
 
 from gateway.kafka_admin import (
     AclBinding,
@@ -65,31 +64,8 @@ async def until(check: Callable[[], Awaitable[bool]], limit: float = 120.0) -> f
     return round(time.perf_counter() - start, 3)
 
 
-async def logs_in(kafka: Kafka, user: str, password: str) -> bool:
-    try:
-        connection = await create_conn(
-            kafka.host,
-            kafka.sasl_port,
-            security_protocol="SASL_PLAINTEXT",
-            sasl_mechanism=MECHANISM,
-            sasl_plain_username=user,
-            sasl_plain_password=password,
-        )
-    except SaslAuthenticationFailed:
-        return False
-    connection.close()
-    return True
-
-
 def producer(kafka: Kafka, user: str, password: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        bootstrap_servers=kafka.sasl_bootstrap,
-        security_protocol="SASL_PLAINTEXT",
-        sasl_mechanism=MECHANISM,
-        sasl_plain_username=user,
-        sasl_plain_password=password,
-        request_timeout_ms=10_000,
-    )
+    return AIOKafkaProducer(**kafka.client_kwargs(user, password), request_timeout_ms=10_000)
 
 
 async def writes(sender: AIOKafkaProducer, topic: str) -> bool:
@@ -119,7 +95,7 @@ async def run(count: int, iterations: int) -> dict[str, Any]:
             elapsed = timed()
             await admin.store_scram(salted)
             broker = elapsed()
-            applied = await until(lambda: logs_in(kafka, last, passwords[last]))
+            applied = await until(lambda: kafka.logs_in(last, passwords[last]))
             meta.update(
                 {
                     "hashing_s": hashing,
@@ -189,7 +165,7 @@ async def run(count: int, iterations: int) -> dict[str, Any]:
                     return not await writes(sender, topic)
 
                 async def login_refused() -> bool:
-                    return not await logs_in(kafka, victim, passwords[victim])
+                    return not await kafka.logs_in(victim, passwords[victim])
 
                 # Both from the first delete on, watched side by side.
                 refused = await asyncio.gather(until(write_refused), until(login_refused))

@@ -265,12 +265,14 @@ class Kafka(LocalService):
     def _keystore(self) -> Path:
         return self.directory / "tls" / "broker-keystore.pem"
 
-    def client_kwargs(self, user: str) -> dict[str, str]:
-        """Keyword arguments for an aiokafka client that logs in as `user` on the SASL port."""
-        try:
-            password = self.users[user]
-        except KeyError:
-            raise ValueError(f"no Kafka user {user!r}; pass it in Kafka(users=...)") from None
+    def client_kwargs(self, user: str, password: str | None = None) -> dict[str, str]:
+        """Keyword arguments for an aiokafka client that logs in as `user` on the SASL port,
+        with the password it was made with unless another is given."""
+        if password is None:
+            try:
+                password = self.users[user]
+            except KeyError:
+                raise ValueError(f"no Kafka user {user!r}; pass it in Kafka(users=...)") from None
         return {
             "bootstrap_servers": self.sasl_bootstrap,
             "security_protocol": "SASL_PLAINTEXT",
@@ -348,9 +350,10 @@ class Kafka(LocalService):
         # The broker applies the controller's records in order, so the last one logging in
         # means every one before it is in its credential cache too.
         last = credentials[-1]
-        await _until(lambda: self._logs_in(last.user, last.password), f"the login of {last.user!r}")
+        await _until(lambda: self.logs_in(last.user, last.password), f"the login of {last.user!r}")
 
-    async def _logs_in(self, user: str, password: str) -> bool:
+    async def logs_in(self, user: str, password: str) -> bool:
+        """Whether the SASL listener accepts this user and password now."""
         try:
             connection = await create_conn(
                 self.host,

@@ -21,7 +21,7 @@ from gateway.config import KafkaAccountsConfig
 from gateway.db import ADMIN_DSN_ENV
 from gateway.identities.dynsec import Dynsec, NewAccount
 from gateway.kafka_admin import AclBinding, KafkaAdmin
-from gateway.services.kafka import SCRAM, Kafka
+from gateway.services.kafka import Kafka
 from gateway.services.mosquitto import Mosquitto
 
 from .stack import EXAMPLE_ROLES, Stack
@@ -96,13 +96,7 @@ async def mqtt_refused(env: Stack, name: str, password: str, client_id: str | No
 async def produce(kafka: Kafka, user: str, password: str, topic: str) -> str | None:
     """None when the record was written, else the error's name."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=kafka.sasl_bootstrap,
-        security_protocol="SASL_PLAINTEXT",
-        sasl_mechanism=SCRAM,
-        sasl_plain_username=user,
-        sasl_plain_password=password,
-        request_timeout_ms=5000,
-        metadata_max_age_ms=1000,
+        **kafka.client_kwargs(user, password), request_timeout_ms=5000, metadata_max_age_ms=1000
     )
     try:
         await producer.start()

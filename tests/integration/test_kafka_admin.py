@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.conn import create_conn
-from aiokafka.errors import SaslAuthenticationFailed, TopicAuthorizationFailedError
+from aiokafka.errors import TopicAuthorizationFailedError
 
 from gateway.config import KafkaConnection, Secret
 from gateway.kafka_admin import (
@@ -56,34 +55,8 @@ async def settles(check: Callable[[], Awaitable[bool]]) -> bool:
     return True
 
 
-async def logs_in(kafka: Kafka, user: str, password: str) -> bool:
-    try:
-        connection = await create_conn(
-            kafka.host,
-            kafka.sasl_port,
-            security_protocol="SASL_PLAINTEXT",
-            sasl_mechanism="SCRAM-SHA-256",
-            sasl_plain_username=user,
-            sasl_plain_password=password,
-        )
-    except SaslAuthenticationFailed:
-        return False
-    connection.close()
-    return True
-
-
-def sasl(kafka: Kafka, user: str, password: str) -> dict[str, str]:
-    return {
-        "bootstrap_servers": kafka.sasl_bootstrap,
-        "security_protocol": "SASL_PLAINTEXT",
-        "sasl_mechanism": "SCRAM-SHA-256",
-        "sasl_plain_username": user,
-        "sasl_plain_password": password,
-    }
-
-
 async def produces(kafka: Kafka, user: str, password: str, topic: str) -> bool:
-    producer = AIOKafkaProducer(**sasl(kafka, user, password), request_timeout_ms=10_000)
+    producer = AIOKafkaProducer(**kafka.client_kwargs(user, password), request_timeout_ms=10_000)
     await producer.start()
     try:
         await producer.send_and_wait(topic, b'{"metric": "t", "value": 1}')
@@ -160,7 +133,7 @@ async def test_scram_user_produces_where_its_acl_allows_and_nowhere_else(
         [write(own, user), AclBinding("topic", own, "literal", f"User:{user}", "describe")]
     )
 
-    assert await settles(lambda: logs_in(kafka, user, password))
+    assert await settles(lambda: kafka.logs_in(user, password))
     assert await settles(lambda: produces(kafka, user, password, own))
     assert not await produces(kafka, user, password, other)
     assert (await admin.scram_users())[user] == ("SCRAM-SHA-256",)
@@ -171,12 +144,12 @@ async def test_deleted_credential_is_refused_and_no_longer_listed(
 ) -> None:
     user, password = unique("retired-"), secrets.token_urlsafe(16)
     await admin.upsert_scram([ScramCredential(user, password)])
-    assert await settles(lambda: logs_in(kafka, user, password))
+    assert await settles(lambda: kafka.logs_in(user, password))
 
     await admin.delete_scram([user, unique("never-existed-")])
 
     async def refused() -> bool:
-        return not await logs_in(kafka, user, password)
+        return not await kafka.logs_in(user, password)
 
     assert await settles(refused)
     assert user not in await admin.scram_users()
@@ -187,12 +160,12 @@ async def test_rotation_refuses_the_old_password_and_accepts_the_new(
 ) -> None:
     user, old, new = unique("rotated-"), secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     await admin.upsert_scram([ScramCredential(user, old)])
-    assert await settles(lambda: logs_in(kafka, user, old))
+    assert await settles(lambda: kafka.logs_in(user, old))
 
     await admin.upsert_scram([ScramCredential(user, new)])
 
-    assert await settles(lambda: logs_in(kafka, user, new))
-    assert not await logs_in(kafka, user, old)
+    assert await settles(lambda: kafka.logs_in(user, new))
+    assert not await kafka.logs_in(user, old)
     assert (await admin.scram_users())[user] == ("SCRAM-SHA-256",)
 
 
@@ -209,7 +182,7 @@ async def test_bulk_upsert_lists_every_user_and_each_logs_in(
 
     assert await settles(listed)
     for credential in (credentials[0], credentials[999], credentials[-1]):
-        assert await settles(partial(logs_in, kafka, credential.user, credential.password))
+        assert await settles(partial(kafka.logs_in, credential.user, credential.password))
 
 
 async def test_launcher_adds_users_after_start_and_grants_cluster_describe(
@@ -217,7 +190,7 @@ async def test_launcher_adds_users_after_start_and_grants_cluster_describe(
 ) -> None:
     reader = unique("reader@")
     await kafka.add_users({reader: "reader-secret"})
-    assert await logs_in(kafka, reader, "reader-secret")
+    assert await kafka.logs_in(reader, "reader-secret")
 
     secret = tmp_path / "password"
     secret.write_text("reader-secret\n")
