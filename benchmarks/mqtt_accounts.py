@@ -1,5 +1,6 @@
 """Mosquitto accounts at fleet scale: live creation through the dynamic-security plugin, a bulk
-load into its file while the broker is stopped, and retiring one device among 100,000.
+load into its file while the broker is stopped (directly, and through the registry with
+`gateway brokers apply --dynsec-file`), and retiring one device among 100,000.
 
 The plugin rewrites its whole file after every command, so live creation slows as the fleet
 grows; the live figures are measured at growing sizes and extrapolated, never run to 100,000.
@@ -12,19 +13,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import os
 import secrets
 import statistics
 import time
 from typing import Any
 
+import asyncpg
 import mqtt5
 import orjson
 from _harness import phase
 
+from gateway.bootstrap import EXAMPLE_ROLES, bootstrap, example_passwords
+from gateway.config import BrokersConfig
+from gateway.identities.accounts import sync_accounts
 from gateway.identities.dynsec import Dynsec, NewAccount
 from gateway.identities.dynsec_file import write_accounts
+from gateway.roles.declaration import load_declaration
 from gateway.services.mosquitto import Mosquitto, MqttUser
+from gateway.services.postgres import Postgres
 
 PASSWORD = "bench-device-secret"
 
@@ -149,6 +157,50 @@ async def bulk(count: int, retires: int) -> dict[str, Any]:
         return result
 
 
+async def registry(count: int) -> dict[str, Any]:
+    """A fleet registered, then given its accounts by `brokers apply --dynsec-file`: the
+    product's own path, planning against the registry and hashing generated passwords."""
+    doc = load_declaration(EXAMPLE_ROLES)
+    example_passwords(doc)
+    names = [f"reg-{i:06d}" for i in range(count)]
+    async with Postgres() as postgres, Mosquitto() as broker, phase("registry") as info:
+        started = time.monotonic()
+        await bootstrap(postgres.dsn, roles=doc, identities=names)
+        register_s = time.monotonic() - started
+        await broker.stop()
+        out = broker.directory / "credentials.csv"
+        conn = await asyncpg.connect(postgres.dsn)
+        try:
+            started = time.monotonic()
+            plan = await sync_accounts(
+                conn,
+                BrokersConfig(mosquitto=broker.accounts_config()),
+                "bench",
+                names=None,
+                supplied={},
+                credentials_out=out,
+                dynsec_file=broker.dynsec_file,
+            )
+            apply_s = time.monotonic() - started
+        finally:
+            await conn.close()
+        started = time.monotonic()
+        await broker.start()
+        with out.open() as handle:
+            rows = list(csv.DictReader(handle))
+        session = await first_login(broker, MqttUser(rows[-1]["name"], rows[-1]["password"]))
+        login_s = time.monotonic() - started
+        session[1].close()
+    return {
+        "identities": count,
+        "register_s": round(register_s, 2),
+        "brokers_apply_dynsec_file_s": round(apply_s, 2),
+        "accounts_created": sum(1 for c in plan.actions if c.action == "create"),
+        "start_to_first_login_s": round(login_s, 2),
+        "phase": info,
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--live", type=int, nargs="+", default=[500, 1000, 2000])
@@ -161,6 +213,7 @@ async def main() -> None:
         "run": secrets.token_hex(3),
         "live": await live(args.live),
         "bulk": await bulk(args.bulk, args.retires),
+        "registry": await registry(args.bulk),
     }
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 
 import pytest
 
@@ -207,7 +206,7 @@ async def publish_raw(env: Stack, user: str, topic: str, payload: bytes) -> int 
     A client library may refuse to send such a packet, or hide how the broker answered it."""
     account = env.devices[user]
     connect = b"\x00\x04MQTT\x05\xc2\x00\x00\x00" + b"".join(
-        encode_string(text) for text in (f"raw-{secrets.token_hex(3)}", user, account.password)
+        encode_string(text) for text in (user, user, account.password)
     )
     reader, writer = await asyncio.open_connection(env.broker.host, env.broker.port)
     try:
