@@ -50,6 +50,8 @@ __all__ = [
     "AccountsError",
     "BrokerAccounts",
     "Credential",
+    "device_role",
+    "device_role_acls",
     "gateway_role_acls",
     "identity_binding",
     "plan_kafka",
@@ -155,6 +157,19 @@ DEFAULT_ACCESS = {
 """What the plugin allows when no role says: nothing but unsubscribing. Unlike `mosquitto_ctrl
 dynsec init` (receiving allowed): beside an ACL file Mosquitto 2.0.11 grants any SUBSCRIBE, so
 with receiving allowed a device subscribed to `devices/#` got every other device's messages."""
+
+
+def device_role(name: str) -> str:
+    """The plugin role of one device: its publish rights and nothing else."""
+    return f"device:{name}"
+
+
+def device_role_acls(config: MosquittoAccountsConfig, name: str) -> tuple[tuple[str, str], ...]:
+    """What a device may do: publish one level under its own name (`devices/<name>/+`). One
+    role per device, because the plugin's ACLs cannot say `%u`; and the plugin alone decides,
+    with no ACL file beside it, since Mosquitto 2.0 lets an ACL file grant any SUBSCRIBE (a
+    device could join the gateway's shared subscription and take its share of the fleet)."""
+    return (("publishClientSend", config.device_topic.format(identity=name)),)
 
 
 def gateway_role_acls(config: MosquittoAccountsConfig) -> tuple[tuple[str, str], ...]:
