@@ -294,6 +294,27 @@ class Dynsec(Lifecycle):
             commands.append(command)
         await self._checked(commands)
 
+    async def create_roles(self, roles: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> None:
+        """Create roles, each with exactly these allow ACLs (acltype, topic); one that exists
+        already is refused, as an existing client is by `create`."""
+        await self._checked(
+            [
+                _Command(
+                    command="createRole",
+                    rolename=role,
+                    acls=[
+                        {"acltype": acltype, "topic": topic, "allow": True}
+                        for acltype, topic in acls
+                    ],
+                )
+                for role, acls in roles
+            ]
+        )
+
+    async def delete_roles(self, names: Sequence[str]) -> None:
+        """Delete roles (the clients holding one lose it)."""
+        await self._checked([_Command(command="deleteRole", rolename=name) for name in names])
+
     async def set_disabled(self, usernames: Sequence[str], disabled: bool) -> None:
         """Disable (the plugin kicks a connected client at once) or enable accounts."""
         name = "disableClient" if disabled else "enableClient"
@@ -331,18 +352,7 @@ class Dynsec(Lifecycle):
         wanted = {(acltype, topic, True) for acltype, topic in acls}
         have = (await self.role_acls()).get(role)
         if have is None:
-            await self._checked(
-                [
-                    _Command(
-                        command="createRole",
-                        rolename=role,
-                        acls=[
-                            {"acltype": acltype, "topic": topic, "allow": True}
-                            for acltype, topic in acls
-                        ],
-                    )
-                ]
-            )
+            await self.create_roles([(role, acls)])
             return
         current = set(have)
         commands = [

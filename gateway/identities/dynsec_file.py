@@ -33,6 +33,7 @@ __all__ = [
     "update_clients",
     "write_accounts",
     "write_role",
+    "write_roles",
 ]
 
 ADMIN_ROLE = "admin"
@@ -182,16 +183,24 @@ def update_clients(
 
 def write_role(path: Path, role: str, acls: Sequence[tuple[str, str]]) -> None:
     """Create or replace a role in the file with exactly these allow ACLs (acltype, topic)."""
+    write_roles(path, [(role, acls)])
+
+
+def write_roles(path: Path, roles: Iterable[tuple[str, Sequence[tuple[str, str]]]]) -> int:
+    """Create or replace roles, each with exactly these allow ACLs (acltype, topic), in one read
+    and one atomic replacement (a fleet has a role per device). Returns how many were written."""
     document: dict[str, Any] = json.loads(path.read_text())
-    roles = [r for r in document.get("roles", []) if r.get("rolename") != role]
-    roles.append(
-        {
+    written = {
+        role: {
             "rolename": role,
             "acls": [{"acltype": t, "topic": topic, "allow": True} for t, topic in acls],
         }
-    )
-    document["roles"] = roles
+        for role, acls in roles
+    }
+    kept = [r for r in document.get("roles", []) if r.get("rolename") not in written]
+    document["roles"] = kept + list(written.values())
     _replace(path, document)
+    return len(written)
 
 
 def _hash_all(passwords: Sequence[str]) -> list[tuple[str, str]]:

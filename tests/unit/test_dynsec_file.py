@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 
 from gateway.identities.dynsec import DynsecError, NewAccount, _Command
-from gateway.identities.dynsec_file import hash_password, init_file, write_accounts, write_role
+from gateway.identities.dynsec_file import (
+    hash_password,
+    init_file,
+    write_accounts,
+    write_role,
+    write_roles,
+)
 
 # Written by `mosquitto_ctrl dynsec init ds.json admin secretpw` (Mosquitto 2.0.11).
 CTRL_SALT = "Ds4gSLH5STSBNaqu"
@@ -57,6 +63,25 @@ def test_accounts_are_upserted_bound_and_disabled_as_asked(tmp_path: Path) -> No
     assert hash_password("c", salt=base64.b64decode(d1["salt"]))[0] == d1["password"]
     assert "clientid" not in clients["gw"] and "disabled" not in clients["d2"]
     assert [p.name for p in tmp_path.iterdir()] == ["dynsec.json"]  # nothing half-written left
+
+
+def test_roles_are_upserted_in_one_write_keeping_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "dynsec.json"
+    init_file(path, "admin", "pw")
+    write_role(path, "device:a", [("subscribePattern", "devices/#")])
+    written = write_roles(
+        path,
+        [
+            ("device:a", [("publishClientSend", "devices/a/+")]),
+            ("device:b", [("publishClientSend", "devices/b/+")]),
+        ],
+    )
+    assert written == 2
+    roles = {r["rolename"]: r["acls"] for r in json.loads(path.read_text())["roles"]}
+    assert set(roles) == {"admin", "device:a", "device:b"}
+    assert roles["device:a"] == [
+        {"acltype": "publishClientSend", "topic": "devices/a/+", "allow": True}
+    ]
 
 
 def test_passwords_never_show_in_a_repr() -> None:
