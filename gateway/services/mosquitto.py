@@ -1,13 +1,14 @@
 """A Mosquitto broker on loopback whose accounts live in the dynamic-security plugin.
 
-Two things make identity broker-enforced. The ACL file's one line lets a device publish only one
-level under `devices/<its user name>/` (the plugin in Mosquitto 2.0.11 does not substitute `%u`
-in its own ACLs, so that line stays in a file; the same rules ship in `deploy/mosquitto/aclfile`
-and a test keeps the two equal). The plugin holds the accounts: each device's is bound to its
-name as client id, so no device can take another's session or the gateway's; the gateway's
-accounts are in a role that may subscribe to every device topic. Accounts of a running broker
-are made through the plugin (`gateway.identities.dynsec`), those of a stopped one straight into
-its file (`gateway.identities.dynsec_file`).
+The dynamic-security plugin alone makes identity broker-enforced; there is no ACL file, because
+Mosquitto 2.0 lets an ACL file beside the plugin grant any SUBSCRIBE (a device could join the
+gateway's shared subscription and take its turn of every device's messages, which the plugin
+then refuses to deliver: lost after the sender's PUBACK). Each device's account is bound to its
+name as client id, so no device can take another's session or the gateway's, and has a role of
+its own letting it publish one level under `devices/<its name>/` (the plugin cannot say `%u`);
+the gateway's accounts are in a role that may subscribe to every device topic. Accounts of a
+running broker are made through the plugin (`gateway.identities.dynsec`), those of a stopped
+one straight into its file (`gateway.identities.dynsec_file`).
 
 With `tls=True` a second listener speaks TLS with a certificate for `localhost` and 127.0.0.1,
 signed by a throwaway CA from `gateway.services.certificates` (`ca_file`), so clients can be
@@ -26,9 +27,14 @@ from pathlib import Path
 from typing import Literal
 
 from gateway.config import MosquittoAccountsConfig, Secret
-from gateway.identities.accounts import DEFAULT_ACCESS, gateway_role_acls
+from gateway.identities.accounts import (
+    DEFAULT_ACCESS,
+    device_role,
+    device_role_acls,
+    gateway_role_acls,
+)
 from gateway.identities.dynsec import Dynsec, NewAccount
-from gateway.identities.dynsec_file import init_file, write_accounts, write_role
+from gateway.identities.dynsec_file import init_file, write_accounts, write_role, write_roles
 from gateway.services._process import (
     LOOPBACK,
     LocalService,
@@ -47,7 +53,6 @@ __all__ = [
     "Mosquitto",
     "MqttBroker",
     "MqttUser",
-    "acl_rules",
     "dynsec_plugin",
     "mosquitto_binary",
 ]
@@ -69,8 +74,10 @@ def mosquitto_binary() -> str | None:
     return found if Path(found).exists() else None
 
 
+_SHIPPED = MosquittoAccountsConfig()
+
 GATEWAY_ROLE = "gateway"
-GATEWAY_ACLS = gateway_role_acls(MosquittoAccountsConfig())
+GATEWAY_ACLS = gateway_role_acls(_SHIPPED)
 """The gateway role, as `gateway brokers apply` keeps it (checked: without the `$share`
 pattern the plugin alone refuses a shared subscription)."""
 
@@ -84,17 +91,7 @@ def dynsec_plugin() -> Path | None:
     return next((path for path in candidates if path.is_file()), None)
 
 
-def acl_rules() -> str:
-    """The broker's ACL file: devices write one level under their own name. Everything else
-    (the gateway's subscriptions, the admin's control topics) is granted by the plugin."""
-    return (
-        "# Every device may publish one level under its own user name, which is its identity.\n"
-        "# One level (`+`), not `#`: `#` also matches the parent level, so a user named\n"
-        "# `victim/telemetry` could write `devices/victim/telemetry`, as `victim`.\n"
-        "# This line lives here, not in the dynamic-security plugin: the plugin (Mosquitto\n"
-        "# 2.0.11) accepts `%u` in a role's ACL but never substitutes it, so it matches nothing.\n"
-        "pattern write devices/%u/+\n"
-    )
+_Role = tuple[str, Sequence[tuple[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -128,8 +125,8 @@ class MqttBroker(LocalService):
 
 
 class Mosquitto(MqttBroker):
-    """Debian's `mosquitto` with a generated config: no anonymous access, the dynamic-security
-    plugin for accounts, the ACL file for device topics.
+    """Debian's `mosquitto` with a generated config: no anonymous access, and the
+    dynamic-security plugin alone for accounts and what each may do.
 
     The plugin's admin is `admin` (`accounts_config()` logs in as it); `gateway` is a shared,
     unbound account in the gateway role for tests that start many sessions, while
@@ -208,9 +205,16 @@ class Mosquitto(MqttBroker):
         return MosquittoAccountsConfig.model_validate(values)
 
     def add_users(self, users: list[MqttUser]) -> None:
-        """Device accounts, each bound to its name as client id; an existing account (such as
-        the gateway's) only gets the new password. A running broker takes them at once."""
-        self._upsert([NewAccount(u.username, u.password, u.username) for u in users])
+        """Device accounts, each bound to its name as client id and in a role of its own that
+        may publish under its name; an existing account (such as the gateway's) only gets the
+        new password. A running broker takes them at once."""
+        self._upsert(
+            [
+                NewAccount(u.username, u.password, u.username, roles=(device_role(u.username),))
+                for u in users
+            ],
+            [(device_role(u.username), device_role_acls(_SHIPPED, u.username)) for u in users],
+        )
 
     def add_gateway(self, client_id: str, password: str | None = None) -> MqttUser:
         """A gateway pod's account: named after its client id, bound to it, in the gateway role."""
@@ -218,28 +222,30 @@ class Mosquitto(MqttBroker):
         self._upsert([NewAccount(client_id, user.password, client_id, roles=(GATEWAY_ROLE,))])
         return user
 
-    def _upsert(self, accounts: Sequence[NewAccount]) -> None:
+    def _upsert(self, accounts: Sequence[NewAccount], roles: Sequence[_Role] = ()) -> None:
+        """Accounts, and the roles that only they hold (made with a new account, never with an
+        existing one)."""
         if not self.running:
+            write_roles(self.dynsec_file, roles)
             write_accounts(self.dynsec_file, accounts)
             return
         # Callers are synchronous (tests add users between awaits): the plugin's session runs
         # on a loop of its own, in a thread, while the caller's loop waits.
         with ThreadPoolExecutor(1) as thread:
-            thread.submit(asyncio.run, self._upsert_live(accounts)).result()
+            thread.submit(asyncio.run, self._upsert_live(accounts, roles)).result()
 
-    async def _upsert_live(self, accounts: Sequence[NewAccount]) -> None:
+    async def _upsert_live(self, accounts: Sequence[NewAccount], roles: Sequence[_Role]) -> None:
         # A client id of its own: two admin sessions with one id would take over each other.
         config = self.accounts_config(client_id=f"accounts-{secrets.token_hex(4)}")
         async with Dynsec(config) as dynsec:
-            existing = await dynsec.accounts()
-            await dynsec.create([a for a in accounts if a.username not in existing])
+            existing = await dynsec.named([a.username for a in accounts])
+            new = [a for a in accounts if a.username not in existing]
+            needed = {role for account in new for role in account.roles}
+            await dynsec.create_roles([(role, acls) for role, acls in roles if role in needed])
+            await dynsec.create(new)
             for account in accounts:
                 if account.username in existing:
                     await dynsec.set_password(account.username, account.password)
-
-    @property
-    def acl_file(self) -> Path:
-        return self.directory / "aclfile"
 
     @property
     def config_file(self) -> Path:
@@ -272,15 +278,12 @@ class Mosquitto(MqttBroker):
             self.dynsec_file,
             [NewAccount(self.gateway.username, self.gateway.password, "", roles=(GATEWAY_ROLE,))],
         )
-        self.acl_file.write_text(acl_rules())
-        self.acl_file.chmod(0o600)
         (self.directory / "data").mkdir()
         self.config_file.write_text(
             f"listener {self.port} {self.host}\n"
             "allow_anonymous false\n"
             f"plugin {self._plugin}\n"
             f"plugin_opt_config_file {self.dynsec_file}\n"
-            f"acl_file {self.acl_file}\n"
             "persistence true\n"
             f"persistence_location {self.directory / 'data'}/\n"
             # Root keeps root: the files above belong to whoever runs the tests.

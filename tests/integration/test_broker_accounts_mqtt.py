@@ -13,8 +13,9 @@ import mqtt5
 import pytest
 
 from gateway.config import Secret
+from gateway.identities.accounts import device_role, device_role_acls
 from gateway.identities.dynsec import Dynsec, DynsecError, NewAccount
-from gateway.identities.dynsec_file import write_accounts
+from gateway.identities.dynsec_file import write_accounts, write_roles
 from gateway.services.mosquitto import GATEWAY_ACLS, GATEWAY_ROLE, Mosquitto, MqttUser
 from gateway.sources.mqtt import MqttClient, MqttOptions
 
@@ -166,11 +167,15 @@ async def test_accounts_roles_and_default_access_are_listed(
     pod = mosquitto.add_gateway(unique("gateway"))
     accounts = await dynsec.accounts()
     assert accounts[user.username].client_id == user.username
-    assert accounts[user.username].roles == () and not accounts[user.username].disabled
+    assert accounts[user.username].roles == (device_role(user.username),)
+    assert not accounts[user.username].disabled
     assert accounts[pod.username].client_id == pod.username
     assert accounts[pod.username].roles == (GATEWAY_ROLE,)
     assert accounts["gateway"].client_id is None  # the test stack's shared account
     acls = await dynsec.role_acls()
+    assert acls[device_role(user.username)] == (
+        ("publishClientSend", f"devices/{user.username}/+", True),
+    )
     assert sorted(acls[GATEWAY_ROLE]) == sorted((t, topic, True) for t, topic in GATEWAY_ACLS)
     access = await dynsec.default_access()
     assert access["publishClientSend"] is False and access["publishClientReceive"] is False
@@ -240,16 +245,29 @@ async def test_accounts_written_into_a_stopped_brokers_file_log_in() -> None:
     async with Mosquitto() as broker:
         await broker.stop()
         users = [MqttUser(unique("bulk"), secrets.token_urlsafe(12)) for _ in range(3)]
+        config = broker.accounts_config()
+        roles = write_roles(
+            broker.dynsec_file,
+            [(device_role(u.username), device_role_acls(config, u.username)) for u in users],
+        )
         written = write_accounts(
             broker.dynsec_file,
-            [NewAccount(u.username, u.password, u.username) for u in users],
+            [
+                NewAccount(u.username, u.password, u.username, roles=(device_role(u.username),))
+                for u in users
+            ],
             disabled=[users[2].username],
         )
-        assert written == 3
+        assert (roles, written) == (3, 3)
         late = broker.add_user(unique("late"))  # a stopped broker's accounts go to the file too
         assert broker.dynsec_file.stat().st_mode & 0o777 == 0o600
         await broker.start()
-        for user in (users[0], users[1], late):
-            async with device(broker, user) as client:
-                await client.publish(f"devices/{user.username}/telemetry", b"{}", qos=1)
+        async with device(broker, broker.gateway, "bulk-reader") as gateway:
+            await gateway.subscribe("devices/#", qos=1)
+            for user in (users[0], users[1], late):
+                async with device(broker, user) as client:
+                    await client.publish(f"devices/{user.username}/telemetry", b"{}", qos=1)
+                async with asyncio.timeout(WAIT):
+                    message = await anext(gateway.messages)
+                assert str(message.topic) == f"devices/{user.username}/telemetry"
         await refused(broker, users[2])
