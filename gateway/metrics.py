@@ -150,7 +150,14 @@ class Metrics:
         self.kafka_acl_check_failures = Counter(
             "gateway_kafka_acl_check_failures_total",
             "Checks of the cluster's ACLs that could not be made (broker unreachable, Describe "
-            "on the cluster refused); the last verdict stands meanwhile",
+            "on the cluster refused); the last verdict stands for a few check intervals at most",
+            ["source"],
+            registry=r,
+        )
+        self.kafka_claims_unchecked = Gauge(
+            "gateway_kafka_claims_unchecked",
+            "1 while intake from the source is stopped because no check of the cluster's ACLs "
+            "has succeeded for several check intervals; 0 once one does",
             ["source"],
             registry=r,
         )

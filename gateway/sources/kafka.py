@@ -12,7 +12,8 @@ and the batch size unless configured.
 
 Identity claims are only as good as the cluster's ACLs (`kafka_claims`): the source refuses to
 start while a principal could write records claiming an identity it is not bound to, and stops
-taking records in (partitions paused, itself not ready) while a check finds one at run time.
+taking records in (partitions paused, itself not ready) while a check finds one at run time, or
+while the ACLs could not be read for a few check intervals.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from gateway.errors import GatewayError
 from gateway.kafka_admin import KafkaAdminError
 from gateway.metrics import Metrics
 from gateway.sources.acks import AckWindow
-from gateway.sources.kafka_claims import ClaimsWatch, Violation, topic_writes
+from gateway.sources.kafka_claims import ClaimsWatch, topic_writes
 from gateway.tls import client_context
 from gateway.topics import TopicTemplate
 
@@ -231,14 +232,14 @@ class KafkaSource(Source[KafkaRecord]):
         self._dirty: set[TopicPartition] = set()
         self._backlog: list[KafkaRecord] = []
         self._paused = False
-        self._refused = False  # the ACLs leave claims unbound: nothing is taken in
+        self._refused = False  # claims unbound, or their ACLs unread: nothing is taken in
         self._keepalive: asyncio.Task[None] | None = None
         self._committer: asyncio.Task[None] | None = None
         self._watch = ClaimsWatch(
             config,
             describe=lambda: topic_writes(config),
             metrics=metrics,
-            on_verdict=self._claims_verdict,
+            stop_intake=self._stop_intake,
         )
         self._watcher: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -252,7 +253,7 @@ class KafkaSource(Source[KafkaRecord]):
     def connected(self) -> bool:
         """In the group with an assignment received (possibly empty: more pods than partitions),
         its coordinator reachable (a lost broker makes the pod not ready until it is back), and
-        its claims bound by the cluster's ACLs."""
+        its claims bound by the cluster's ACLs, checked lately."""
         consumer = self._consumer
         return (
             consumer is not None
@@ -330,8 +331,9 @@ class KafkaSource(Source[KafkaRecord]):
                 f"kafka source {self.name}: identity claims from {self.config.identity_from} are "
                 "not bound to who writes them: "
                 + "; ".join(map(str, violations))
-                + ". Remove these ACLs, or name the principal in `trusted_producers` if it may "
-                "write as any identity"
+                + ". The check sees only ALLOW bindings of Write or All on topics, which is what "
+                "writing needs (a DENY does not excuse one): remove these ACLs, or name the "
+                "principal in `trusted_producers` if it may write as any identity"
             )
 
     async def _cannot_join(
@@ -349,10 +351,10 @@ class KafkaSource(Source[KafkaRecord]):
             )
         )
 
-    def _claims_verdict(self, violations: Sequence[Violation]) -> None:
-        """Stop taking records in while claims are unbound (what is in flight is still written
-        and committed); take them in again once the ACLs bind them."""
-        self._refused = bool(violations)
+    def _stop_intake(self, stop: bool) -> None:
+        """Stop taking records in while claims are unbound or unchecked (what is in flight is
+        still written and committed); take them in again once a check finds them bound."""
+        self._refused = stop
         consumer = self._consumer
         if consumer is None:
             return

@@ -5,12 +5,13 @@ only as good as the ACLs around it. With topic claims (`topic:telemetry.{identit
 identity's topic may be written only by `User:<identity>` and the source's `trusted_producers`;
 with key or header claims every principal that may write a consumed topic must be trusted.
 `unbound_writers` reads the cluster's ACL bindings and names each one that breaks this;
-`ClaimsWatch` repeats the check while the source runs and tells it the verdict.
+`ClaimsWatch` repeats the check while the source runs and tells it whether to stop intake.
 
-Conservatively:
-- Only ALLOW bindings of Write or All on topics count. DENY bindings are ignored: a deny is
-  narrowed by its host and pattern and can be deleted on its own, so it cannot be relied on to
-  cover every way a broader allow reaches a topic. Remove the allow instead.
+The check sees only ALLOW bindings of Write or All on topics, which is what writing a topic
+needs; everything else is left out. Conservatively:
+- DENY bindings are ignored: a deny is narrowed by its host and pattern and can be deleted on
+  its own, so it cannot be relied on to cover every way a broader allow reaches a topic.
+  Remove the allow instead.
 - `User:*` is always a violation, trusted or not.
 - A literal `*` topic, or a prefix that covers topics of several identities, counts for every
   consumed topic it matches. A prefix is bound to identity X only when it fixes the whole
@@ -20,6 +21,8 @@ Conservatively:
   pattern's literal beginning is all that rules a prefix out), since its topics may be created
   later; with `topics`, exactly the listed topics count. Bindings on topics the source does not
   consume are ignored, and so are topics that do not fit the template (they claim nobody).
+- A check that cannot be made (Describe on the cluster revoked, brokers away) is as blind as a
+  widened ACL: once none has succeeded for `UNCHECKED_AFTER` intervals, intake stops too.
 
 What DescribeAcls cannot show is not checked: the broker's super users (`super.users`) may write
 everything and appear in no binding, and a broker with `allow.everyone.if.no.acl.found=true`
@@ -31,15 +34,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from gateway.config import KafkaSourceConfig
 from gateway.kafka_admin import AclBinding, KafkaAdmin
 from gateway.metrics import Metrics
 from gateway.topics import TopicTemplate
 
-__all__ = ["ClaimsWatch", "Violation", "literal_prefix", "topic_writes", "unbound_writers"]
+__all__ = [
+    "UNCHECKED_AFTER",
+    "ClaimsWatch",
+    "Violation",
+    "literal_prefix",
+    "topic_writes",
+    "unbound_writers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +61,11 @@ _SEPARATOR = "."
 _ESCAPABLE = frozenset(r"\.^$*+?{}[]|()-/ #&~,:;<=>!@%'\"`_")
 _SPECIAL = frozenset(".^$*+?{}[]|()")
 _OPTIONAL = frozenset("*?{")
+
+UNCHECKED_AFTER = 3
+"""Check intervals without one successful check after which intake stops. One failed check is
+routine (a broker restarting, a leader moving) and stopping on it would make pods flap; but a
+watch that cannot read the ACLs would miss a widened one, so the blind spot is kept to three."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,9 +269,10 @@ Describe = Callable[[], Awaitable[Sequence[AclBinding]]]
 class ClaimsWatch:
     """Re-checks a source's ACLs every `acl_check_interval` seconds while it runs.
 
-    Each verdict that differs from the last is logged (an error naming every binding, or that
-    the claims are bound again) and handed to `on_verdict`; the gauge always shows the count.
-    A check that fails keeps the last verdict: it is counted and logged once until one succeeds.
+    Intake stops while the last check found unbound writers, or while no check has succeeded
+    for `UNCHECKED_AFTER` intervals (a timer, so a check that hangs does not hold it open);
+    `stop_intake` is told each time that changes. Each new verdict is logged once (an error
+    naming every binding, or why the ACLs went unread), and so is each streak of failed checks.
     Between two checks a widened ACL goes unseen, and records it let in before intake stopped,
     or while it lasted, cannot be told from others: they are read when intake resumes.
     """
@@ -265,66 +283,127 @@ class ClaimsWatch:
         *,
         describe: Describe,
         metrics: Metrics,
-        on_verdict: Callable[[Sequence[Violation]], None],
+        stop_intake: Callable[[bool], None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.violations: list[Violation] = []
+        self.unchecked = False  # no check has succeeded within the bound
         self.failures = 0
+        self.bound = UNCHECKED_AFTER * config.acl_check_interval
         self._describe = describe
         self._gauge = metrics.kafka_unbound_writers.labels(config.name)
+        self._unchecked_gauge = metrics.kafka_claims_unchecked.labels(config.name)
         self._failed = metrics.kafka_acl_check_failures.labels(config.name)
-        self._on_verdict = on_verdict
-        self._failing = False
+        self._stop_intake = stop_intake
+        self._clock = clock
+        self._checked_at = clock()
+        self._checked_when = datetime.now(UTC)
+        self._error: Exception | None = None  # the last failure since a check succeeded
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def stopped(self) -> bool:
+        """Whether intake must stop: unbound writers found, or the ACLs unread too long."""
+        return bool(self.violations) or self.unchecked
 
     async def check(self) -> list[Violation]:
         """Read the ACLs and judge them; raises whatever reading them raised."""
         violations = unbound_writers(self.config, await self._describe())
+        self._checked_at = self._clock()
+        self._checked_when = datetime.now(UTC)
         self._gauge.set(len(violations))
+        if self._timer is not None:
+            self._arm()
         return violations
 
     def settle(self, violations: list[Violation]) -> None:
-        """Take a verdict: log and pass it on when it changed."""
-        if violations == self.violations:
-            return
-        self.violations = violations
+        """Take a successful check's verdict: log it and pass it on when it changed."""
+        stopped, recovered = self.stopped, self.unchecked
+        changed = violations != self.violations
+        self.violations, self.unchecked, self._error = violations, False, None
+        self._unchecked_gauge.set(0)
         name = self.config.name
-        if violations:
+        if changed and violations:
             log.error(
                 "kafka source %s: intake stopped, identity claims not bound to who writes: %s",
                 name,
                 "; ".join(map(str, violations)),
                 extra={"source": name},
             )
-        else:
+        elif stopped and not violations:
             log.warning(
-                "kafka source %s: identity claims bound again; intake resumes",
+                "kafka source %s: %s; intake resumes",
                 name,
+                "the cluster's ACLs can be read again and bind the identity claims"
+                if recovered
+                else "identity claims bound again",
                 extra={"source": name},
             )
-        self._on_verdict(violations)
+        if self.stopped != stopped:
+            self._stop_intake(self.stopped)
+
+    def failed(self, exc: Exception) -> None:
+        """Count a check that could not be made; the verdict stands until the bound passes."""
+        self.failures += 1
+        self._failed.inc()
+        if self._error is None:
+            name = self.config.name
+            log.warning(
+                "kafka source %s: cannot read the cluster's ACLs (%s); intake stops unless a "
+                "check succeeds within %gs of the last one",
+                name,
+                exc,
+                self.bound,
+                extra={"source": name},
+            )
+        self._error = exc
+
+    def lapse(self) -> None:
+        """Stop intake once no check has succeeded for the bound (early calls re-arm)."""
+        if self.unchecked:
+            return
+        if self._clock() - self._checked_at < self.bound:
+            if self._timer is not None:
+                self._arm()
+            return
+        stopped = self.stopped
+        self.unchecked = True
+        self._unchecked_gauge.set(1)
+        name = self.config.name
+        log.error(
+            "kafka source %s: intake stopped, the cluster's ACLs could not be read since %s "
+            "(%s), so a principal that may write as another identity would go unseen; it "
+            "resumes once a check succeeds (brokers reachable, Describe on the cluster granted "
+            "to the source's principal)",
+            name,
+            self._checked_when.isoformat(timespec="seconds"),
+            f"last error: {self._error}" if self._error else "no check has answered",
+            extra={"source": name},
+        )
+        if not stopped:
+            self._stop_intake(True)
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        due = self._checked_at + self.bound - self._clock()
+        self._timer = asyncio.get_running_loop().call_later(max(due, 0), self.lapse)
 
     async def run(self) -> None:
-        name = self.config.name
-        while True:
-            await asyncio.sleep(self.config.acl_check_interval)
-            try:
-                violations = await self.check()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Broker away or Describe revoked: the last verdict stands until a check works.
-                self.failures += 1
-                self._failed.inc()
-                if not self._failing:
-                    log.warning(
-                        "kafka source %s: cannot read the cluster's ACLs (%s); keeping the last "
-                        "verdict (%d unbound writers)",
-                        name,
-                        exc,
-                        len(self.violations),
-                        extra={"source": name},
-                    )
-                self._failing = True
-                continue
-            self._failing = False
-            self.settle(violations)
+        self._arm()
+        try:
+            while True:
+                await asyncio.sleep(self.config.acl_check_interval)
+                try:
+                    violations = await self.check()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.failed(exc)  # broker away or Describe revoked
+                    continue
+                self.settle(violations)
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from gateway.config import KafkaSourceConfig
 from gateway.kafka_admin import AclBinding
 from gateway.metrics import Metrics
-from gateway.sources.kafka_claims import ClaimsWatch, Violation, literal_prefix, unbound_writers
+from gateway.sources.kafka_claims import ClaimsWatch, literal_prefix, unbound_writers
 
 IDENTITIES = ["alice", "bob", "alice2", "carol-7"]
 
@@ -292,44 +292,177 @@ class Acls:
         return list(self.bindings)
 
 
+class Clock:
+    """A monotonic clock the test moves by hand, so the bound is tried without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def sample(metrics: Metrics, name: str) -> float | None:
+    return metrics.registry.get_sample_value(name, {"source": "k"})
+
+
+async def until(check: Any) -> None:
+    for _ in range(1000):  # ten seconds at most
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the watch never got there")
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+
+
 async def test_the_watch_reports_each_change_once(caplog: pytest.LogCaptureFixture) -> None:
     metrics, acls = Metrics(), Acls()
-    verdicts: list[Sequence[Violation]] = []
+    stops: list[bool] = []
     config = source(acl_check_interval=0.01)
-    watch = ClaimsWatch(config, describe=acls.describe, metrics=metrics, on_verdict=verdicts.append)
-    registry = metrics.registry
-
-    def gauge() -> float | None:
-        return registry.get_sample_value("gateway_kafka_unbound_writers", {"source": "k"})
-
-    def failures() -> float | None:
-        return registry.get_sample_value("gateway_kafka_acl_check_failures_total", {"source": "k"})
-
-    async def until(check: Any) -> None:
-        for _ in range(1000):  # ten seconds at most
-            if check():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("the watch never got there")
-
+    # The clock stands still: failed checks never reach the bound here.
+    watch = ClaimsWatch(
+        config, describe=acls.describe, metrics=metrics, stop_intake=stops.append, clock=Clock()
+    )
     assert await watch.check() == []
     task = asyncio.create_task(watch.run())
     try:
         with caplog.at_level(logging.WARNING, logger="gateway.sources.kafka_claims"):
             acls.bindings = [write("telemetry", "User:mallory")]
-            await until(lambda: len(verdicts) == 1)
-            assert gauge() == 1
+            await until(lambda: stops == [True])
+            assert sample(metrics, "gateway_kafka_unbound_writers") == 1
             acls.error = OSError("broker away")
-            await until(lambda: (failures() or 0) >= 3)
-            assert len(verdicts) == 1 and watch.violations  # the last verdict stands
+            await until(
+                lambda: (sample(metrics, "gateway_kafka_acl_check_failures_total") or 0) >= 3
+            )
+            assert stops == [True] and watch.violations  # the last verdict stands
             acls.error = None
             acls.bindings = []
-            await until(lambda: len(verdicts) == 2)
-            assert verdicts[1] == [] and gauge() == 0
-        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-        assert len(errors) == 1 and "User:mallory" in errors[0].getMessage()
+            await until(lambda: stops == [True, False])
+            assert sample(metrics, "gateway_kafka_unbound_writers") == 0
+        (error,) = errors(caplog)
+        assert "User:mallory" in error
         failed = [r for r in caplog.records if "cannot read" in r.getMessage()]
         assert len(failed) == 1  # once per streak of failures
+        assert sample(metrics, "gateway_kafka_claims_unchecked") == 0
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_acls_unread_for_three_intervals_stop_intake_until_a_check_succeeds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics, acls, clock = Metrics(), Acls(), Clock()
+    stops: list[bool] = []
+    config = source(acl_check_interval=5)
+    watch = ClaimsWatch(
+        config, describe=acls.describe, metrics=metrics, stop_intake=stops.append, clock=clock
+    )
+    assert watch.bound == 15
+    watch.settle(await watch.check())  # at 1000
+
+    async def fails_at(now: float, error: str) -> None:
+        clock.now = now
+        acls.error = OSError(error)
+        with pytest.raises(OSError):
+            await watch.check()
+        watch.failed(acls.error)
+        watch.lapse()
+
+    with caplog.at_level(logging.WARNING, logger="gateway.sources.kafka_claims"):
+        await fails_at(1005, "first")
+        await fails_at(1010, "second")
+        clock.now = 1014.9
+        watch.lapse()
+        assert stops == [] and not watch.stopped
+        assert sample(metrics, "gateway_kafka_claims_unchecked") == 0
+        await fails_at(1015, "Describe refused")
+        assert stops == [True] and watch.unchecked and watch.violations == []
+        assert sample(metrics, "gateway_kafka_claims_unchecked") == 1
+        assert sample(metrics, "gateway_kafka_unbound_writers") == 0  # no binding was found
+        await fails_at(1020, "still refused")
+        assert stops == [True]  # told once
+        (error,) = errors(caplog)
+        assert "intake stopped, the cluster's ACLs could not be read since " in error
+        assert "last error: Describe refused" in error
+
+        clock.now, acls.error = 1025, None
+        watch.settle(await watch.check())
+    assert stops == [True, False] and not watch.stopped
+    assert sample(metrics, "gateway_kafka_claims_unchecked") == 0
+    assert sample(metrics, "gateway_kafka_acl_check_failures_total") == 4
+    assert "can be read again" in caplog.records[-1].getMessage()
+    assert "intake resumes" in caplog.records[-1].getMessage()
+
+
+async def test_the_bound_counts_from_the_last_check_that_succeeded() -> None:
+    metrics, acls, clock = Metrics(), Acls(), Clock()
+    stops: list[bool] = []
+    watch = ClaimsWatch(
+        source(acl_check_interval=5),
+        describe=acls.describe,
+        metrics=metrics,
+        stop_intake=stops.append,
+        clock=clock,
+    )
+    clock.now = 1012
+    watch.settle(await watch.check())
+    clock.now = 1026.9
+    watch.lapse()
+    assert stops == []
+    clock.now = 1027
+    watch.lapse()
+    assert stops == [True]
+
+
+async def test_unbound_and_unread_stop_intake_once_and_both_must_clear() -> None:
+    metrics, acls, clock = Metrics(), Acls(), Clock()
+    stops: list[bool] = []
+    watch = ClaimsWatch(
+        source(acl_check_interval=1),
+        describe=acls.describe,
+        metrics=metrics,
+        stop_intake=stops.append,
+        clock=clock,
+    )
+    acls.bindings = [write("telemetry", "User:mallory")]
+    watch.settle(await watch.check())
+    assert stops == [True]
+    clock.now += 5
+    watch.lapse()
+    assert watch.unchecked and stops == [True]
+    watch.settle(await watch.check())  # read again, still unbound
+    assert not watch.unchecked and watch.stopped and stops == [True]
+    acls.bindings = []
+    watch.settle(await watch.check())
+    assert stops == [True, False]
+
+
+async def test_a_check_that_hangs_does_not_hold_intake_open(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics, answer = Metrics(), asyncio.Event()
+    stops: list[bool] = []
+
+    async def hangs() -> Sequence[AclBinding]:
+        await answer.wait()
+        return []
+
+    watch = ClaimsWatch(
+        source(acl_check_interval=0.01), describe=hangs, metrics=metrics, stop_intake=stops.append
+    )
+    task = asyncio.create_task(watch.run())
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.sources.kafka_claims"):
+            await until(lambda: stops == [True])  # while the first check still waits
+            (error,) = errors(caplog)
+            assert "no check has answered" in error
+            answer.set()
+            await until(lambda: stops == [True, False])
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
