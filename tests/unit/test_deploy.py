@@ -355,16 +355,19 @@ def test_compose_gateway_reads_every_credential_from_its_secrets_and_no_more() -
     assert "environment" not in gateway, "configuration and secrets come from files"
 
 
-def test_compose_mosquitto_gets_the_shipped_config_and_acl() -> None:
+def test_compose_mosquitto_gets_the_shipped_config_and_no_acl_file() -> None:
     spec = compose()
     setup = spec["services"]["mosquitto-setup"]
     script = setup["command"][-1]
     conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
     dynsec_file = re.search(r"^plugin_opt_config_file (\S+)", conf, re.M)
-    acl_file = re.search(r"^acl_file (\S+)", conf, re.M)
-    assert dynsec_file and acl_file
+    assert dynsec_file
     assert not re.search(r"^password_file", conf, re.M), "accounts live in the plugin"
-    assert f"cp /shipped/mosquitto.conf /shipped/aclfile {Path(acl_file[1]).parent}/" in script
+    # Beside the plugin, an ACL file grants any SUBSCRIBE (Mosquitto 2.0): the plugin alone.
+    assert not re.search(r"^acl_file", conf, re.M)
+    assert not (DEPLOY / "mosquitto" / "aclfile").exists()
+    # The image reads /mosquitto/config/mosquitto.conf.
+    assert "cp /shipped/mosquitto.conf /mosquitto/config/\n" in script
     assert f"mosquitto_ctrl dynsec init {dynsec_file[1]} admin" in script
     assert "mosquitto_passwd" not in script
     # The plugin rewrites its file: it must be on the data volume, which both services mount.
@@ -572,12 +575,15 @@ def test_kubernetes_mosquitto_reads_the_shipped_files_and_inits_its_plugin_file(
     objects = manifests()
     spec = objects[("StatefulSet", "mosquitto")]["spec"]["template"]["spec"]
     conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
-    config_dir = Path(re.search(r"^acl_file (\S+)", conf, re.M)[1]).parent  # type: ignore[index]
     dynsec = Path(re.search(r"^plugin_opt_config_file (\S+)", conf, re.M)[1])  # type: ignore[index]
     volumes = {v["name"]: v for v in spec["volumes"]}
     (broker,) = spec["containers"]
+    config_dir = Path(broker["args"][broker["args"].index("-c") + 1]).parent
     mount = next(m for m in broker["volumeMounts"] if m["mountPath"] == str(config_dir))
     assert volumes[mount["name"]]["configMap"]["name"] == "mosquitto-config"
+    kustomization = yaml.safe_load((DEPLOY / "mosquitto" / "kustomization.yaml").read_text())
+    (generated,) = kustomization["configMapGenerator"]
+    assert generated["files"] == ["mosquitto.conf"], "the plugin alone: no ACL file"
     data = next(m for m in broker["volumeMounts"] if m["mountPath"] == str(dynsec.parent))
     assert data["name"] in {
         t["metadata"]["name"]
