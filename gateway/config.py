@@ -353,9 +353,12 @@ class MosquittoAccountsConfig(MqttConnection):
     """Where the gateway accounts' password is (the pods' `sources.mqtt.password`)."""
     gateway_role: str = "gateway"
     """Dynamic-security role of the gateway accounts: subscribe to every device topic."""
-    device_topic: str = "devices/{identity}/+"
-    """The one topic filter a device may publish to, as the broker's ACL file states it with
-    `%u` (`pattern write devices/%u/+`); the audit compares accounts against it."""
+    unmanaged: list[str] = []
+    """Accounts that are not identities and are left alone (operators, a bridge, monitoring);
+    any other account of no active identity is disabled by `gateway brokers apply`."""
+    device_topic: str = Field(default="devices/{identity}/+", pattern=r"^[^+#{}]*\{identity\}/\+$")
+    """The one topic filter a device may publish to: its own role's one ACL, one level under
+    its name. The gateway's role reads everything under the part before `{identity}`."""
 
 
 class KafkaAccountsConfig(KafkaConnection):
@@ -380,6 +383,9 @@ class KafkaAccountsConfig(KafkaConnection):
                 TopicTemplate(self.topic_template, separator=".")
             except ConfigError as exc:
                 raise ValueError("; ".join(m for _, m in exc.problems)) from None
+            if self.topic_template.split(".")[0] in ("{identity}", "{stream}"):
+                # Else every topic that fits would look like an identity's, a cluster's others too.
+                raise ValueError("topic_template must start with a literal level, e.g. telemetry.")
         self._check_credentials()
         return self
 

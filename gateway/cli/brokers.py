@@ -91,6 +91,7 @@ async def _reconcile(args: argparse.Namespace, *, apply: bool) -> AccountPlan:
     """The whole registry against the brokers: planned, and applied when asked."""
     config = brokers_config(args.config)
     _require(config)
+    _check_pods(args.config, config)
     conn = await connect(admin_dsn(args.dsn))
     try:
         plan = await sync_accounts(
@@ -107,6 +108,21 @@ async def _reconcile(args: argparse.Namespace, *, apply: bool) -> AccountPlan:
         await conn.close()
     _print(plan, args.json)
     return plan
+
+
+def _check_pods(path: Path | None, config: BrokersConfig) -> None:
+    """A full apply disables every account that is not an identity's, a pod's or unmanaged:
+    refuse it when the configuration's own MQTT sources log in as none of those."""
+    if config.mosquitto is None or path is None:
+        return
+    known = {*config.mosquitto.gateway_clients, *config.mosquitto.unmanaged}
+    for source in load_config(path).sources.mqtt:
+        if source.username and source.username not in known:
+            raise GatewayError(
+                f"source {source.name} logs in as {source.username!r}, which neither "
+                "brokers.mosquitto.gateway_clients nor brokers.mosquitto.unmanaged lists: "
+                "apply would disable that account"
+            )
 
 
 def _require(config: BrokersConfig) -> None:

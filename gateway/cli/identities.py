@@ -161,9 +161,15 @@ def _brokers(args: argparse.Namespace, *, creates: bool) -> BrokersConfig | None
 
 
 async def _follow(
-    args: argparse.Namespace, registry: Registry, config: BrokersConfig | None, names: list[str]
+    args: argparse.Namespace,
+    registry: Registry,
+    config: BrokersConfig | None,
+    names: list[str],
+    *,
+    added: bool = False,
 ) -> None:
-    """Make the identities' broker accounts follow what the registry now says."""
+    """Make the identities' broker accounts follow what the registry now says; identities just
+    `added` get new passwords even where an account of their name was already there."""
     if config is None:
         return
     conn = registry.connection
@@ -174,6 +180,7 @@ async def _follow(
         names=names,
         supplied=read_credentials(args.credentials_in),
         credentials_out=args.credentials_out,
+        fresh=names if added else (),
     )
     done = plan.actions
     if len(done) <= 10:
@@ -193,7 +200,7 @@ async def _add(args: argparse.Namespace) -> int:
     async def work(registry: Registry, conn: asyncpg.Connection) -> int:
         identity = await registry.add(args.name, args.role, args.kind, attributes)
         print(f"added {identity.name} ({identity.kind}) with role {identity.role}")
-        await _follow(args, registry, brokers, [identity.name])
+        await _follow(args, registry, brokers, [identity.name], added=True)
         return 0
 
     return await _with_registry(args, work)
@@ -216,7 +223,7 @@ async def _import(args: argparse.Namespace) -> int:
             progress.finish()
         skipped = f" ({result.skipped} already registered, skipped)" if result.skipped else ""
         print(f"imported {result.imported} identities from {args.file}{skipped}")
-        await _follow(args, registry, brokers, list(result.names))
+        await _follow(args, registry, brokers, list(result.names), added=True)
         return 0
 
     return await _with_registry(args, work)
@@ -287,8 +294,17 @@ async def _retire(args: argparse.Namespace) -> int:
     brokers = _brokers(args, creates=False)
 
     async def work(registry: Registry, conn: asyncpg.Connection) -> int:
-        identity = await registry.retire(args.name)
-        print(f"retired {identity.name} at {_when(identity.retired_at)}")
+        try:
+            identity = await registry.retire(args.name)
+        except IdentityRetiredError:
+            if brokers is None:
+                raise
+            # Retired before, perhaps with its broker accounts left behind by a failure:
+            # retiring again still reaches them.
+            identity = await registry.get(args.name)
+            print(f"{identity.name} was already retired at {_when(identity.retired_at)}")
+        else:
+            print(f"retired {identity.name} at {_when(identity.retired_at)}")
         await _follow(args, registry, brokers, [identity.name])
         return 0
 
@@ -312,9 +328,15 @@ async def _rotate(args: argparse.Namespace) -> int:
             )
         credential = Credential(identity.name, supplied or secrets.token_urlsafe(24))
         async with BrokerAccounts(brokers) as accounts:
+            if identity.name in accounts.reserved():
+                raise InvalidIdentityError(
+                    f"{identity.name!r} is the name of an admin, gateway or unmanaged broker "
+                    "account: identities' commands do not change it"
+                )
+            # Written first: a failure half-way must not leave a password nobody has.
+            if args.credentials_out is not None and supplied is None:
+                write_credentials(args.credentials_out, {identity.name: credential})
             await accounts.rotate(identity.name, credential.password)
-        if args.credentials_out is not None and supplied is None:
-            write_credentials(args.credentials_out, {identity.name: credential})
         await trail.record(
             conn, registry.actor, "identity.rotate", identity.name, None, {"password": "rotated"}
         )

@@ -2,20 +2,20 @@
 what they hold, and its repair (plan and apply, like roles).
 
 The registry is the source of truth. An active identity has, on each configured broker:
-- Mosquitto (dynamic-security plugin): an enabled client of its name, bound to its name as client
-  id, in no role and no group. Its one permission, publishing one level under its own name, is
-  the broker's ACL file line `pattern write devices/%u/+` (the plugin's ACLs in Mosquitto 2.0
-  cannot say `%u`, so per-device roles would be one role per device);
-- Kafka: a SCRAM credential, and one ALLOW Write binding on its own topic (or prefix).
-A retired identity's Mosquitto client is disabled, which disconnects it, and its Kafka credential
-and bindings are removed. The gateway pods' Mosquitto accounts (`gateway_clients`) are bound to
-their client ids and hold the gateway role. Mosquitto clients that belong to no identity are
-disabled; Kafka principals that are not identities are reported, never changed (a cluster is
-often shared, and the plan does not delete what it did not make), except their Write bindings on
-identities' topics, which are revoked: nothing but the owner may claim an identity.
+- Mosquitto (dynamic-security plugin, which alone decides: no ACL file beside it): an enabled
+  client of its name, bound to its name as client id, holding only its own role, which may
+  publish one level under its name (`gateway.identities.mosquitto_accounts`);
+- Kafka: a SCRAM credential, and one ALLOW Write binding on its own topic or prefix
+  (`gateway.identities.kafka_accounts`).
+A retired identity's Mosquitto client is disabled, which disconnects it, and its Kafka
+credentials and ALLOW bindings are removed. The gateway pods' Mosquitto accounts
+(`gateway_clients`) are bound to their client ids and hold the gateway role. Mosquitto clients
+that belong to no identity, and are not declared `unmanaged`, are disabled; Kafka principals that
+are not identities are reported, never changed, except their Write bindings on identities'
+topics, which are revoked: nothing but the owner may claim an identity.
 
-Credentials of new accounts are generated (or supplied), handed back once to the caller to give
-to the device, and never logged or stored here: the brokers keep only salted hashes.
+Credentials of new accounts are generated (or supplied), written for the caller before any
+broker is changed, and never logged or stored here: the brokers keep only salted hashes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import os
 import secrets
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +35,10 @@ from gateway import trail
 from gateway.errors import GatewayError
 from gateway.identities.registry import Registry
 from gateway.lifecycle import Lifecycle
-from gateway.topics import TopicTemplate
 
 if TYPE_CHECKING:
-    from gateway.config import BrokersConfig, KafkaAccountsConfig, MosquittoAccountsConfig
-    from gateway.identities.dynsec import Dynsec, DynsecAccount, NewAccount
+    from gateway.config import BrokersConfig, MosquittoAccountsConfig
+    from gateway.identities.dynsec import Dynsec
     from gateway.identities.model import Status
     from gateway.kafka_admin import AclBinding, KafkaAdmin
 
@@ -53,9 +52,6 @@ __all__ = [
     "device_role",
     "device_role_acls",
     "gateway_role_acls",
-    "identity_binding",
-    "plan_kafka",
-    "plan_mosquitto",
     "sync_accounts",
     "write_credentials",
 ]
@@ -82,10 +78,11 @@ class Credential:
 class AccountChange:
     """One difference between the registry and a broker, and what apply does about it.
 
-    `action` is one of: create, enable, disable, bind (client id), roles (set exactly the
-    wanted roles), role_acls (the gateway role's ACLs), defaults (the plugin's default access),
-    grant, revoke (a Kafka binding),
-    delete (a Kafka credential), report (nothing is done: a person decides).
+    `action` is one of: create, reset (a new password), enable, disable, bind (client id),
+    roles (exactly the wanted roles), device_role / device_acls (a device's own role: create
+    it / make its ACLs right), role_acls (the gateway role), defaults (the plugin's default
+    access), grant and revoke (a Kafka binding), delete (a Kafka credential of `mechanism`),
+    report (nothing is done: a person decides).
     """
 
     broker: Broker
@@ -93,6 +90,7 @@ class AccountChange:
     name: str
     detail: str
     binding: AclBinding | None = None
+    mechanism: str | None = None
 
     def __str__(self) -> str:
         return f"{self.broker}: {self.action} {self.name}: {self.detail}"
@@ -186,334 +184,20 @@ def gateway_role_acls(config: MosquittoAccountsConfig) -> tuple[tuple[str, str],
     )
 
 
-def plan_mosquitto(
-    identities: IdentityStates,
-    live: Mapping[str, DynsecAccount],
-    config: MosquittoAccountsConfig,
-    *,
-    names: Collection[str] | None = None,
-    gateway_acls: Mapping[str, tuple[tuple[str, str, bool], ...]] | None = None,
-    default_access: Mapping[str, bool] | None = None,
-) -> list[AccountChange]:
-    """The changes that make Mosquitto's clients follow the registry.
-
-    With `names`, only those identities are looked at (a lifecycle command's own change);
-    without, every client is, and clients of no identity are disabled. `gateway_acls` and
-    `default_access` are the plugin's, when read, to check what no device account may widen.
-    """
-    changes: list[AccountChange] = []
-    reserved = {config.username, *config.gateway_clients} - {None}
-    scope = identities.keys() if names is None else [n for n in names if n in identities]
-
-    def change(action: str, name: str, detail: str) -> None:
-        changes.append(AccountChange("mosquitto", action, name, detail))
-
-    for name in sorted(scope):
-        status, role = identities[name]
-        account = live.get(name)
-        if name in reserved:
-            change("report", name, "identity has the name of a gateway or admin account")
-            continue
-        if status == "retired":
-            if account is not None and not account.disabled:
-                change("disable", name, "identity is retired; its account is still enabled")
-            continue
-        if account is None:
-            change("create", name, f"active identity (role {role}) has no account")
-            continue
-        if account.disabled:
-            change("enable", name, "identity is active; its account is disabled")
-        if account.client_id != name:
-            change("bind", name, f"client id is {account.client_id!r}, not its own name")
-        if account.roles or account.groups:
-            held = ", ".join([*account.roles, *(f"group {g}" for g in account.groups)])
-            change("roles", name, f"holds {held}: wider than a device's own topics")
-
-    if names is None:
-        for name in sorted(live.keys() - identities.keys() - reserved):
-            if not live[name].disabled:
-                change("disable", name, "no identity of this name in the registry")
-        changes += _gateway_accounts(live, config)
-        if gateway_acls is not None:
-            wanted = tuple(sorted((t, topic, True) for t, topic in gateway_role_acls(config)))
-            have = tuple(sorted(gateway_acls.get(config.gateway_role, ())))
-            if have != wanted:
-                change("role_acls", config.gateway_role, f"ACLs {have} are not {wanted}")
-        if default_access is not None:
-            for acltype, wanted_access in DEFAULT_ACCESS.items():
-                if default_access.get(acltype, not wanted_access) != wanted_access:
-                    allowed = "allowed" if not wanted_access else "denied"
-                    change(
-                        "defaults",
-                        acltype,
-                        f"{acltype} is {allowed} by default, for every account without a role "
-                        "that says otherwise",
-                    )
-    return changes
-
-
-def _gateway_accounts(
-    live: Mapping[str, DynsecAccount], config: MosquittoAccountsConfig
-) -> list[AccountChange]:
-    changes = []
-    for client_id in config.gateway_clients:
-        account = live.get(client_id)
-        if account is None:
-            changes.append(
-                AccountChange("mosquitto", "create", client_id, "gateway account is missing")
-            )
-            continue
-        if account.disabled:
-            changes.append(
-                AccountChange("mosquitto", "enable", client_id, "gateway account is disabled")
-            )
-        if account.client_id != client_id:
-            changes.append(
-                AccountChange("mosquitto", "bind", client_id, f"client id is {account.client_id!r}")
-            )
-        if account.roles != (config.gateway_role,) or account.groups:
-            changes.append(
-                AccountChange(
-                    "mosquitto",
-                    "roles",
-                    client_id,
-                    f"roles {list(account.roles)}, groups {list(account.groups)}; "
-                    f"wanted only {config.gateway_role}",
-                )
-            )
-    return changes
-
-
-# -- Kafka -------------------------------------------------------------------------------------
-
-
-def identity_binding(config: KafkaAccountsConfig, name: str) -> AclBinding | None:
-    """The one binding an identity holds: Write on its own topic (or prefix)."""
-    from gateway.kafka_admin import AclBinding
-
-    if config.topic_template is None:
-        return None
-    topic, prefixed = TopicTemplate(config.topic_template, separator=".").identity_topics(name)
-    return AclBinding(
-        resource_type="topic",
-        resource_name=topic,
-        pattern_type="prefixed" if prefixed else "literal",
-        principal=f"User:{name}",
-        operation="write",
-    )
-
-
-def _covers(config: KafkaAccountsConfig, binding: AclBinding) -> tuple[bool, str | None]:
-    """Whether a topic binding reaches identities' topics, and the one identity it is bound to
-    when it reaches only that one's (a literal topic, or a prefix that ends after the name)."""
-    if config.topic_template is None or binding.resource_type != "topic":
-        return False, None
-    template = TopicTemplate(config.topic_template, separator=".")
-    name = binding.resource_name
-    if binding.pattern_type != "prefixed":
-        if name == "*":
-            return True, None
-        claim = template.parse(name)
-        return claim is not None, claim[0] if claim else None
-    levels = template.template.split(".")
-    head = "".join(f"{level}." for level in levels[: levels.index("{identity}")])
-    if not (head.startswith(name) or name.startswith(head)):
-        return False, None
-    claim = template.parse(name + "x") if name.endswith(".") else None
-    owner = claim[0] if claim and template.identity_topics(claim[0]) == (name, True) else None
-    return True, owner
-
-
-def plan_kafka(
-    identities: IdentityStates,
-    users: Mapping[str, Collection[str]],
-    bindings: Sequence[AclBinding],
-    config: KafkaAccountsConfig,
-    *,
-    names: Collection[str] | None = None,
-) -> list[AccountChange]:
-    """The changes that make Kafka's credentials and identity bindings follow the registry."""
-    changes: list[AccountChange] = []
-    unmanaged = set(config.unmanaged)
-    if config.username:
-        unmanaged.add(f"User:{config.username}")
-    scope = set(identities) if names is None else {n for n in names if n in identities}
-    writes = [b for b in bindings if b.permission == "allow" and b.operation in ("write", "all")]
-    held = set(bindings)
-
-    def change(action: str, name: str, detail: str, binding: AclBinding | None = None) -> None:
-        changes.append(AccountChange("kafka", action, name, detail, binding))
-
-    for name in sorted(scope):
-        status, role = identities[name]
-        principal = f"User:{name}"
-        if principal in unmanaged:
-            change("report", name, "identity has the name of an unmanaged principal")
-            continue
-        wanted = identity_binding(config, name)
-        has_credential = config.mechanism in users.get(name, ())
-        if status == "active":
-            if not has_credential:
-                change("create", name, f"active identity (role {role}) has no credential")
-            if wanted is not None and wanted not in held:
-                change("grant", name, f"missing: {wanted}", wanted)
-        elif has_credential:
-            change("delete", name, "identity is retired; its credential still logs in")
-        for binding in bindings:
-            if binding.principal == principal and (status != "active" or binding != wanted):
-                why = "identity is retired" if status != "active" else "wider than its own topic"
-                change("revoke", name, f"{why}: {binding}", binding)
-
-    for binding in writes:
-        reaches, owner = _covers(config, binding)
-        if not reaches or binding.principal in unmanaged or binding.principal == f"User:{owner}":
-            continue
-        subject = binding.principal.removeprefix("User:")
-        if subject in identities and (names is None or subject in scope):
-            continue  # handled above, with the identity
-        if names is not None and owner not in scope:
-            continue
-        change("revoke", subject, f"may write identities' topics: {binding}", binding)
-
-    if names is None:
-        for user in sorted(users.keys() - identities.keys()):
-            if f"User:{user}" not in unmanaged:
-                change("report", user, "SCRAM user is neither an identity nor declared unmanaged")
-    return changes
-
-
-# -- reading, planning and applying against the live brokers -----------------------------------
-
-
 def new_credentials(
-    plan: AccountPlan, supplied: Mapping[str, str] | None = None
+    plan: AccountPlan,
+    supplied: Mapping[str, str] | None = None,
+    gateways: Collection[str] = (),
 ) -> dict[str, Credential]:
-    """One password per identity created on any broker: the supplied one, else a generated one."""
+    """One password per identity whose accounts are created or reset on any broker: the supplied
+    one, else a generated one. The gateway pods' accounts take the configured gateway password."""
     supplied = supplied or {}
-    created = sorted({c.name for c in plan.actions if c.action == "create"})
+    created = sorted(
+        {c.name for c in plan.actions if c.action in ("create", "reset")} - set(gateways)
+    )
     return {
         name: Credential(name, supplied.get(name) or secrets.token_urlsafe(24)) for name in created
     }
-
-
-def _new_accounts(
-    changes: Sequence[AccountChange],
-    config: MosquittoAccountsConfig,
-    identities: IdentityStates,
-    credentials: Mapping[str, Credential],
-) -> list[NewAccount]:
-    """The accounts to create: devices with their credentials, pods with the gateway's."""
-    from gateway.identities.dynsec import NewAccount
-
-    gateways = set(config.gateway_clients)
-    new = []
-    roles: tuple[str, ...]
-    for c in changes:
-        if c.action != "create":
-            continue
-        if c.name in gateways:
-            if config.gateway_password is None:
-                raise AccountsError(
-                    f"gateway account {c.name} is missing and brokers.mosquitto.gateway_password "
-                    "is not set"
-                )
-            password, roles = config.gateway_password.require(), (config.gateway_role,)
-        else:
-            password, roles = credentials[c.name].password, ()
-        role = identities[c.name][1] if c.name in identities else "gateway"
-        new.append(NewAccount(c.name, password, c.name, roles, f"role {role}"))
-    return new
-
-
-def _wanted_roles(name: str, config: MosquittoAccountsConfig) -> list[str]:
-    return [config.gateway_role] if name in config.gateway_clients else []
-
-
-async def apply_mosquitto(
-    dynsec: Dynsec,
-    changes: Sequence[AccountChange],
-    config: MosquittoAccountsConfig,
-    identities: IdentityStates,
-    credentials: Mapping[str, Credential],
-) -> None:
-    """Carry out Mosquitto's changes through the running plugin."""
-    new = _new_accounts(changes, config, identities, credentials)
-    if any(c.action == "role_acls" for c in changes) or any(a.roles for a in new):
-        await dynsec.ensure_role(config.gateway_role, gateway_role_acls(config))
-    defaults = {c.name: DEFAULT_ACCESS[c.name] for c in changes if c.action == "defaults"}
-    if defaults:
-        await dynsec.set_default_access(defaults)
-    if new:
-        await dynsec.create(new)
-    for action, disabled in (("enable", False), ("disable", True)):
-        names = [c.name for c in changes if c.action == action]
-        if names:
-            await dynsec.set_disabled(names, disabled)
-    for c in changes:
-        if c.action == "bind":
-            await dynsec.set_client_id(c.name, c.name)
-        elif c.action == "roles":
-            await dynsec.set_roles(c.name, _wanted_roles(c.name, config))
-
-
-def apply_mosquitto_file(
-    path: Path,
-    changes: Sequence[AccountChange],
-    config: MosquittoAccountsConfig,
-    identities: IdentityStates,
-    credentials: Mapping[str, Credential],
-) -> None:
-    """Carry out Mosquitto's changes in the plugin's file, for a broker that is stopped: the
-    way to load a fleet, since the running plugin rewrites its whole file after every command."""
-    from gateway.identities.dynsec_file import update_clients, write_accounts, write_role
-
-    new = _new_accounts(changes, config, identities, credentials)
-    if any(c.action == "role_acls" for c in changes) or any(a.roles for a in new):
-        write_role(path, config.gateway_role, gateway_role_acls(config))
-    if new:
-        write_accounts(path, new)
-    fields: dict[str, dict[str, Any]] = {}
-    for c in changes:
-        field: dict[str, Any] = {}
-        if c.action in ("enable", "disable"):
-            field = {"disabled": c.action == "disable"}
-        elif c.action == "bind":
-            field = {"clientid": c.name}
-        elif c.action == "roles":
-            roles = [{"rolename": r} for r in _wanted_roles(c.name, config)]
-            field = {"roles": roles, "groups": []}
-        if field:
-            fields.setdefault(c.name, {}).update(field)
-    defaults = {c.name: DEFAULT_ACCESS[c.name] for c in changes if c.action == "defaults"}
-    if fields or defaults:
-        update_clients(path, fields, default_access=defaults)
-
-
-async def apply_kafka(
-    admin: KafkaAdmin,
-    changes: Sequence[AccountChange],
-    config: KafkaAccountsConfig,
-    credentials: Mapping[str, Credential],
-) -> None:
-    """Carry out Kafka's changes: revocations first, so nothing is wider at any point."""
-    from gateway.kafka_admin import ScramCredential
-
-    revoked = [c.binding for c in changes if c.action == "revoke" and c.binding is not None]
-    if revoked:
-        await admin.delete_acls(revoked)
-    deleted = [c.name for c in changes if c.action == "delete"]
-    if deleted:
-        await admin.delete_scram(deleted, mechanism=config.mechanism)
-    created = [
-        ScramCredential(c.name, credentials[c.name].password)
-        for c in changes
-        if c.action == "create"
-    ]
-    if created:
-        await admin.upsert_scram(created, mechanism=config.mechanism, iterations=config.iterations)
-    granted = [c.binding for c in changes if c.action == "grant" and c.binding is not None]
-    if granted:
-        await admin.create_acls(granted)
 
 
 def configured(config: BrokersConfig) -> bool:
@@ -551,69 +235,120 @@ class BrokerAccounts(Lifecycle):
         await self._stack.aclose()
 
     async def plan(
-        self, identities: IdentityStates, names: Collection[str] | None = None
+        self,
+        identities: IdentityStates,
+        names: Collection[str] | None = None,
+        fresh: Collection[str] = (),
     ) -> AccountPlan:
-        """The difference for `names` (a lifecycle command's own), or for everything."""
+        """The difference for `names` (a lifecycle command's own), or for everything; `fresh`
+        are identities being added now (see the plans)."""
+        from gateway.identities.kafka_accounts import plan_kafka
+        from gateway.identities.mosquitto_accounts import plan_mosquitto
+
         changes: list[AccountChange] = []
-        if self.dynsec_file is not None and self.config.mosquitto is not None:
+        mosquitto = self.config.mosquitto
+        if mosquitto is not None and self.dynsec_file is not None:
             from gateway.identities.dynsec_file import read_state
 
             state = read_state(self.dynsec_file)
             changes += plan_mosquitto(
                 identities,
                 state.accounts,
-                self.config.mosquitto,
+                mosquitto,
                 names=names,
-                gateway_acls=state.role_acls if names is None else None,
+                role_acls=state.role_acls,
                 default_access=state.default_access if names is None else None,
+                fresh=fresh,
             )
-        if self.dynsec is not None and self.config.mosquitto is not None:
-            config = self.config.mosquitto
+        elif mosquitto is not None and self.dynsec is not None:
             if names is None:
                 changes += plan_mosquitto(
                     identities,
                     await self.dynsec.accounts(),
-                    config,
-                    gateway_acls=await self.dynsec.role_acls(),
+                    mosquitto,
+                    role_acls=await self.dynsec.role_acls(),
                     default_access=await self.dynsec.default_access(),
+                    fresh=fresh,
                 )
             else:
                 changes += plan_mosquitto(
-                    identities, await self.dynsec.named(list(names)), config, names=names
+                    identities,
+                    await self.dynsec.named(list(names)),
+                    mosquitto,
+                    names=names,
+                    role_acls=await self._device_roles(names),
+                    fresh=fresh,
                 )
         if self.kafka is not None and self.config.kafka is not None:
             changes += plan_kafka(
                 identities,
                 await self.kafka.scram_users(),
-                await self.kafka.describe_acls(resource_type="topic"),
+                await self.kafka.describe_acls(),
                 self.config.kafka,
                 names=names,
+                fresh=fresh,
             )
         return AccountPlan(tuple(changes))
+
+    async def _device_roles(
+        self, names: Collection[str]
+    ) -> dict[str, tuple[tuple[str, str, bool], ...]]:
+        """The named devices' own roles as the plugin holds them (absent when missing)."""
+        assert self.dynsec is not None
+        roles = sorted(device_role(name) for name in names)
+        responses = await self.dynsec.execute(
+            [{"command": "getRole", "rolename": role} for role in roles]
+        )
+        found = {}
+        for response in responses:
+            role = (response.get("data") or {}).get("role")
+            if role is not None:
+                found[role["rolename"]] = tuple(
+                    sorted(
+                        (acl["acltype"], acl["topic"], bool(acl.get("allow", False)))
+                        for acl in role.get("acls", ())
+                    )
+                )
+        return found
 
     async def apply(
         self,
         plan: AccountPlan,
         identities: IdentityStates,
-        supplied: Mapping[str, str] | None = None,
-    ) -> dict[str, Credential]:
-        """Carry out the plan; returns the credentials of the identities it created."""
-        credentials = new_credentials(plan, supplied)
+        credentials: Mapping[str, Credential],
+    ) -> None:
+        """Carry out the plan with these credentials for what it creates or resets."""
+        from gateway.identities.kafka_accounts import apply_kafka
+        from gateway.identities.mosquitto_accounts import apply_mosquitto, apply_mosquitto_file
+
+        mosquitto = self.config.mosquitto
         mine = [c for c in plan.actions if c.broker == "mosquitto"]
-        if self.dynsec_file is not None and self.config.mosquitto is not None:
-            apply_mosquitto_file(
-                self.dynsec_file, mine, self.config.mosquitto, identities, credentials
-            )
-        if self.dynsec is not None and self.config.mosquitto is not None:
-            await apply_mosquitto(self.dynsec, mine, self.config.mosquitto, identities, credentials)
+        if mosquitto is not None and self.dynsec_file is not None:
+            apply_mosquitto_file(self.dynsec_file, mine, mosquitto, identities, credentials)
+        elif mosquitto is not None and self.dynsec is not None:
+            await apply_mosquitto(self.dynsec, mine, mosquitto, identities, credentials)
         if self.kafka is not None and self.config.kafka is not None:
             mine = [c for c in plan.actions if c.broker == "kafka"]
             await apply_kafka(self.kafka, mine, self.config.kafka, credentials)
-        gateways = set(self.config.mosquitto.gateway_clients if self.config.mosquitto else ())
-        return {name: c for name, c in credentials.items() if name not in gateways}
+
+    def reserved(self) -> set[str]:
+        """Names whose accounts are not an identity's: the admin, gateway pods, unmanaged."""
+        from gateway.identities.kafka_accounts import unmanaged_principals
+        from gateway.identities.mosquitto_accounts import reserved_names
+
+        found = reserved_names(self.config.mosquitto) if self.config.mosquitto else set()
+        if self.config.kafka is not None:
+            found |= {p.removeprefix("User:") for p in unmanaged_principals(self.config.kafka)}
+        return found
 
     async def rotate(self, name: str, password: str) -> None:
-        """Give an identity's accounts a new password on every broker."""
+        """Give an identity's accounts a new password on every broker; never an account that
+        is not an identity's (the admin, a gateway pod, a bridge)."""
+        if name in self.reserved():
+            raise AccountsError(
+                f"{name!r} is the name of an admin, gateway or unmanaged broker account: "
+                "identities' commands do not change it"
+            )
         if self.dynsec is not None:
             await self.dynsec.set_password(name, password)
         if self.kafka is not None and self.config.kafka is not None:
@@ -627,9 +362,12 @@ class BrokerAccounts(Lifecycle):
 
 
 def write_credentials(path: Path, credentials: Mapping[str, Credential]) -> None:
-    """Append to a file only its owner can read, created so before anything is in it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    """Append to a file only its owner can read, created so before anything is in it; never
+    through a symbolic link, nor into a file someone else owns."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", newline="") as out:
+        if os.fstat(out.fileno()).st_uid != os.geteuid():
+            raise AccountsError(f"{path} belongs to someone else: credentials are not written")
         os.fchmod(out.fileno(), 0o600)
         writer = csv.writer(out)
         if os.fstat(out.fileno()).st_size == 0:
@@ -646,7 +384,9 @@ def check_delivery(
         return
     gateways = set(config.mosquitto.gateway_clients) if config.mosquitto else set()
     missing = sorted(
-        {c.name for c in plan.actions if c.action == "create"} - supplied.keys() - gateways
+        {c.name for c in plan.actions if c.action in ("create", "reset")}
+        - supplied.keys()
+        - gateways
     )
     if missing:
         raise AccountsError(
@@ -665,18 +405,29 @@ async def sync_accounts(
     credentials_out: Path | None,
     apply: bool = True,
     dynsec_file: Path | None = None,
+    fresh: Collection[str] = (),
 ) -> AccountPlan:
-    """Plan (and apply) the brokers' side of the registry, recording what was done."""
-    identities = await Registry(conn, actor).states(names)
+    """Plan (and apply) the brokers' side of the registry, recording what was done.
+
+    Generated passwords are written to `credentials_out` before any broker is changed, so a
+    failure half-way leaves no account with a password nobody has. Identities that the plan
+    would give access are read again just before it is applied: one retired meanwhile (a full
+    plan takes seconds to read a fleet) is left out, not brought back.
+    """
+    registry = Registry(conn, actor)
+    identities = await registry.states(names)
     async with BrokerAccounts(config, dynsec_file=dynsec_file) as brokers:
-        plan = await brokers.plan(identities, names)
+        plan = await brokers.plan(identities, names, fresh)
         if not apply or not plan.actions:
             return plan
+        plan = await _still_active(plan, registry)
         check_delivery(plan, config, supplied, credentials_out)
-        created = await brokers.apply(plan, identities, supplied)
-    generated = {n: c for n, c in created.items() if n not in supplied}
-    if generated and credentials_out is not None:
-        write_credentials(credentials_out, generated)
+        gateways = config.mosquitto.gateway_clients if config.mosquitto else ()
+        credentials = new_credentials(plan, supplied, gateways)
+        generated = {n: c for n, c in credentials.items() if n not in supplied}
+        if generated and credentials_out is not None:
+            write_credentials(credentials_out, generated)
+        await brokers.apply(plan, identities, credentials)
     await trail.record(
         conn,
         actor,
@@ -689,3 +440,20 @@ async def sync_accounts(
         },
     )
     return plan
+
+
+GRANTING = frozenset({"create", "reset", "enable", "grant", "device_role", "bind", "roles"})
+
+
+async def _still_active(plan: AccountPlan, registry: Registry) -> AccountPlan:
+    """The plan without what would give access to an identity that is no longer active."""
+    granting = {c.name for c in plan.actions if c.action in GRANTING}
+    if not granting:
+        return plan
+    now = await registry.states(sorted(granting))
+    gone = {name for name in granting if name in now and now[name][0] != "active"}
+    if not gone:
+        return plan
+    return AccountPlan(
+        tuple(c for c in plan.changes if not (c.name in gone and c.action in GRANTING))
+    )

@@ -75,6 +75,9 @@ def drift_finding(change: Change) -> Finding:
 # the registry says no is high; an account missing or disabled only stops an active identity.
 BROKER_DRIFT: dict[tuple[str, str], tuple[Severity, str]] = {
     ("mosquitto", "create"): (Severity.MEDIUM, "broker_account_missing"),
+    ("mosquitto", "device_role"): (Severity.MEDIUM, "broker_account_missing"),
+    ("mosquitto", "device_acls"): (Severity.HIGH, "broker_permissions_wider"),
+    ("mosquitto", "reset"): (Severity.MEDIUM, "broker_account_disabled"),
     ("mosquitto", "enable"): (Severity.MEDIUM, "broker_account_disabled"),
     ("mosquitto", "disable"): (Severity.HIGH, "broker_account_without_identity"),
     ("mosquitto", "bind"): (Severity.HIGH, "broker_client_id_unbound"),
@@ -84,7 +87,8 @@ BROKER_DRIFT: dict[tuple[str, str], tuple[Severity, str]] = {
     ("mosquitto", "report"): (Severity.MEDIUM, "broker_name_conflict"),
     ("kafka", "create"): (Severity.MEDIUM, "broker_account_missing"),
     ("kafka", "grant"): (Severity.MEDIUM, "broker_acl_missing"),
-    ("kafka", "delete"): (Severity.HIGH, "broker_account_without_identity"),
+    ("kafka", "delete"): (Severity.HIGH, "broker_credential_unwanted"),
+    ("kafka", "reset"): (Severity.MEDIUM, "broker_credential_unknown"),
     ("kafka", "revoke"): (Severity.HIGH, "broker_permissions_wider"),
     ("kafka", "report"): (Severity.MEDIUM, "broker_unmanaged_principal"),
 }

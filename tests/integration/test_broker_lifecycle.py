@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from gateway import cli
 from gateway.config import KafkaAccountsConfig
 from gateway.db import ADMIN_DSN_ENV
+from gateway.identities.accounts import device_role
 from gateway.identities.dynsec import Dynsec, NewAccount
 from gateway.kafka_admin import AclBinding, KafkaAdmin
 from gateway.services.kafka import Kafka
@@ -206,7 +207,7 @@ async def test_drift_is_audited_and_apply_repairs_it(
     async with Dynsec(env.broker.accounts_config(client_id="hand")) as dynsec:
         accounts = await dynsec.accounts()
     assert accounts[stray].disabled
-    assert accounts[thief].client_id == thief and accounts[thief].roles == ()
+    assert accounts[thief].client_id == thief and accounts[thief].roles == (device_role(thief),)
     async with KafkaAdmin(KafkaAccountsConfig(bootstrap_servers=kafka.bootstrap)) as admin:
         assert widened not in await admin.describe_acls(resource_type="topic")
 

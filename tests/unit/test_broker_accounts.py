@@ -7,14 +7,16 @@ import pytest
 from gateway.config import KafkaAccountsConfig, MosquittoAccountsConfig
 from gateway.identities.accounts import (
     DEFAULT_ACCESS,
+    AccountChange,
     AccountPlan,
+    device_role,
+    device_role_acls,
     gateway_role_acls,
-    identity_binding,
     new_credentials,
-    plan_kafka,
-    plan_mosquitto,
 )
 from gateway.identities.dynsec import DynsecAccount
+from gateway.identities.kafka_accounts import identity_binding, plan_kafka
+from gateway.identities.mosquitto_accounts import plan_mosquitto
 from gateway.kafka_admin import AclBinding
 
 MOSQUITTO = MosquittoAccountsConfig(gateway_clients=["gateway-0"])
@@ -23,7 +25,15 @@ GATEWAY = DynsecAccount("gateway-0", "gateway-0", False, ("gateway",))
 
 
 def device(name: str, *, client_id: str | None = None, disabled: bool = False) -> DynsecAccount:
-    return DynsecAccount(name, client_id or name, disabled)
+    return DynsecAccount(name, client_id or name, disabled, (device_role(name),))
+
+
+def own_roles(*names: str) -> dict[str, tuple[tuple[str, str, bool], ...]]:
+    """The devices' own roles as the plugin reports them, each with its one ACL."""
+    return {
+        device_role(n): tuple((t, topic, True) for t, topic in device_role_acls(MOSQUITTO, n))
+        for n in names
+    }
 
 
 def actions(changes: list) -> set[tuple[str, str]]:  # type: ignore[type-arg]
@@ -48,18 +58,27 @@ def test_mosquitto_follows_the_registry_both_ways() -> None:
         "gone": device("gone"),
         "gone-off": device("gone-off", disabled=True),
         "moved": device("moved", client_id="gateway-1"),
-        "wide": DynsecAccount("wide", "wide", False, ("admin",), ("all",)),
+        "wide": DynsecAccount("wide", "wide", False, (device_role("wide"), "admin"), ("all",)),
         "stray": device("stray"),
     }
-    changes = plan_mosquitto(identities, live, MOSQUITTO)
+    roles = own_roles("ok", "off", "moved", "wide")
+    roles["gateway"] = tuple((t, topic, True) for t, topic in gateway_role_acls(MOSQUITTO))
+    roles[device_role("moved")] = (("publishClientSend", "devices/#", True),)
+    changes = plan_mosquitto(identities, live, MOSQUITTO, role_acls=roles)
     assert actions(changes) == {
+        ("device_role", "new"),
         ("create", "new"),
+        ("reset", "off"),  # disabled while active: whoever holds its old password is not let in
         ("enable", "off"),
         ("disable", "gone"),
         ("bind", "moved"),
+        ("device_acls", "moved"),
         ("roles", "wide"),
         ("disable", "stray"),
     }
+    # Narrowing comes before widening: the password and role are right before it is enabled.
+    order = [c.action for c in changes if c.name == "off"]
+    assert order.index("reset") < order.index("enable")
 
 
 def test_mosquitto_gateway_accounts_are_bound_and_hold_only_the_gateway_role() -> None:
@@ -85,6 +104,25 @@ def test_mosquitto_plan_for_named_identities_ignores_the_rest() -> None:
     assert actions(changes) == {("disable", "gone")}
 
 
+def test_an_account_made_before_its_identity_gets_a_new_password() -> None:
+    identities = {"early": ("active", "r")}
+    live = {"early": device("early")}
+    roles = own_roles("early")
+    assert plan_mosquitto(identities, live, MOSQUITTO, names=["early"], role_acls=roles) == []
+    changes = plan_mosquitto(
+        identities, live, MOSQUITTO, names=["early"], role_acls=roles, fresh=["early"]
+    )
+    assert actions(changes) == {("reset", "early")}
+
+
+def test_unmanaged_accounts_are_left_alone() -> None:
+    config = MosquittoAccountsConfig(gateway_clients=["gateway-0"], unmanaged=["bridge"])
+    live = {"gateway-0": GATEWAY, "bridge": DynsecAccount("bridge", None, False, ("x",))}
+    assert plan_mosquitto({}, live, config) == []
+    identities = {"bridge": ("active", "r")}
+    assert actions(plan_mosquitto(identities, live, config)) == {("report", "bridge")}
+
+
 def test_mosquitto_widened_defaults_and_gateway_role_are_found() -> None:
     wanted = tuple((t, topic, True) for t, topic in gateway_role_acls(MOSQUITTO))
     live = {"gateway-0": GATEWAY}
@@ -92,7 +130,7 @@ def test_mosquitto_widened_defaults_and_gateway_role_are_found() -> None:
         {},
         live,
         MOSQUITTO,
-        gateway_acls={"gateway": wanted},
+        role_acls={"gateway": wanted},
         default_access=DEFAULT_ACCESS,
     )
     assert clean == []
@@ -100,7 +138,7 @@ def test_mosquitto_widened_defaults_and_gateway_role_are_found() -> None:
         {},
         live,
         MOSQUITTO,
-        gateway_acls={"gateway": (*wanted, ("publishClientSend", "#", True))},
+        role_acls={"gateway": (*wanted, ("publishClientSend", "#", True))},
         default_access={**DEFAULT_ACCESS, "publishClientSend": True},
     )
     assert actions(widened) == {("role_acls", "gateway"), ("defaults", "publishClientSend")}
@@ -131,7 +169,11 @@ def test_kafka_follows_the_registry_both_ways() -> None:
         "ok": ("active", "r"),
         "gone": ("retired", "r"),
     }
-    users = {"ok": ("SCRAM-SHA-256",), "gone": ("SCRAM-SHA-256",), "stranger": ("SCRAM-SHA-256",)}
+    users = {
+        "ok": ("SCRAM-SHA-256",),
+        "gone": ("SCRAM-SHA-256", "SCRAM-SHA-512"),
+        "stranger": ("SCRAM-SHA-256",),
+    }
     bindings = [
         write("User:ok", "telemetry.ok"),
         write("User:ok", "telemetry.new"),  # another identity's topic
@@ -140,6 +182,8 @@ def test_kafka_follows_the_registry_both_ways() -> None:
         write("User:stranger", "telemetry.", "prefixed"),  # every identity's topic
         write("User:bridge", "telemetry.", "prefixed"),  # declared unmanaged: left alone
         write("User:stranger", "other-topic"),  # not an identity's: not ours
+        AclBinding("topic", "telemetry.ok", "literal", "User:ok", "write", "deny"),  # a brake
+        AclBinding("cluster", "kafka-cluster", "literal", "User:ok", "alter"),  # wider
     ]
     changes = plan_kafka(identities, users, bindings, KAFKA)
     assert actions(changes) == {
@@ -152,6 +196,10 @@ def test_kafka_follows_the_registry_both_ways() -> None:
         ("report", "stranger"),
     }
     revoked = {str(c.binding) for c in changes if c.action == "revoke"}
+    assert not any("DENY" in binding for binding in revoked)  # an operator's brake stays
+    assert any("kafka-cluster" in binding for binding in revoked)
+    deleted = {c.mechanism for c in changes if c.action == "delete"}
+    assert deleted == {"SCRAM-SHA-256", "SCRAM-SHA-512"}  # every mechanism of the retired
     assert str(write("User:ok", "telemetry.new")) in revoked
     assert str(write("User:stranger", "telemetry.", "prefixed")) in revoked
     assert str(write("User:bridge", "telemetry.", "prefixed")) not in revoked
@@ -173,8 +221,6 @@ def test_a_prefix_is_bound_only_when_it_ends_after_the_name() -> None:
 
 
 def test_new_credentials_are_generated_unless_supplied() -> None:
-    from gateway.identities.accounts import AccountChange
-
     plan = AccountPlan(
         (
             AccountChange("mosquitto", "create", "a", ""),
@@ -190,8 +236,16 @@ def test_new_credentials_are_generated_unless_supplied() -> None:
 
 @pytest.mark.parametrize("limit", [1, 50])
 def test_a_plan_renders_within_its_limit(limit: int) -> None:
-    from gateway.identities.accounts import AccountChange
-
     plan = AccountPlan(tuple(AccountChange("kafka", "grant", f"n{i}", "") for i in range(10)))
     text = plan.render(limit)
     assert text.count("\n") == min(limit, 10) + (1 if limit < 10 else 0)
+
+
+def test_a_name_with_the_topic_separator_gets_no_topic_of_its_own() -> None:
+    changes = plan_kafka({"a.b": ("active", "r")}, {}, [], KAFKA)
+    assert actions(changes) == {("create", "a.b"), ("report", "a.b")}
+
+
+def test_a_kafka_template_must_start_with_a_literal_level() -> None:
+    with pytest.raises(ValueError, match="literal level"):
+        KafkaAccountsConfig(topic_template="{identity}.telemetry")
