@@ -1,6 +1,7 @@
 """Mosquitto accounts at fleet scale: live creation through the dynamic-security plugin, a bulk
 load into its file while the broker is stopped (directly, and through the registry with
-`gateway brokers apply --dynsec-file`), and retiring one device among 100,000.
+`gateway brokers apply --dynsec-file`), and retiring one device among 100,000. Each device is
+what production makes: an account bound to its name and a role of its own (its one ACL).
 
 The plugin rewrites its whole file after every command, so live creation slows as the fleet
 grows; the live figures are measured at growing sizes and extrapolated, never run to 100,000.
@@ -26,10 +27,10 @@ import orjson
 from _harness import phase
 
 from gateway.bootstrap import EXAMPLE_ROLES, bootstrap, example_passwords
-from gateway.config import BrokersConfig
-from gateway.identities.accounts import sync_accounts
+from gateway.config import BrokersConfig, MosquittoAccountsConfig
+from gateway.identities.accounts import device_role, device_role_acls, sync_accounts
 from gateway.identities.dynsec import Dynsec, NewAccount
-from gateway.identities.dynsec_file import write_accounts
+from gateway.identities.dynsec_file import write_accounts, write_roles
 from gateway.roles.declaration import load_declaration
 from gateway.services.mosquitto import Mosquitto, MqttUser
 from gateway.services.postgres import Postgres
@@ -38,7 +39,14 @@ PASSWORD = "bench-device-secret"
 
 
 def fleet(first: int, stop: int) -> list[NewAccount]:
-    return [NewAccount(f"dev-{i:06d}", PASSWORD, f"dev-{i:06d}") for i in range(first, stop)]
+    names = [f"dev-{i:06d}" for i in range(first, stop)]
+    return [NewAccount(name, PASSWORD, name, roles=(device_role(name),)) for name in names]
+
+
+def roles(accounts: list[NewAccount]) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Each device's own role, as `brokers apply` makes it."""
+    config = MosquittoAccountsConfig()
+    return [(device_role(a.username), device_role_acls(config, a.username)) for a in accounts]
 
 
 async def connect(broker: Mosquitto, user: MqttUser) -> tuple[Any, Any] | None:
@@ -69,7 +77,8 @@ async def first_login(broker: Mosquitto, user: MqttUser, timeout: float = 300) -
 
 
 async def live(sizes: list[int]) -> dict[str, Any]:
-    """Create accounts through $CONTROL until each size is reached; seconds per account."""
+    """Create devices (role, then account) through $CONTROL until each size is reached;
+    seconds per device."""
     steps = []
     async with (
         Mosquitto() as broker,
@@ -79,7 +88,9 @@ async def live(sizes: list[int]) -> dict[str, Any]:
         have = 0
         for size in sorted(sizes):
             started = time.monotonic()
-            await dynsec.create(fleet(have, size))
+            devices = fleet(have, size)
+            await dynsec.create_roles(roles(devices))
+            await dynsec.create(devices)
             seconds = time.monotonic() - started
             steps.append(
                 {
@@ -109,12 +120,15 @@ async def live(sizes: list[int]) -> dict[str, Any]:
 
 
 async def bulk(count: int, retires: int) -> dict[str, Any]:
-    """Write `count` accounts into a stopped broker's file, start it, then retire devices."""
+    """Write `count` devices into a stopped broker's file, start it, then retire devices."""
     async with Mosquitto() as broker:
         async with phase("bulk") as info:
             await broker.stop()
+            devices = fleet(0, count)
             started = time.monotonic()
-            written = write_accounts(broker.dynsec_file, fleet(0, count))
+            roles_written = write_roles(broker.dynsec_file, roles(devices))
+            roles_s = time.monotonic() - started
+            written = write_accounts(broker.dynsec_file, devices)
             write_s = time.monotonic() - started
             started = time.monotonic()
             await broker.start()
@@ -125,6 +139,8 @@ async def bulk(count: int, retires: int) -> dict[str, Any]:
             session[1].close()
         result: dict[str, Any] = {
             "accounts": written,
+            "roles": roles_written,
+            "write_roles_s": round(roles_s, 2),
             "write_file_s": round(write_s, 2),
             "file_mb": round(broker.dynsec_file.stat().st_size / 1e6, 1),
             "start_to_listening_s": round(listening_s, 2),
