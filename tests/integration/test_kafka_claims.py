@@ -2,7 +2,8 @@
 
 A principal may write only as the identities the cluster's ACLs bind it to: its own topic with
 topic claims, any identity only as a trusted producer with key claims. The gateway refuses to
-start otherwise, and stops taking records in while an ACL widened at run time lasts.
+start otherwise, and stops taking records in while an ACL widened at run time lasts, or while
+it cannot read the ACLs.
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ async def test_key_claims_only_trusted_producers_may_write(env: ClaimsStack) -> 
     finally:
         await env.revoke(write(BRIDGED, "mallory"))
     assert "User:mallory may write topic bridged" in error and "trusted" in error
+    assert "The check sees only ALLOW bindings of Write or All on topics" in error
     assert "User:bridge may write topic bridged" in untrusted  # nobody is trusted by default
 
 
@@ -176,7 +178,7 @@ async def test_an_acl_widened_at_run_time_stops_intake_until_it_is_gone(
     env: ClaimsStack,
 ) -> None:
     config = env.config(
-        [LIVE], "claims-live", trusted_producers=["User:bridge"], acl_check_interval=0.2
+        [LIVE], "claims-live", trusted_producers=["User:bridge"], acl_check_interval=0.5
     )
     gateway = Gateway(config)
     await gateway.start()
@@ -211,25 +213,43 @@ async def test_an_acl_widened_at_run_time_stops_intake_until_it_is_gone(
         await gateway.stop()
 
 
-async def test_a_check_that_cannot_be_made(env: ClaimsStack) -> None:
+async def test_acls_that_cannot_be_read_stop_intake_until_they_can(env: ClaimsStack) -> None:
+    # Someone with admin rights revokes the gateway's Describe (so it cannot see a widened ACL):
+    # once no check has succeeded for three check intervals the source takes nothing in, as if
+    # such an ACL were there.
     config = env.config(
-        [LIVE], "claims-live", trusted_producers=["User:bridge"], acl_check_interval=0.2
+        [LIVE], "claims-live", trusted_producers=["User:bridge"], acl_check_interval=0.5
     )
     gateway = Gateway(config)
     await gateway.start()
     describe = AclBinding("cluster", CLUSTER, "literal", "User:gateway", "describe")
     try:
+        await env.produce("bridge", LIVE, [(ALICE.encode(), reading("readable"))] * 5)
+        await env.wait_rows(ALICE, "readable", 5)
         await env.revoke(describe)
 
-        async def failing() -> bool:
-            return (sample(gateway, "gateway_kafka_acl_check_failures_total") or 0) >= 2
+        async def stopped() -> bool:
+            unchecked = sample(gateway, "gateway_kafka_claims_unchecked")
+            return unchecked == 1 and gateway.readiness()["source:kafka"] is False
 
-        await env.stack.wait_for(failing, WAIT, "checks failing without Describe")
-        assert gateway.readiness()["source:kafka"] is True  # the last verdict stands
+        await env.stack.wait_for(stopped, WAIT, "the source stopping without Describe")
+        assert sample(gateway, "gateway_kafka_unbound_writers") == 0  # no binding was found
+        await env.produce("bridge", LIVE, [(ALICE.encode(), reading("unread"))] * 5)
         # Without Describe on the cluster a new pod cannot check, so it does not start.
         error = await refused(config)
         assert "not authorized to describe the cluster's ACLs" in error
         assert "user 'gateway' needs Describe on the cluster" in error
+        assert await env.rows(ALICE, "unread") == 0
+        assert gateway.readiness()["source:kafka"] is False  # still stopped
+
+        await env.kafka.allow("gateway", ["Describe"], cluster=True)
+
+        async def taking() -> bool:
+            unchecked = sample(gateway, "gateway_kafka_claims_unchecked")
+            return unchecked == 0 and gateway.readiness()["source:kafka"] is True
+
+        await env.stack.wait_for(taking, WAIT, "the source taking records again")
+        await env.wait_rows(ALICE, "unread", 5)  # held in the topic, not lost
     finally:
         await env.kafka.allow("gateway", ["Describe"], cluster=True)
         await gateway.stop()
