@@ -24,6 +24,7 @@ from gateway.identities.accounts import (
     BrokerAccounts,
     Credential,
     configured,
+    reserved,
     sync_accounts,
     write_credentials,
 )
@@ -160,6 +161,17 @@ def _brokers(args: argparse.Namespace, *, creates: bool) -> BrokersConfig | None
     return config
 
 
+def _refuse_reserved(config: BrokersConfig | None, names: Sequence[str]) -> None:
+    """No identity may be named like an admin, gateway pod or unmanaged broker account: its
+    commands would change an account that is not its own."""
+    taken = sorted(set(names) & reserved(config)) if config is not None else []
+    if taken:
+        raise InvalidIdentityError(
+            f"{taken[0]!r} is the name of an admin, gateway or unmanaged broker account: "
+            "identities' commands do not change it"
+        )
+
+
 async def _follow(
     args: argparse.Namespace,
     registry: Registry,
@@ -196,6 +208,7 @@ async def _add(args: argparse.Namespace) -> int:
     attributes = parse_attributes(args.attr)
 
     brokers = _brokers(args, creates=True)
+    _refuse_reserved(brokers, [args.name])
 
     async def work(registry: Registry, conn: asyncpg.Connection) -> int:
         identity = await registry.add(args.name, args.role, args.kind, attributes)
@@ -327,12 +340,8 @@ async def _rotate(args: argparse.Namespace) -> int:
                 "--credentials-out for a generated one"
             )
         credential = Credential(identity.name, supplied or secrets.token_urlsafe(24))
+        _refuse_reserved(brokers, [identity.name])
         async with BrokerAccounts(brokers) as accounts:
-            if identity.name in accounts.reserved():
-                raise InvalidIdentityError(
-                    f"{identity.name!r} is the name of an admin, gateway or unmanaged broker "
-                    "account: identities' commands do not change it"
-                )
             # Written first: a failure half-way must not leave a password nobody has.
             if args.credentials_out is not None and supplied is None:
                 write_credentials(args.credentials_out, {identity.name: credential})

@@ -52,6 +52,7 @@ __all__ = [
     "device_role",
     "device_role_acls",
     "gateway_role_acls",
+    "reserved",
     "sync_accounts",
     "write_credentials",
 ]
@@ -193,11 +194,28 @@ def new_credentials(
     one, else a generated one. The gateway pods' accounts take the configured gateway password."""
     supplied = supplied or {}
     created = sorted(
-        {c.name for c in plan.actions if c.action in ("create", "reset")} - set(gateways)
+        {
+            c.name
+            for c in plan.actions
+            if c.action in ("create", "reset")
+            and not (c.broker == "mosquitto" and c.name in gateways)
+        }
     )
     return {
         name: Credential(name, supplied.get(name) or secrets.token_urlsafe(24)) for name in created
     }
+
+
+def reserved(config: BrokersConfig) -> set[str]:
+    """Names whose broker accounts are not an identity's (the admins, the gateway pods, what is
+    declared unmanaged): no identity may have one, and identities' commands never touch them."""
+    from gateway.identities.kafka_accounts import unmanaged_principals
+    from gateway.identities.mosquitto_accounts import reserved_names
+
+    found = reserved_names(config.mosquitto) if config.mosquitto else set()
+    if config.kafka is not None:
+        found |= {p.removeprefix("User:") for p in unmanaged_principals(config.kafka)}
+    return found
 
 
 def configured(config: BrokersConfig) -> bool:
@@ -331,20 +349,10 @@ class BrokerAccounts(Lifecycle):
             mine = [c for c in plan.actions if c.broker == "kafka"]
             await apply_kafka(self.kafka, mine, self.config.kafka, credentials)
 
-    def reserved(self) -> set[str]:
-        """Names whose accounts are not an identity's: the admin, gateway pods, unmanaged."""
-        from gateway.identities.kafka_accounts import unmanaged_principals
-        from gateway.identities.mosquitto_accounts import reserved_names
-
-        found = reserved_names(self.config.mosquitto) if self.config.mosquitto else set()
-        if self.config.kafka is not None:
-            found |= {p.removeprefix("User:") for p in unmanaged_principals(self.config.kafka)}
-        return found
-
     async def rotate(self, name: str, password: str) -> None:
         """Give an identity's accounts a new password on every broker; never an account that
         is not an identity's (the admin, a gateway pod, a bridge)."""
-        if name in self.reserved():
+        if name in reserved(self.config):
             raise AccountsError(
                 f"{name!r} is the name of an admin, gateway or unmanaged broker account: "
                 "identities' commands do not change it"
@@ -383,11 +391,7 @@ def check_delivery(
     if out is not None:
         return
     gateways = set(config.mosquitto.gateway_clients) if config.mosquitto else set()
-    missing = sorted(
-        {c.name for c in plan.actions if c.action in ("create", "reset")}
-        - supplied.keys()
-        - gateways
-    )
+    missing = sorted(set(new_credentials(plan, gateways=gateways)) - supplied.keys())
     if missing:
         raise AccountsError(
             f"{len(missing)} new broker account(s) need a password (e.g. {missing[0]}): pass "

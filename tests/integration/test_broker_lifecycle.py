@@ -55,10 +55,18 @@ def config_file(env: Stack, kafka: Kafka, tmp_path: Path, monkeypatch: pytest.Mo
         "[brokers.kafka]\n"
         f'bootstrap_servers = "{kafka.bootstrap}"\n'
         'topic_template = "telemetry.{identity}"\n'
+        'unmanaged = ["User:admin"]\n'  # the broker's own superuser
     )
     monkeypatch.setenv(ADMIN_DSN_ENV, env.database.dsn)
     monkeypatch.setenv("GATEWAY_ACTOR", "ops")
     return path
+
+
+def declare_gateway_client(config: Path, client_id: str) -> None:
+    text = config.read_text()
+    config.write_text(
+        text.replace("[brokers.kafka]", f'gateway_clients = ["{client_id}"]\n[brokers.kafka]')
+    )
 
 
 async def gateway(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -280,3 +288,83 @@ async def test_a_fleet_is_loaded_through_the_plugins_file_while_the_broker_is_st
         assert [c for c in planned if c["name"] in {*fleet, retired}] == []
         async with Dynsec(accounts.model_copy(update={"client_id": "hand"})) as dynsec:
             assert (await dynsec.named([retired]))[retired].disabled
+
+
+async def test_an_account_made_before_its_identity_keeps_no_password(
+    env: Stack, kafka: Kafka, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = f"early-{secrets.token_hex(3)}"
+    await kafka.create_topic(f"telemetry.{name}")
+    # Someone with broker admin access makes the account first, with a password they know.
+    async with Dynsec(env.broker.accounts_config(client_id="hand")) as dynsec:
+        await dynsec.create([NewAccount(name, "planted", name)])
+    await kafka.add_users({name: "planted-kafka"})
+    out = tmp_path / "credentials.csv"
+    code, _, err = await gateway(
+        capsys, "identities", "add", name, "--role", ROLE,
+        "--config", str(config_file), "--credentials-out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    issued = passwords(out)[name]
+    assert await mqtt_refused(env, name, "planted")
+    assert await produce(kafka, name, "planted-kafka", f"telemetry.{name}") is not None
+    async with mqtt(env.broker, name, issued):
+        pass
+    assert await produce(kafka, name, issued, f"telemetry.{name}") is None
+
+
+async def test_identities_commands_never_touch_the_admin_or_a_gateway_account(
+    env: Stack, kafka: Kafka, config_file: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    pod = env.broker.add_gateway(f"gw-{secrets.token_hex(3)}")
+    declare_gateway_client(config_file, pod.username)
+    out = tmp_path / "credentials.csv"
+    for name in (env.broker.admin.username, pod.username, "admin"):
+        code, _, err = await gateway(
+            capsys, "identities", "add", name, "--role", ROLE,
+            "--config", str(config_file), "--credentials-out", str(out),
+        )  # fmt: skip
+        assert code == 1 and "do not change it" in err, err
+    # Registered behind the command line's back, such a name is still not rotated ...
+    code, _, err = await gateway(capsys, "identities", "add", pod.username, "--role", ROLE)
+    assert code == 0, err
+    code, _, err = await gateway(
+        capsys, "identities", "rotate", pod.username,
+        "--config", str(config_file), "--credentials-out", str(out),
+    )  # fmt: skip
+    assert code == 1 and "do not change it" in err, err
+    # ... nor changed by a plan, which only reports it.
+    code, text, _ = await gateway(capsys, "brokers", "plan", "--config", str(config_file), "--json")
+    reports = orjson.loads(text)["reports"]
+    assert any(r["name"] == pod.username and r["broker"] == "mosquitto" for r in reports)
+    assert not out.exists()
+    async with mqtt(env.broker, pod.username, pod.password):
+        pass
+    async with Dynsec(env.broker.accounts_config(client_id="hand")):
+        pass  # the plugin's admin password still works
+    assert await kafka.logs_in("admin", kafka.admin_password)
+
+
+async def test_retiring_again_still_reaches_the_brokers(
+    env: Stack, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = f"twice-{secrets.token_hex(3)}"
+    out = tmp_path / "credentials.csv"
+    code, _, err = await gateway(
+        capsys, "identities", "add", name, "--role", ROLE,
+        "--config", str(config_file), "--credentials-out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    # Retired in the registry only (as when the broker step failed after the commit) ...
+    code, _, err = await gateway(capsys, "identities", "retire", name, "--config", "/dev/null")
+    assert code == 0, err
+    async with mqtt(env.broker, name, passwords(out)[name]):
+        pass
+    # ... so retiring again reaches the brokers.
+    code, text, err = await gateway(
+        capsys, "identities", "retire", name, "--config", str(config_file)
+    )
+    assert code == 0, err
+    assert "already retired" in text and "disable" in text
+    assert await mqtt_refused(env, name, passwords(out)[name])
