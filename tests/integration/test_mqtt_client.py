@@ -20,7 +20,7 @@ import aiomqtt
 import mqtt5
 import pytest
 
-from gateway.errors import MqttConnectError
+from gateway.errors import MqttConnectError, MqttSubscribeError
 from gateway.services.mosquitto import Mosquitto, MqttUser
 from gateway.sources.mqtt import Message, MqttClient, MqttOptions
 
@@ -183,10 +183,9 @@ async def test_refused_credentials_are_a_clear_final_error(broker: Mosquitto, wh
     assert not raised.value.retriable
 
 
-async def test_subscription_the_acl_forbids_is_granted_but_never_delivered(
-    broker: Mosquitto,
-) -> None:
-    """Mosquitto 2.0.11 checks read access per message, not at SUBSCRIBE: the SUBACK grants."""
+async def test_a_device_subscription_is_refused_as_a_final_error(broker: Mosquitto) -> None:
+    """The plugin alone decides, and no device role may subscribe: refused at SUBACK, so a
+    device can neither read another's messages nor join the gateway's shared group."""
     writer = broker.add_user(unique("sensor"))
     nosy = broker.add_user(unique("sensor"))
     spy_options = MqttOptions(
@@ -195,19 +194,16 @@ async def test_subscription_the_acl_forbids_is_granted_but_never_delivered(
         port=broker.port,
         username=nosy.username,
         password=nosy.password,
-        subscriptions=[(f"devices/{writer.username}/#", 1)],
+        subscriptions=[(f"devices/{writer.username}/#", 1), ("$share/g/devices/#", 1)],
     )
-    own = gateway_options(broker, unique("gw"), [(f"devices/{writer.username}/#", 1)])
-    async with MqttClient(spy_options) as spy, MqttClient(own) as gateway:
-        assert spy.connected  # subscribed without complaint
-        await publish(broker, writer, [b"private"])
-        (seen,) = await collect(gateway, 1)
-        assert seen.payload == b"private"
-        # The spy's own subtree is not readable either, so the spy cannot get a marker;
-        # give the broker the time the gateway needed, many times over.
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(1):
-                await spy.receive()
+    with pytest.raises(MqttSubscribeError) as raised:
+        async with asyncio.timeout(WAIT), MqttClient(spy_options):
+            pass
+    assert raised.value.refused == (
+        (f"devices/{writer.username}/#", mqtt5.SubAckReasonCode.NOT_AUTHORIZED),
+        ("$share/g/devices/#", mqtt5.SubAckReasonCode.NOT_AUTHORIZED),
+    )
+    assert not raised.value.retriable
 
 
 async def test_receive_and_ack_then_nothing_is_redelivered(broker: Mosquitto) -> None:
