@@ -227,7 +227,8 @@ class KafkaSourceConfig(KafkaConnection):
     topic claims, each identity's topic may be written by its own principal and by these."""
     acl_check_interval: float = Field(default=5, gt=0)
     """Seconds between checks of the cluster's ACLs while running: a writer the claims do not
-    allow stops intake from this source until the ACL is gone."""
+    allow stops intake from this source until the ACL is gone, and so do ACLs that cannot be
+    read for three intervals, until a check succeeds."""
     stream: str = "telemetry"
     """Route stream of the records (unless the topic template has `{stream}`)."""
     max_poll_records: int = Field(default=10_000, ge=1)
