@@ -19,9 +19,9 @@ from aiokafka.errors import KafkaError
 from gateway import cli
 from gateway.config import KafkaAccountsConfig
 from gateway.db import ADMIN_DSN_ENV
-from gateway.identities.accounts import device_role
+from gateway.identities.accounts import device_role, device_role_acls
 from gateway.identities.dynsec import Dynsec, NewAccount
-from gateway.kafka_admin import AclBinding, KafkaAdmin
+from gateway.kafka_admin import AclBinding, KafkaAdmin, ScramCredential
 from gateway.services.kafka import Kafka
 from gateway.services.mosquitto import Mosquitto
 
@@ -186,14 +186,23 @@ async def test_drift_is_audited_and_apply_repairs_it(
         assert code == 0, err
     stray = f"stray-{secrets.token_hex(3)}"
     # By hand, behind the registry's back: an account of no identity, a device unbound and
-    # given a role, and a Kafka binding that lets one identity write as another.
+    # given the gateway's role, another's own role widened, publishing allowed by default; on
+    # Kafka a binding that lets one identity write as another, one on the cluster, and a
+    # second credential of another mechanism.
+    own_acls = device_role_acls(env.broker.accounts_config(), victim)
     async with Dynsec(env.broker.accounts_config(client_id="hand")) as dynsec:
         await dynsec.create([NewAccount(stray, "pw", "")])
         await dynsec.set_client_id(thief, "")
         await dynsec.set_roles(thief, ["gateway"])
+        await dynsec.ensure_role(
+            device_role(victim), [*own_acls, ("publishClientSend", "devices/#")]
+        )
+        await dynsec.set_default_access({"publishClientSend": True})
     widened = AclBinding("topic", f"telemetry.{victim}", "literal", f"User:{thief}", "write")
+    cluster = AclBinding("cluster", "kafka-cluster", "literal", f"User:{thief}", "alter")
     async with KafkaAdmin(KafkaAccountsConfig(bootstrap_servers=kafka.bootstrap)) as admin:
-        await admin.create_acls([widened])
+        await admin.create_acls([widened, cluster])
+        await admin.upsert_scram([ScramCredential(thief, "second")], mechanism="SCRAM-SHA-512")
 
     code, text, _ = await gateway(
         capsys, "audit", "--config", str(config_file), "--roles", str(EXAMPLE_ROLES), "--json"
@@ -204,7 +213,12 @@ async def test_drift_is_audited_and_apply_repairs_it(
         ("broker_account_without_identity", stray),
         ("broker_client_id_unbound", thief),
         ("broker_permissions_wider", thief),
+        ("broker_permissions_wider", victim),
+        ("broker_permissions_wider", "publishClientSend"),
+        ("broker_credential_unwanted", thief),
     } <= found
+    messages = " ".join(f["message"] for f in orjson.loads(text)["findings"])
+    assert "kafka-cluster" in messages
 
     code, text, err = await gateway(
         capsys, "brokers", "apply", "--config", str(config_file), "--credentials-out", str(out)
@@ -216,8 +230,20 @@ async def test_drift_is_audited_and_apply_repairs_it(
         accounts = await dynsec.accounts()
     assert accounts[stray].disabled
     assert accounts[thief].client_id == thief and accounts[thief].roles == (device_role(thief),)
+    async with Dynsec(env.broker.accounts_config(client_id="hand")) as dynsec:
+        roles = await dynsec.role_acls()
+        defaults = await dynsec.default_access()
+    assert sorted(roles[device_role(victim)]) == sorted((t, x, True) for t, x in own_acls)
+    assert defaults["publishClientSend"] is False
     async with KafkaAdmin(KafkaAccountsConfig(bootstrap_servers=kafka.bootstrap)) as admin:
-        assert widened not in await admin.describe_acls(resource_type="topic")
+
+        async def repaired() -> bool:
+            # The broker applies what its controller committed a moment later.
+            left = await admin.describe_acls()
+            mechanisms = (await admin.scram_users()).get(thief)
+            return widened not in left and cluster not in left and mechanisms == ("SCRAM-SHA-256",)
+
+        await env.wait_for(repaired, timeout=10, what="the Kafka repairs to reach the broker")
 
 
 async def test_audit_names_a_writer_that_kafka_claims_do_not_bind(
