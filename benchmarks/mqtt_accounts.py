@@ -28,9 +28,10 @@ from _harness import phase
 
 from gateway.bootstrap import EXAMPLE_ROLES, bootstrap, example_passwords
 from gateway.config import BrokersConfig, MosquittoAccountsConfig
-from gateway.identities.accounts import device_role, device_role_acls, sync_accounts
+from gateway.identities.accounts import device_role, device_role_acls
 from gateway.identities.dynsec import Dynsec, NewAccount
 from gateway.identities.dynsec_file import write_accounts, write_roles
+from gateway.identities.reconcile import sync_accounts
 from gateway.roles.declaration import load_declaration
 from gateway.services.mosquitto import Mosquitto, MqttUser
 from gateway.services.postgres import Postgres

@@ -455,6 +455,16 @@ class GatewayConfig(BaseSettings):
         names = [s.name for s in self.sources.mqtt] + [s.name for s in self.sources.kafka]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
+        accounts = self.brokers.kafka
+        if accounts is not None and accounts.topic_template is not None:
+            for source in self.sources.kafka:
+                claimed = source.identity_from.removeprefix("topic:")
+                if source.identity_from.startswith("topic:") and claimed != accounts.topic_template:
+                    # Else an identity's own topic could be read as another identity's claim.
+                    raise ValueError(
+                        f"kafka source {source.name} claims identities by topic:{claimed}, but "
+                        f"brokers.kafka.topic_template gives each its own {accounts.topic_template}"
+                    )
         streams = [route.stream for route in self.routes]
         if len(set(streams)) != len(streams):
             raise ValueError(f"each stream may have one route, got {streams}")

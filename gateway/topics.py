@@ -1,7 +1,8 @@
 """Topic templates such as `devices/{identity}/{stream}`: where the identity claim sits in a topic.
 
-On MQTT the broker's ACL guarantees the `{identity}` level (`pattern write devices/%u/+`), so
-parsing the topic is the identity check; anything that does not fit the template is rejected.
+On MQTT the broker guarantees the `{identity}` level (each device's own role may publish only
+`devices/<its name>/+`), so parsing the topic is the identity check; anything that does not fit
+the template is rejected.
 """
 
 from __future__ import annotations

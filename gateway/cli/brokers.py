@@ -18,7 +18,8 @@ from pathlib import Path
 from gateway.config import BrokersConfig, load_config
 from gateway.db import admin_dsn, connect
 from gateway.errors import GatewayError
-from gateway.identities.accounts import AccountPlan, sync_accounts
+from gateway.identities.accounts import AccountPlan
+from gateway.identities.reconcile import sync_accounts
 from gateway.trail import default_actor
 
 __all__ = [

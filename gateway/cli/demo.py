@@ -38,7 +38,7 @@ from gateway.config import (
 from gateway.fleet.mqtt import Fleet
 from gateway.fleet.options import FleetOptions
 from gateway.fleet.report import FleetReport
-from gateway.identities.accounts import sync_accounts
+from gateway.identities.reconcile import sync_accounts
 from gateway.roles.declaration import load_declaration
 from gateway.services.amqtt import Amqtt
 from gateway.services.mosquitto import Mosquitto, MqttBroker, MqttUser, mosquitto_binary

@@ -20,14 +20,7 @@ from gateway import trail
 from gateway.cli.brokers import add_broker_options, brokers_config, read_credentials
 from gateway.config import BrokersConfig
 from gateway.db import admin_dsn, connect
-from gateway.identities.accounts import (
-    BrokerAccounts,
-    Credential,
-    configured,
-    reserved,
-    sync_accounts,
-    write_credentials,
-)
+from gateway.identities.accounts import Credential, configured, write_credentials
 from gateway.identities.importer import import_file
 from gateway.identities.model import (
     KINDS,
@@ -36,6 +29,7 @@ from gateway.identities.model import (
     IdentityRetiredError,
     InvalidIdentityError,
 )
+from gateway.identities.reconcile import BrokerAccounts, reserved, sync_accounts
 from gateway.identities.registry import IdentityDetails, Registry
 from gateway.trail import default_actor
 
@@ -209,6 +203,12 @@ async def _add(args: argparse.Namespace) -> int:
 
     brokers = _brokers(args, creates=True)
     _refuse_reserved(brokers, [args.name])
+    supplied = read_credentials(args.credentials_in)
+    if brokers is not None and args.credentials_out is None and args.name not in supplied:
+        raise InvalidIdentityError(
+            f"--credentials-in has no password for {args.name}, and there is no "
+            "--credentials-out for a generated one"
+        )
 
     async def work(registry: Registry, conn: asyncpg.Connection) -> int:
         identity = await registry.add(args.name, args.role, args.kind, attributes)

@@ -13,7 +13,8 @@ import orjson
 from gateway.cli.brokers import CONFIG_ENV
 from gateway.config import BrokersConfig, load_config
 from gateway.db import admin_dsn, connect
-from gateway.identities.accounts import configured, sync_accounts
+from gateway.identities.accounts import configured
+from gateway.identities.reconcile import sync_accounts
 from gateway.migrate import migrate
 from gateway.roles.apply import apply_roles, plan_roles
 from gateway.roles.audit import Severity, broker_findings, kafka_claim_findings, run_audit

@@ -1,5 +1,5 @@
 """The child process of `gateway.services.amqtt.Amqtt`: an amqtt broker with two plugins that
-enforce what Mosquitto's password file and ACL do (`pattern write devices/%u/+`).
+enforce a password file and one publish level under a device's own name (`devices/<user>/+`).
 
     python -m gateway.services.amqtt_broker CONFIG.json
 """

@@ -36,7 +36,7 @@ from gateway.config import (
     Secret,
     SourcesConfig,
 )
-from gateway.identities.accounts import sync_accounts
+from gateway.identities.reconcile import sync_accounts
 from gateway.identities.registry import Registry
 from gateway.services._process import free_port
 from gateway.services.mosquitto import Mosquitto, MqttUser

@@ -249,3 +249,20 @@ def test_a_name_with_the_topic_separator_gets_no_topic_of_its_own() -> None:
 def test_a_kafka_template_must_start_with_a_literal_level() -> None:
     with pytest.raises(ValueError, match="literal level"):
         KafkaAccountsConfig(topic_template="{identity}.telemetry")
+
+
+def test_a_topic_claim_must_be_the_template_identities_are_given_topics_by() -> None:
+    from pydantic import ValidationError
+
+    from gateway.config import GatewayConfig
+
+    source = {"topics": ["t"], "identity_from": "topic:telemetry.{identity}.{stream}"}
+    with pytest.raises(ValidationError, match="brokers.kafka.topic_template"):
+        GatewayConfig(
+            sources={"kafka": [source]},
+            brokers={"kafka": {"topic_template": "telemetry.{identity}"}},
+        )
+    GatewayConfig(
+        sources={"kafka": [source]},
+        brokers={"kafka": {"topic_template": "telemetry.{identity}.{stream}"}},
+    )
