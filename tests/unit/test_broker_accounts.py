@@ -257,7 +257,7 @@ def test_a_topic_claim_must_be_the_template_identities_are_given_topics_by() -> 
     from gateway.config import GatewayConfig
 
     source = {"topics": ["t"], "identity_from": "topic:telemetry.{identity}.{stream}"}
-    with pytest.raises(ValidationError, match="brokers.kafka.topic_template"):
+    with pytest.raises(ValidationError, match=r"brokers\.kafka\.topic_template"):
         GatewayConfig(
             sources={"kafka": [source]},
             brokers={"kafka": {"topic_template": "telemetry.{identity}"}},
