@@ -19,6 +19,8 @@ from gateway.identities.dynsec_file import write_accounts, write_roles
 from gateway.services.mosquitto import GATEWAY_ACLS, GATEWAY_ROLE, Mosquitto, MqttUser
 from gateway.sources.mqtt import MqttClient, MqttOptions
 
+from .raw_mqtt import raw_session
+
 V5 = aiomqtt.ProtocolVersion.V5
 WAIT = 20
 _ids = itertools.count()
@@ -45,22 +47,6 @@ async def refused(broker: Mosquitto, user: MqttUser, client_id: str | None = Non
         async with device(broker, user, client_id):
             pass
     return str(raised.value)
-
-
-async def raw_session(
-    broker: Mosquitto, user: MqttUser
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A logged-in bare connection, to watch the broker close it."""
-    reader, writer = await asyncio.open_connection(broker.host, broker.port)
-    writer.write(
-        mqtt5.ConnectPacket(
-            user.username, username=user.username, password=user.password.encode()
-        ).write()
-    )
-    connack, _ = mqtt5.read(memoryview(await reader.read(1024)))
-    assert isinstance(connack, mqtt5.ConnAckPacket)
-    assert connack.reason_code == mqtt5.ConnAckReasonCode.SUCCESS
-    return reader, writer
 
 
 async def closed_by_broker(reader: asyncio.StreamReader) -> None:

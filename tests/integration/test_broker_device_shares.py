@@ -8,11 +8,12 @@ import asyncio
 import itertools
 
 import aiomqtt
-import mqtt5
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.services.mosquitto import Mosquitto, MqttUser
+from gateway.services.mosquitto import Mosquitto
+
+from .raw_mqtt import published
 
 V5 = aiomqtt.ProtocolVersion.V5
 _names = itertools.count()
@@ -27,34 +28,6 @@ def client(broker: Mosquitto, username: str, password: str) -> aiomqtt.Client:
         broker.host, broker.port, username=username, password=password,
         identifier=username, protocol=V5,
     )  # fmt: skip
-
-
-async def published(broker: Mosquitto, user: MqttUser, topics: list[str]) -> dict[str, bool]:
-    """For each topic, whether the broker took a QoS 1 message from this device (its PUBACK
-    reason code, read over a bare socket: a refusal is not an error to aiomqtt)."""
-    reader, writer = await asyncio.open_connection(broker.host, broker.port)
-    try:
-        writer.write(
-            mqtt5.ConnectPacket(
-                user.username, username=user.username, password=user.password.encode()
-            ).write()
-        )
-        connack, _ = mqtt5.read(memoryview(await reader.read(1024)))
-        assert isinstance(connack, mqtt5.ConnAckPacket)
-        assert connack.reason_code == mqtt5.ConnAckReasonCode.SUCCESS
-        taken = {}
-        for packet_id, topic in enumerate(topics, start=1):
-            packet = mqtt5.PublishPacket(
-                topic, b"{}", qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=packet_id
-            )
-            writer.write(packet.write())
-            puback, _ = mqtt5.read(memoryview(await reader.read(1024)))
-            assert isinstance(puback, mqtt5.PubAckPacket) and puback.packet_id == packet_id
-            taken[topic] = puback.reason_code != mqtt5.PubAckReasonCode.NOT_AUTHORIZED
-        return taken
-    finally:
-        writer.close()
-        await writer.wait_closed()
 
 
 async def test_a_device_joining_the_gateways_share_group_loses_no_message(

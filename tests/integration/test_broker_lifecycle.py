@@ -76,6 +76,22 @@ async def gateway(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, 
     return code, out, err
 
 
+async def add_identities(
+    capsys: pytest.CaptureFixture[str], config: Path, out: Path, *names: str
+) -> str:
+    """`gateway identities add` for each, with brokers configured and passwords to `out`;
+    returns all they printed."""
+    printed = ""
+    for name in names:
+        code, text, err = await gateway(
+            capsys, "identities", "add", name, "--role", ROLE,
+            "--config", str(config), "--credentials-out", str(out),
+        )  # fmt: skip
+        assert code == 0, err
+        printed += text + err
+    return printed
+
+
 def passwords(path: Path) -> dict[str, str]:
     with path.open(newline="") as handle:
         return {row["name"]: row["password"] for row in csv.DictReader(handle)}
@@ -124,16 +140,11 @@ async def test_an_identity_s_accounts_follow_add_rotate_and_retire(
     for topic in (f"telemetry.{name}", f"telemetry.{other}"):
         await kafka.create_topic(topic)
     out = tmp_path / "credentials.csv"
-    for who in (name, other):
-        code, text, err = await gateway(
-            capsys, "identities", "add", who, "--role", ROLE,
-            "--config", str(config_file), "--credentials-out", str(out),
-        )  # fmt: skip
-        assert code == 0, err
+    printed = await add_identities(capsys, config_file, out, name, other)
     assert out.stat().st_mode & 0o777 == 0o600
     issued = passwords(out)
     assert issued.keys() == {name, other}
-    assert issued[name] not in text + err  # handed over in the file only
+    assert issued[name] not in printed  # handed over in the file only
 
     # MQTT: the account is bound to the device's own name as client id.
     async with mqtt(env.broker, name, issued[name]):
@@ -178,12 +189,7 @@ async def test_drift_is_audited_and_apply_repairs_it(
 ) -> None:
     victim, thief = f"dev-{secrets.token_hex(3)}", f"dev-{secrets.token_hex(3)}"
     out = tmp_path / "credentials.csv"
-    for who in (victim, thief):
-        code, _, err = await gateway(
-            capsys, "identities", "add", who, "--role", ROLE,
-            "--config", str(config_file), "--credentials-out", str(out),
-        )  # fmt: skip
-        assert code == 0, err
+    await add_identities(capsys, config_file, out, victim, thief)
     stray = f"stray-{secrets.token_hex(3)}"
     # By hand, behind the registry's back: an account of no identity, a device unbound and
     # given the gateway's role, another's own role widened, publishing allowed by default; on
