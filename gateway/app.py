@@ -178,7 +178,7 @@ class Gateway:
         assert self._pools is not None and self._cache is not None
         async with self._pools[self.config.database.control_role].acquire() as conn:
             await Registry(cast(asyncpg.Connection, conn), self.actor).provision(name, rule)
-        # The cache learns of it through NOTIFY; wait for that, briefly.
+        # The cache learns of it from the change feed; wait for that, briefly.
         for _ in range(200):
             if self._cache.get(name) is not None:
                 return

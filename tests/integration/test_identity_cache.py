@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -10,7 +11,12 @@ import asyncpg
 import pytest
 
 from gateway.db import DatabaseError
-from gateway.identities.cache import CachedIdentity, IdentityCache
+from gateway.identities.cache import (
+    FEED_BATCH,
+    MIN_READ_INTERVAL,
+    CachedIdentity,
+    IdentityCache,
+)
 from gateway.identities.model import CHANNEL
 from gateway.identities.registry import Registry
 from gateway.services.postgres import PostgresAddress
@@ -118,8 +124,15 @@ async def test_a_large_change_reloads_everything(
             "SELECT 'bulk-' || g, 'r-state' FROM generate_series(1, 1000) g"
         )
         await eventually(lambda: cache.entries == 1003)
-        assert cache.reloads == 2
+        assert cache.reloads == 1  # a thousand names are read by name
         assert cache.get("bulk-500") == ("state_writer", "state_writer_login", "active")
+        await conn.execute(
+            "INSERT INTO gateway.identities (name, role_id) "
+            "SELECT 'more-' || g, 'r-state' FROM generate_series(1, $1::int) g",
+            FEED_BATCH + 1,
+        )
+        await eventually(lambda: cache.entries == 1003 + FEED_BATCH + 1)
+        assert cache.reloads == 2  # more than a batch: one full load instead
 
 
 async def test_recovers_after_its_connection_is_killed_and_sees_what_it_missed(
@@ -161,42 +174,88 @@ async def test_recovers_after_its_connection_is_killed_and_sees_what_it_missed(
         await cache.close()
 
 
-async def test_notifications_carry_only_what_caches_need(
+async def feed_since(conn: asyncpg.Connection, seq: int) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT name FROM gateway.identity_changes WHERE seq > $1 ORDER BY seq", seq
+    )
+    return [row["name"] for row in rows]
+
+
+async def test_the_feed_records_only_what_caches_need(
     database: PostgresAddress, conn: asyncpg.Connection
 ) -> None:
-    payloads: asyncio.Queue[str] = asyncio.Queue()
-    listener = await asyncpg.connect(database.dsn)
+    start = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM gateway.identity_changes")
+    # Activity bookkeeping and attribute edits do not make every gateway re-read rows.
+    await conn.execute("UPDATE gateway.identities SET last_seen = now(), attributes = '{\"a\": 1}'")
+    assert await feed_since(conn, start) == []
+    await conn.execute(
+        "UPDATE gateway.identities SET status = 'retired', retired_at = now() WHERE name = 'svc-1'"
+    )
+    assert await feed_since(conn, start) == ["svc-1"]
+    # A statement of any size is recorded whole, names of any length included.
+    await conn.execute(
+        "INSERT INTO gateway.identities (name, role_id) "
+        "SELECT 'long-' || lpad(g::text, 115, '0'), 'r-state' FROM generate_series(1, 150) g"
+    )
+    assert len(await feed_since(conn, start)) == 151
+
+
+async def test_only_the_feed_is_trusted_not_a_notification(
+    database: PostgresAddress, conn: asyncpg.Connection
+) -> None:
+    """Any role may NOTIFY any channel: a reader login's storm of notifications, `*` and names
+    alike, makes no gateway reload or believe anything, and costs it a bounded number of small
+    reads, while every retirement made meanwhile is still seen within a second."""
+    login = f"storm_reader_{secrets.token_hex(3)}"
+    await conn.execute(f"CREATE ROLE {login} LOGIN PASSWORD 'storm'")
+    # A reader may not write the feed, nor call what writes it.
+    reader = await asyncpg.connect(database.dsn_for(login, "storm"))
     try:
-        await listener.add_listener(CHANNEL, lambda *args: payloads.put_nowait(args[3]))
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await reader.execute("INSERT INTO gateway.identity_changes (name) VALUES ('*')")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await reader.execute("SELECT gateway.identity_roles_changed()")
+        registry = Registry(conn, "tests")
+        names = [f"storm-{i}" for i in range(5)]
+        for name in names:
+            await registry.add(name, "telemetry_ingest")
+        async with IdentityCache(database.dsn, health_interval=30) as cache:
+            stop = asyncio.Event()
 
-        # Activity bookkeeping and attribute edits do not wake every gateway.
-        await conn.execute(
-            "UPDATE gateway.identities SET last_seen = now(), attributes = '{\"a\": 1}'"
-        )
-        await conn.execute(
-            "UPDATE gateway.identities SET status = 'retired', retired_at = now() "
-            "WHERE name = 'svc-1'"
-        )
-        assert await asyncio.wait_for(payloads.get(), 5) == "svc-1"
+            async def storm() -> int:
+                sent = 0
+                while not stop.is_set():
+                    payload = "*" if sent % 2 else " ".join(names)
+                    await reader.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+                    sent += 1
+                    await asyncio.sleep(0.01)
+                return sent
 
-        # 150 names of 120 characters are more than a NOTIFY payload may carry: '*' instead of a
-        # failed transaction.
-        await conn.execute(
-            "INSERT INTO gateway.identities (name, role_id) "
-            "SELECT 'long-' || lpad(g::text, 115, '0'), 'r-state' FROM generate_series(1, 150) g"
+            storming = asyncio.create_task(storm())
+            cpu = time.process_time()
+            started = time.monotonic()
+            seen = []
+            for name in names:
+                await registry.retire(name)
+                seen.append(await eventually(lambda n=name: not cache.get(n).active))  # type: ignore[union-attr]
+            await asyncio.sleep(1)
+            stop.set()
+            sent = await storming
+            elapsed = time.monotonic() - started
+            cpu = time.process_time() - cpu
+        print(
+            f"storm: {sent} notifications in {elapsed:.1f} s; cache read the feed "
+            f"{cache.feed_reads} times; process CPU {cpu:.2f} s; retirements seen after "
+            f"{', '.join(f'{s:.3f}' for s in seen)} s"
         )
-        assert await asyncio.wait_for(payloads.get(), 5) == "*"
-        await conn.execute(
-            "UPDATE gateway.identities SET role_id = 'r-state' "
-            "WHERE name IN ('sensor-1', 'sensor-2')"
-        )
-        assert sorted((await asyncio.wait_for(payloads.get(), 5)).split()) == [
-            "sensor-1",
-            "sensor-2",
-        ]
-        assert payloads.empty()
+        assert max(seen) < 1.0
+        assert cache.reloads == 1  # the start only: no notification made it reload
+        assert cache.notifications >= sent // 2
+        # Paced: at most one read per MIN_READ_INTERVAL, however many notifications came.
+        assert cache.feed_reads <= elapsed / MIN_READ_INTERVAL + 2
     finally:
-        await listener.close()
+        await reader.close()
+        await conn.execute(f"DROP ROLE {login}")
 
 
 async def test_start_fails_clearly_without_a_usable_database(database: PostgresAddress) -> None:
@@ -215,3 +274,15 @@ async def test_health_checks_keep_a_quiet_cache_following(
         assert cache.connected and cache.reloads == 1
         await Registry(conn, "tests").retire("svc-1")
         await eventually(lambda: getattr(cache.get("svc-1"), "active", True) is False)
+
+
+async def test_a_role_renamed_reaches_the_cache_through_the_feed(
+    database: PostgresAddress, conn: asyncpg.Connection
+) -> None:
+    """No identity row changes when a role is renamed: `roles apply` records `*` in the feed,
+    which makes every cache load everything once."""
+    async with IdentityCache(database.dsn) as cache:
+        await conn.execute("UPDATE gateway.roles SET name = 'state_keeper' WHERE id = 'r-state'")
+        await conn.execute("SELECT gateway.identity_roles_changed()")
+        await eventually(lambda: getattr(cache.get("svc-1"), "role", None) == "state_keeper")
+        assert cache.reloads == 2
