@@ -7,13 +7,15 @@ and appends the version to `gateway.role_changes` and each change to `gateway.au
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import asyncpg
 import orjson
 
 from gateway import trail
-from gateway.identities.model import CHANNEL
 from gateway.roles.catalog import read_catalog
 from gateway.roles.declaration import Declaration, shipped_tables
+from gateway.roles.guards import blocked_drops, refuse_takeovers
 from gateway.roles.plan import Plan, PlanError, make_plan
 from gateway.roles.state import desired_state
 
@@ -41,13 +43,24 @@ async def plan_roles(conn: asyncpg.Connection, doc: Declaration) -> Plan:
         raise PlanError(
             f"the control schema is missing ({exc}): run `gateway migrate` first"
         ) from exc
-    return make_plan(doc, live, passwords=read_passwords(doc))
+    refuse_takeovers(doc, live)
+    plan = make_plan(doc, live, passwords=read_passwords(doc))
+    return replace(plan, blocked=await blocked_drops(conn, plan, live))
 
 
 async def apply_roles(
-    conn: asyncpg.Connection, doc: Declaration, *, actor: str, expect: str | None = None
+    conn: asyncpg.Connection,
+    doc: Declaration,
+    *,
+    actor: str,
+    expect: str | None = None,
+    allow_drop_with_identities: bool = False,
 ) -> tuple[Plan, int | None]:
-    """Apply the plan; returns it and the new version number (None when nothing changed)."""
+    """Apply the plan; returns it and the new version number (None when nothing changed).
+
+    A plan that drops a role active identities still use is refused unless
+    `allow_drop_with_identities` says the operator means it.
+    """
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", ROLES_LOCK)
         plan = await plan_roles(conn, doc)
@@ -56,6 +69,8 @@ async def apply_roles(
                 f"the plan changed since it was reviewed (expected {expect}, now {plan.digest}); "
                 "run `gateway roles plan` again"
             )
+        if plan.blocked and not allow_drop_with_identities:
+            raise PlanError("refused:\n" + "\n".join(plan.blocked))
         if plan.empty:
             return plan, None
         for change in plan.changes:
@@ -63,8 +78,8 @@ async def apply_roles(
                 await conn.execute(statement)
         if any(change.kind in RELOADS_CACHES for change in plan.changes):
             # Identity caches hold role names; a renamed or removed role touches no identity
-            # row, so no trigger tells them: ask every gateway to reload.
-            await conn.execute("SELECT pg_notify($1, '*')", CHANNEL)
+            # row, so no trigger tells them: the change feed asks every gateway to reload.
+            await conn.execute("SELECT gateway.identity_roles_changed()")
         version: int = await conn.fetchval(
             "INSERT INTO gateway.role_changes (document_hash, diff, statements, applied_by) "
             "VALUES ($1, $2::jsonb, $3, $4) RETURNING version",
