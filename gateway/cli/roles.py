@@ -20,6 +20,7 @@ from gateway.roles.apply import apply_roles, plan_roles
 from gateway.roles.audit import Severity, broker_findings, kafka_claim_findings, run_audit
 from gateway.roles.catalog import read_catalog
 from gateway.roles.declaration import load_declaration
+from gateway.roles.guards import ALLOW_DROP_FLAG
 from gateway.roles.plan import PlanError
 from gateway.roles.state import desired_state
 from gateway.trail import default_actor
@@ -83,7 +84,13 @@ async def run_apply(args: argparse.Namespace) -> int:
     doc = load_declaration(args.roles)
     conn = await connect(admin_dsn(args.dsn))
     try:
-        plan, version = await apply_roles(conn, doc, actor=args.actor, expect=args.expect)
+        plan, version = await apply_roles(
+            conn,
+            doc,
+            actor=args.actor,
+            expect=args.expect,
+            allow_drop_with_identities=args.allow_drop_with_identities,
+        )
     finally:
         await conn.close()
     if args.json:
@@ -232,6 +239,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add_roles_options(apply)
     apply.add_argument("--expect", metavar="DIGEST", help="refuse unless the plan has this digest")
     apply.add_argument("--actor", default=default_actor(), help="who applies (audit trail)")
+    apply.add_argument(
+        ALLOW_DROP_FLAG,
+        action="store_true",
+        help="drop undeclared roles even while active identities still use them "
+        "(they stop writing at once)",
+    )
     apply.add_argument("--json", action="store_true", help="machine-readable output")
     apply.set_defaults(handler=run_apply)
 

@@ -115,6 +115,9 @@ class RoleSpec(Strict):
     statement_timeout: Duration = "30s"
     pool: Pool | None = None
     password: Secret
+    # Take over a role of this name that exists without the gateway's marker (made by hand or
+    # by another tool): without it, plan and apply refuse rather than strip and later drop it.
+    adopt: bool = False
 
     @property
     def pool_size(self) -> Pool:

@@ -55,6 +55,9 @@ class Change:
 class Plan:
     changes: tuple[Change, ...]
     notes: tuple[str, ...] = ()
+    # Changes apply refuses unless told explicitly (see `gateway.roles.guards`); not part of
+    # the digest, which names the changes themselves.
+    blocked: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -70,6 +73,7 @@ class Plan:
             "digest": self.digest,
             "changes": [c.as_json() for c in self.changes],
             "notes": list(self.notes),
+            "blocked": list(self.blocked),
         }
 
     def render(self) -> str:
@@ -79,6 +83,7 @@ class Plan:
             lines = [f"{len(self.changes)} change(s), plan {self.digest}:"]
             lines += [f"  {SIGNS.get(c.kind.split('_')[0], '~')} {c.summary}" for c in self.changes]
         lines += [f"note: {note}" for note in self.notes]
+        lines += [f"blocked: {reason}" for reason in self.blocked]
         return "\n".join(lines)
 
 

@@ -122,7 +122,9 @@ async def test_identity_findings(applied: Postgres, tmp_path: Path) -> None:
         without = text[:start] + text[text.index("[roles.state_writer]") :]
         smaller = tmp_path / "roles.toml"
         smaller.write_text(without)
-        await apply_roles(conn, parse_declaration(without), actor="tests")
+        await apply_roles(
+            conn, parse_declaration(without), actor="tests", allow_drop_with_identities=True
+        )
         code, report = await audit(applied, "--roles", str(smaller))
         assert ("identities_on_missing_role", "telemetry_ingest") in checks(report)
         assert code == 3
