@@ -81,6 +81,22 @@ COLUMN_PRIVILEGES = frozenset(
     {Privilege.SELECT, Privilege.INSERT, Privilege.UPDATE, Privilege.REFERENCES}
 )
 
+# Names PostgreSQL or every cluster already has: declaring one would take over the bootstrap
+# superuser, a predefined role (`pg_read_all_data`, ...) or a keyword GRANT reads specially.
+RESERVED_NAMES = frozenset(
+    {"postgres", "public", "none", "current_user", "current_role", "session_user", "system_user"}
+)
+RESERVED_PREFIX = "pg_"
+
+# The gateway's own registry and trail. Ingest and reader roles hold nothing there: a stolen
+# device-tier login must not be able to provision identities, read the registry or forge the
+# trail. The one exception is what the data plane needs in a batch's own transaction.
+CONTROL_SCHEMA = "gateway"
+CONTROL_ALLOWED: dict[Tier, frozenset[tuple[str, Privilege]]] = {
+    Tier.INGEST: frozenset({("gateway.write_log", Privilege.INSERT)}),
+    Tier.READER: frozenset(),
+}
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -196,6 +212,10 @@ def semantic_problems(doc: Declaration) -> list[tuple[str, str]]:
         ids.setdefault(spec.id, name)
         if name.endswith(LOGIN_SUFFIX):
             problems.append((where, f"names ending in {LOGIN_SUFFIX!r} are kept for LOGIN roles"))
+        for role in (name, doc.login_role(name)):
+            if _reserved(role):
+                problems.append((where, _reserved_message(name, role)))
+                break
         for i, parent in enumerate(spec.inherits):
             if parent not in doc.roles:
                 problems.append((f"{where}.inherits[{i}]", f"unknown role {parent!r}"))
@@ -222,7 +242,82 @@ def semantic_problems(doc: Declaration) -> list[tuple[str, str]]:
                     problems.append(
                         (f"{at}.columns", f"{privilege.value} cannot be granted on columns")
                     )
-    problems.extend(_cycles(doc))
+            problems.extend(
+                (f"{at}.table", message) for message in _control_problems(spec.tier, grant)
+            )
+    for i, table in enumerate(doc.tables):
+        schema = table.split(".")[0]
+        if schema.startswith(RESERVED_PREFIX) or schema == "information_schema":
+            problems.append((f"tables[{i}]", f"{table!r} is in a system schema"))
+    cycles = _cycles(doc)
+    problems.extend(cycles)
+    if not cycles:
+        problems.extend(_inherited_problems(doc))
+    return problems
+
+
+def _reserved(name: str) -> bool:
+    return name in RESERVED_NAMES or name.startswith(RESERVED_PREFIX)
+
+
+def _reserved_message(declared: str, role: str) -> str:
+    which = f"{role!r}" if role == declared else f"its LOGIN role {role!r}"
+    return (
+        f"{which} is reserved (PostgreSQL's own roles: {', '.join(sorted(RESERVED_NAMES))} "
+        f"and anything starting {RESERVED_PREFIX!r}); choose another name"
+    )
+
+
+def _control_problems(tier: Tier, grant: Grant) -> list[str]:
+    """The privileges of `grant` a role of `tier` may not hold in the control schema."""
+    allowed = CONTROL_ALLOWED.get(tier)
+    if allowed is None or grant.table.split(".")[0] != CONTROL_SCHEMA:
+        return []
+    return [
+        f"a role of tier {tier.value} holds nothing in the control schema {CONTROL_SCHEMA!r}, "
+        f"not {privilege.value} on {grant.table}"
+        for privilege in grant.privileges
+        if (grant.table, privilege) not in allowed
+    ]
+
+
+def _ancestors(doc: Declaration, name: str) -> dict[str, list[str]]:
+    """Every role `name` inherits from, directly or not, with the path that leads to it."""
+    found: dict[str, list[str]] = {}
+    todo = [[name]]
+    while todo:
+        path = todo.pop(0)
+        for parent in doc.roles[path[-1]].inherits:
+            if parent in doc.roles and parent not in found and parent != name:
+                found[parent] = [*path, parent]
+                todo.append(found[parent])
+    return found
+
+
+def _inherited_problems(doc: Declaration) -> list[tuple[str, str]]:
+    """Tier rules on effective privileges: a role holds everything the roles it inherits hold,
+    so an ingest role inheriting a transactional one could UPDATE what it writes."""
+    problems = []
+    for name, spec in doc.roles.items():
+        allowed = TIER_PRIVILEGES[spec.tier]
+        for parent, path in _ancestors(doc, name).items():
+            held = doc.roles[parent]
+            chain = " -> ".join(path)
+            extra = sorted({p.value for g in held.grants for p in g.privileges if p not in allowed})
+            if not TIER_PRIVILEGES[held.tier] <= allowed or extra:
+                granted = f" (granted {', '.join(extra)})" if extra else ""
+                problems.append(
+                    (
+                        f"roles.{name}.inherits",
+                        f"{chain}: a role of tier {spec.tier.value} may not inherit {parent} "
+                        f"of tier {held.tier.value}{granted}; it may only hold "
+                        f"{', '.join(sorted(allowed))}",
+                    )
+                )
+                continue
+            for grant in held.grants:
+                for message in _control_problems(spec.tier, grant):
+                    problems.append((f"roles.{name}.inherits", f"{chain}: {message}"))
     return problems
 
 
