@@ -7,6 +7,7 @@ scheduled job that fails when something needs a person.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from enum import IntEnum
@@ -20,7 +21,16 @@ from gateway.roles.apply import plan_roles
 from gateway.roles.declaration import Declaration, Tier
 from gateway.roles.plan import Change
 
-__all__ = ["Finding", "Severity", "broker_findings", "kafka_claim_findings", "run_audit"]
+__all__ = [
+    "Finding",
+    "Severity",
+    "StalePage",
+    "broker_findings",
+    "kafka_claim_findings",
+    "run_audit",
+    "stale_identities",
+    "stale_thresholds",
+]
 
 
 class Severity(IntEnum):
@@ -49,6 +59,7 @@ class Finding:
 DRIFT: dict[str, tuple[Severity, str]] = {
     "revoke_privilege": (Severity.HIGH, "undeclared_grant"),
     "revoke_membership": (Severity.HIGH, "undeclared_membership"),
+    "revoke_attribute": (Severity.HIGH, "role_escalation"),
     "drop_role": (Severity.MEDIUM, "orphaned_role"),
     "alter_role": (Severity.MEDIUM, "role_attributes"),
     "reset_setting": (Severity.LOW, "undeclared_setting"),
@@ -63,7 +74,13 @@ DRIFT: dict[str, tuple[Severity, str]] = {
     "retire_role": (Severity.LOW, "unregistered_role"),
 }
 
-WRITE_TIERS = [Tier.INGEST.value, Tier.TRANSACTIONAL.value]
+WRITE_TIERS = frozenset({Tier.INGEST, Tier.TRANSACTIONAL})
+# Write tiers go quiet when a device is switched off; a reader, auditor or admin login unused
+# for a week is a credential nobody watches, so it is found sooner and ranks higher.
+WRITE_STALE_DAYS = 30.0
+PRIVILEGED_STALE_DAYS = 7.0
+STALE_SEVERITY = {tier: Severity.LOW if tier in WRITE_TIERS else Severity.MEDIUM for tier in Tier}
+STALE_PAGE = 1000
 
 
 def drift_finding(change: Change) -> Finding:
@@ -127,12 +144,20 @@ async def kafka_claim_findings(sources: Sequence[KafkaSourceConfig]) -> list[Fin
 
 
 async def run_audit(
-    conn: asyncpg.Connection, doc: Declaration, *, stale_after_days: float
+    conn: asyncpg.Connection,
+    doc: Declaration,
+    *,
+    stale_after_days: float = WRITE_STALE_DAYS,
+    stale: StalePage | None = None,
 ) -> list[Finding]:
+    """Every finding; `stale` is a page of stale identities already read (the first page with
+    `stale_after_days` for write tiers and the privileged default otherwise when None)."""
     plan = await plan_roles(conn, doc)
     findings = [drift_finding(change) for change in plan.changes]
     findings += await _identities_on_missing_roles(conn, doc)
-    findings += await _stale_identities(conn, stale_after_days)
+    if stale is None:
+        stale = await stale_identities(conn, stale_thresholds(stale_after_days))
+    findings += stale.findings()
     findings += await _unlimited_logins(conn)
     return sorted(findings, key=lambda f: (-f.severity, f.check, f.subject))
 
@@ -170,31 +195,105 @@ async def _identities_on_missing_roles(conn: asyncpg.Connection, doc: Declaratio
     return findings
 
 
-async def _stale_identities(conn: asyncpg.Connection, days: float) -> list[Finding]:
-    """Active identities with write roles that have not been seen for too long."""
+def stale_thresholds(
+    write_days: float = WRITE_STALE_DAYS, privileged_days: float = PRIVILEGED_STALE_DAYS
+) -> dict[Tier, float]:
+    """Days unseen after which an active identity is a finding, per tier."""
+    return {tier: write_days if tier in WRITE_TIERS else privileged_days for tier in Tier}
+
+
+@dataclass(frozen=True)
+class StalePage:
+    """One page of stale identities over every tier, in name order, with each tier's total
+    whatever the page holds: nothing is cut off without saying so."""
+
+    thresholds: dict[Tier, float]
+    totals: dict[Tier, int]
+    rows: list[asyncpg.Record]
+    next_after: str | None
+
+    def findings(self) -> list[Finding]:
+        found = [
+            Finding(
+                STALE_SEVERITY[Tier(row["tier"])],
+                "stale_identity",
+                row["name"],
+                f"identity {row['name']} is active on role {row['role']} (tier {row['tier']}) "
+                "but "
+                + (
+                    f"last seen {row['last_seen']:%Y-%m-%d %H:%M}"
+                    if row["last_seen"]
+                    else "never seen"
+                )
+                + f" (older than {self.thresholds[Tier(row['tier'])]:g} days); "
+                "retire it if it is gone",
+            )
+            for row in self.rows
+        ]
+        shown = Counter(Tier(row["tier"]) for row in self.rows)
+        more = f"; next page: --after {self.next_after}" if self.next_after else ""
+        for tier, total in self.totals.items():
+            if total:
+                found.append(
+                    Finding(
+                        STALE_SEVERITY[tier],
+                        "stale_identities_total",
+                        tier.value,
+                        f"{total} active identities of tier {tier.value} unseen for more than "
+                        f"{self.thresholds[tier]:g} days ({shown[tier]} on this page{more})",
+                    )
+                )
+        return found
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "tiers": {
+                tier.value: {"total": self.totals[tier], "after_days": self.thresholds[tier]}
+                for tier in Tier
+            },
+            "shown": len(self.rows),
+            "next_after": self.next_after,
+        }
+
+
+STALE_IDENTITIES = """
+WITH stale AS (
+    SELECT i.name, r.name AS role, r.tier, i.last_seen
+    FROM gateway.identities i
+    JOIN gateway.roles r ON r.id = i.role_id
+    JOIN unnest($1::text[], $2::float8[]) AS t (tier, secs) ON t.tier = r.tier
+    WHERE i.status = 'active'
+      AND coalesce(i.last_seen, i.created_at) < now() - make_interval(secs => t.secs)
+)
+"""
+
+
+async def stale_identities(
+    conn: asyncpg.Connection,
+    thresholds: dict[Tier, float],
+    *,
+    limit: int = STALE_PAGE,
+    after: str | None = None,
+) -> StalePage:
+    """Active identities of every tier not seen for longer than their tier's threshold: a
+    dormant credential is a way in, the more so the more its role may do."""
+    tiers = [tier.value for tier in thresholds]
+    secs = [days * 86400 for days in thresholds.values()]
+    totals = dict.fromkeys(thresholds, 0)
+    for row in await conn.fetch(
+        STALE_IDENTITIES + "SELECT tier, count(*) AS n FROM stale GROUP BY tier", tiers, secs
+    ):
+        totals[Tier(row["tier"])] = row["n"]
     rows = await conn.fetch(
-        """
-        SELECT i.name, r.name AS role, i.last_seen, i.created_at
-        FROM gateway.identities i JOIN gateway.roles r ON r.id = i.role_id
-        WHERE i.status = 'active' AND r.tier = ANY($1::text[])
-          AND coalesce(i.last_seen, i.created_at) < now() - make_interval(secs => $2)
-        ORDER BY i.name
-        LIMIT 1000
-        """,
-        WRITE_TIERS,
-        days * 86400,
+        STALE_IDENTITIES + "SELECT * FROM stale WHERE name > $3 ORDER BY name LIMIT $4",
+        tiers,
+        secs,
+        after or "",
+        limit + 1,
     )
-    return [
-        Finding(
-            Severity.LOW,
-            "stale_identity",
-            row["name"],
-            f"active on write role {row['role']} but "
-            + (f"last seen {row['last_seen']:%Y-%m-%d %H:%M}" if row["last_seen"] else "never seen")
-            + f" (older than {days:g} days); retire it if it is gone",
-        )
-        for row in rows
-    ]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return StalePage(thresholds, totals, rows, rows[-1]["name"] if more else None)
 
 
 async def _unlimited_logins(conn: asyncpg.Connection) -> list[Finding]:

@@ -11,15 +11,28 @@ from collections.abc import Iterable
 
 import asyncpg
 
-from gateway.roles.state import Grant, Membership, RegistryRow, RoleState, State, parse_marker
+from gateway.roles.state import (
+    Grant,
+    Membership,
+    RegistryRow,
+    RoleState,
+    State,
+    join_names,
+    parse_marker,
+)
 
 __all__ = ["read_catalog"]
 
 ROLES = """
-SELECT r.rolname, r.rolcanlogin, r.rolcreaterole, r.rolconnlimit,
+SELECT r.rolname, r.rolcanlogin, r.rolcreaterole, r.rolconnlimit, r.rolsuper, r.rolcreatedb,
+       r.rolreplication, r.rolbypassrls, r.rolinherit,
+       CASE WHEN r.rolvaliduntil <> 'infinity' THEN r.rolvaliduntil::text END AS valid_until,
        shobj_description(r.oid, 'pg_authid') AS comment,
        coalesce((SELECT s.setconfig FROM pg_db_role_setting s
-                 WHERE s.setrole = r.oid AND s.setdatabase = 0), '{}') AS settings
+                 WHERE s.setrole = r.oid AND s.setdatabase = 0), '{}') AS settings,
+       coalesce((SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d
+                 ON d.oid = s.setdatabase AND d.datname = current_database()
+                 WHERE s.setrole = r.oid), '{}') AS database_settings
 FROM pg_roles r
 WHERE r.rolname = ANY($1::text[]) OR shobj_description(r.oid, 'pg_authid') LIKE $2
 """
@@ -34,60 +47,66 @@ JOIN pg_roles gr ON gr.oid = a.grantor
 WHERE g.rolname = ANY($1::text[]) OR m.rolname = ANY($1::text[])
 """
 
-# Grants on tables and columns in the managed schemas, to anyone but the owner and superusers,
-# plus grants anywhere in this database to the roles in scope.
-TABLE_GRANTS = """
+# Objects in temporary schemas live and die with one session: no plan can own them.
+TEMPORARY = r"'^pg_(toast_)?temp_\d+$'"
+
+# Grants on tables and columns in the managed schemas, to anyone but the owner, plus grants
+# anywhere in this database to the roles in scope. Superusers are not left out: a superuser
+# needs no grant, so one granted by hand is drift like any other, and a managed role made
+# superuser must still show what it was given.
+TABLE_GRANTS = f"""
 WITH acl AS (
-    SELECT n.nspname || '.' || c.relname AS target, c.relowner AS owner, n.nspname,
-           (aclexplode(c.relacl)).*
+    SELECT n.nspname, c.relname, c.relowner AS owner, (aclexplode(c.relacl)).*
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND c.relacl IS NOT NULL
+      AND n.nspname !~ {TEMPORARY}
 )
-SELECT target, coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type
+SELECT nspname, relname, coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type
 FROM acl LEFT JOIN pg_roles r ON r.oid = acl.grantee
-WHERE acl.grantee <> acl.owner AND NOT coalesce(r.rolsuper, false)
+WHERE acl.grantee <> acl.owner
   AND (acl.nspname = ANY($2::text[]) OR r.rolname = ANY($1::text[]))
 """
 
-COLUMN_GRANTS = """
+COLUMN_GRANTS = f"""
 WITH acl AS (
-    SELECT n.nspname || '.' || c.relname AS target, a.attname, c.relowner AS owner, n.nspname,
-           (aclexplode(a.attacl)).*
+    SELECT n.nspname, c.relname, a.attname, c.relowner AS owner, (aclexplode(a.attacl)).*
     FROM pg_attribute a
     JOIN pg_class c ON c.oid = a.attrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE a.attacl IS NOT NULL AND NOT a.attisdropped
+    WHERE a.attacl IS NOT NULL AND NOT a.attisdropped AND n.nspname !~ {TEMPORARY}
 )
-SELECT target, attname, coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type
+SELECT nspname, relname, attname, coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type
 FROM acl LEFT JOIN pg_roles r ON r.oid = acl.grantee
-WHERE acl.grantee <> acl.owner AND NOT coalesce(r.rolsuper, false)
+WHERE acl.grantee <> acl.owner
   AND (acl.nspname = ANY($2::text[]) OR r.rolname = ANY($1::text[]))
 """
 
-SCHEMA_GRANTS = """
+SCHEMA_GRANTS = f"""
 WITH acl AS (
     SELECT n.nspname, n.nspowner AS owner, (aclexplode(n.nspacl)).*
-    FROM pg_namespace n WHERE n.nspacl IS NOT NULL
+    FROM pg_namespace n WHERE n.nspacl IS NOT NULL AND n.nspname !~ {TEMPORARY}
 )
 SELECT nspname AS target, coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type
 FROM acl LEFT JOIN pg_roles r ON r.oid = acl.grantee
-WHERE acl.grantee <> acl.owner AND NOT coalesce(r.rolsuper, false)
+WHERE acl.grantee <> acl.owner
   AND (acl.nspname = ANY($2::text[]) OR r.rolname = ANY($1::text[]))
 """
 
-DEFAULT_GRANTS = """
+# Default privileges in the managed schemas, to the roles in scope, and those a role in scope
+# set up for its own future objects (whoever it gives them to).
+DEFAULT_GRANTS = f"""
 WITH acl AS (
     SELECT d.defaclrole, d.defaclnamespace, d.defaclobjtype, (aclexplode(d.defaclacl)).*
     FROM pg_default_acl d
 )
-SELECT o.rolname || ':' || coalesce(n.nspname, '') || ':' || acl.defaclobjtype::text AS target,
+SELECT o.rolname AS owner, coalesce(n.nspname, '') AS nspname, acl.defaclobjtype::text AS objtype,
        coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type
 FROM acl
 JOIN pg_roles o ON o.oid = acl.defaclrole
 LEFT JOIN pg_namespace n ON n.oid = acl.defaclnamespace
 LEFT JOIN pg_roles r ON r.oid = acl.grantee
-WHERE acl.grantee <> acl.defaclrole
-  AND (n.nspname = ANY($2::text[]) OR r.rolname = ANY($1::text[]))
+WHERE acl.grantee <> acl.defaclrole AND coalesce(n.nspname, '') !~ {TEMPORARY}
+  AND (n.nspname = ANY($2::text[]) OR r.rolname = ANY($1::text[]) OR o.rolname = ANY($1::text[]))
 """
 
 REGISTRY = "SELECT id, name, tier, login_role, removed_at IS NOT NULL AS removed FROM gateway.roles"
@@ -99,16 +118,22 @@ async def read_catalog(
     conn: asyncpg.Connection, names: Iterable[str], schemas: Iterable[str]
 ) -> State:
     """The live state of the roles in scope (declared `names` and anything managed)."""
-    state = State()
+    state = State(database=await conn.fetchval("SELECT current_database()"))
     for row in await conn.fetch(ROLES, list(names), "managed by m2m-gateway%"):
-        settings = frozenset(tuple(item.split("=", 1)) for item in row["settings"] if "=" in item)
         state.roles[row["rolname"]] = RoleState(
             name=row["rolname"],
             login=row["rolcanlogin"],
             createrole=row["rolcreaterole"],
             connection_limit=row["rolconnlimit"],
             comment=row["comment"],
-            settings=settings,
+            settings=_settings(row["settings"]),
+            superuser=row["rolsuper"],
+            createdb=row["rolcreatedb"],
+            replication=row["rolreplication"],
+            bypassrls=row["rolbypassrls"],
+            inherit=row["rolinherit"],
+            valid_until=row["valid_until"],
+            database_settings=_settings(row["database_settings"]),
         )
     scope = sorted(state.roles)
     schema_list = sorted(set(schemas))
@@ -124,21 +149,28 @@ async def read_catalog(
             )
         )
     for row in await conn.fetch(TABLE_GRANTS, scope, schema_list):
-        state.grants.add(Grant(row["grantee"], "table", row["target"], row["privilege_type"]))
+        table = join_names(row["nspname"], row["relname"])
+        state.grants.add(Grant(row["grantee"], "table", table, row["privilege_type"]))
     for row in await conn.fetch(COLUMN_GRANTS, scope, schema_list):
+        table = join_names(row["nspname"], row["relname"])
         state.grants.add(
-            Grant(row["grantee"], "column", row["target"], row["privilege_type"], row["attname"])
+            Grant(row["grantee"], "column", table, row["privilege_type"], row["attname"])
         )
     for row in await conn.fetch(SCHEMA_GRANTS, scope, schema_list):
         state.grants.add(Grant(row["grantee"], "schema", row["target"], row["privilege_type"]))
     for row in await conn.fetch(DEFAULT_GRANTS, scope, schema_list):
-        state.grants.add(Grant(row["grantee"], "default", row["target"], row["privilege_type"]))
+        target = join_names(row["owner"], row["nspname"], row["objtype"], sep=":")
+        state.grants.add(Grant(row["grantee"], "default", target, row["privilege_type"]))
     for row in await conn.fetch(REGISTRY):
         state.registry[row["id"]] = RegistryRow(
             row["id"], row["name"], row["tier"], row["login_role"], row["removed"]
         )
     state.verifiers = await _verifiers(conn, [n for n, r in state.roles.items() if r.login])
     return state
+
+
+def _settings(config: list[str]) -> frozenset[tuple[str, str]]:
+    return frozenset((key, value) for key, _, value in (item.partition("=") for item in config))
 
 
 async def _verifiers(conn: asyncpg.Connection, logins: list[str]) -> dict[str, str | None]:

@@ -17,7 +17,15 @@ from gateway.errors import GatewayError
 from gateway.roles.catalog import managed_ids
 from gateway.roles.declaration import Declaration
 from gateway.roles.passwords import scram_verifier, verifier_matches
-from gateway.roles.state import Grant, Membership, RoleState, State, desired_state, parse_marker
+from gateway.roles.state import (
+    Grant,
+    Membership,
+    RoleState,
+    State,
+    desired_state,
+    parse_marker,
+    split_names,
+)
 
 __all__ = ["Change", "Plan", "PlanError", "make_plan"]
 
@@ -103,18 +111,63 @@ def grantee_sql(name: str) -> str:
 
 
 def table_sql(target: str) -> str:
-    return ".".join(ident(part) for part in target.split("."))
+    return ".".join(ident(part) for part in split_names(target))
+
+
+def setting_sql(key: str) -> str:
+    """A setting's name as SQL: dotted (`extension.name`), each part quoted."""
+    return ".".join(ident(part) for part in key.split("."))
+
+
+# Each attribute a role has, as (field, keyword when true, keyword when false); the wanted value
+# of each is the field's default in `RoleState` unless the declaration says otherwise.
+ATTRIBUTES = (
+    ("login", "LOGIN", "NOLOGIN"),
+    ("createrole", "CREATEROLE", "NOCREATEROLE"),
+    ("superuser", "SUPERUSER", "NOSUPERUSER"),
+    ("createdb", "CREATEDB", "NOCREATEDB"),
+    ("replication", "REPLICATION", "NOREPLICATION"),
+    ("bypassrls", "BYPASSRLS", "NOBYPASSRLS"),
+    ("inherit", "INHERIT", "NOINHERIT"),
+)
+# Attributes that give a role power beyond its grants: one found on a managed role is a way in.
+ESCALATIONS = frozenset({"superuser", "createdb", "createrole", "replication", "bypassrls"})
+
+
+def attribute_sql(role: RoleState, name: str) -> str:
+    if name == "connection_limit":
+        return f"CONNECTION LIMIT {role.connection_limit}"
+    if name == "valid_until":
+        # PostgreSQL cannot unset VALID UNTIL; 'infinity' is the same "never expires".
+        return f"VALID UNTIL {literal(role.valid_until or 'infinity')}"
+    _, yes, no = next(a for a in ATTRIBUTES if a[0] == name)
+    return yes if getattr(role, name) else no
 
 
 def role_options(role: RoleState) -> str:
+    """Every attribute of `role`, for CREATE ROLE (VALID UNTIL only when it has one)."""
+    names = [a[0] for a in ATTRIBUTES] + ["connection_limit"]
     return " ".join(
-        [
-            "LOGIN" if role.login else "NOLOGIN",
-            "CREATEROLE" if role.createrole else "NOCREATEROLE",
-            "NOSUPERUSER NOCREATEDB NOREPLICATION NOBYPASSRLS INHERIT",
-            f"CONNECTION LIMIT {role.connection_limit}",
-        ]
+        [attribute_sql(role, name) for name in names]
+        + ([attribute_sql(role, "valid_until")] if role.valid_until else [])
     )
+
+
+# PostgreSQL 18's `pg_default_acl.defaclobjtype`; large objects and schemas belong to no schema.
+DEFAULT_OBJECTS = {
+    "r": "TABLES",
+    "S": "SEQUENCES",
+    "f": "FUNCTIONS",
+    "T": "TYPES",
+    "n": "SCHEMAS",
+    "L": "LARGE OBJECTS",
+}
+
+
+def known(grant: Grant) -> bool:
+    """Whether this version can write the SQL for the grant (not a default privilege on a kind
+    of object a newer PostgreSQL added)."""
+    return grant.kind != "default" or split_names(grant.target, ":")[2] in DEFAULT_OBJECTS
 
 
 def grant_sql(grant: Grant, verb: str) -> str:
@@ -123,12 +176,11 @@ def grant_sql(grant: Grant, verb: str) -> str:
     if grant.kind == "schema":
         return f"{verb} {grant.privilege} ON SCHEMA {ident(grant.target)} {direction} {who}"
     if grant.kind == "default":
-        owner, schema, objtype = grant.target.split(":")
-        objects = {"r": "TABLES", "S": "SEQUENCES", "f": "FUNCTIONS", "T": "TYPES", "n": "SCHEMAS"}
+        owner, schema, objtype = split_names(grant.target, ":")
         in_schema = f" IN SCHEMA {ident(schema)}" if schema else ""
         return (
             f"ALTER DEFAULT PRIVILEGES FOR ROLE {ident(owner)}{in_schema} "
-            f"{verb} {grant.privilege} ON {objects[objtype]} {direction} {who}"
+            f"{verb} {grant.privilege} ON {DEFAULT_OBJECTS[objtype]} {direction} {who}"
         )
     column = f" ({ident(grant.column)})" if grant.kind == "column" else ""
     return f"{verb} {grant.privilege}{column} ON TABLE {table_sql(grant.target)} {direction} {who}"
@@ -136,7 +188,7 @@ def grant_sql(grant: Grant, verb: str) -> str:
 
 def describe_grant(grant: Grant) -> str:
     if grant.kind == "default":
-        owner, schema, objtype = grant.target.split(":")
+        owner, schema, objtype = split_names(grant.target, ":")
         where = f"future {objtype!r} objects of {owner}" + (
             f" in schema {schema}" if schema else ""
         )
@@ -183,19 +235,8 @@ def make_plan(doc: Declaration, live: State, *, passwords: dict[str, str | None]
                     (f"CREATE ROLE {ident(name)} {role_options(role)}",),
                 )
             )
-        elif (have.login, have.createrole, have.connection_limit) != (
-            role.login,
-            role.createrole,
-            role.connection_limit,
-        ):
-            changes.append(
-                Change(
-                    "alter_role",
-                    name,
-                    f"alter role {name}: {_attribute_diff(have, role)}",
-                    (f"ALTER ROLE {ident(name)} {role_options(role)}",),
-                )
-            )
+        else:
+            changes.extend(_attributes(name, have, role))
         if have is None or have.comment != role.comment:
             changes.append(
                 Change(
@@ -206,11 +247,18 @@ def make_plan(doc: Declaration, live: State, *, passwords: dict[str, str | None]
                 )
             )
         changes.extend(_settings(name, have, role))
+        if have is not None:
+            changes.extend(_database_settings(name, have, live.database))
         if role.login:
             changes.extend(_password(doc, name, have, live, passwords, notes))
 
     changes.extend(_reconcile(want.memberships, live.memberships, _membership_change))
-    changes.extend(_reconcile(want.grants, live.grants, _privilege_change))
+    for grant in sorted(g for g in live.grants if not known(g)):
+        notes.append(
+            f"{describe_grant(grant)} is undeclared, but this version cannot revoke default "
+            "privileges on that kind of object: revoke it by hand (ALTER DEFAULT PRIVILEGES)"
+        )
+    changes.extend(_reconcile(want.grants, {g for g in live.grants if known(g)}, _privilege_change))
 
     wanted_names = set(want.roles)
     orphans = sorted(
@@ -248,15 +296,43 @@ def _check_ids(doc: Declaration, live: State) -> None:
         raise PlanError("\n".join(problems))
 
 
-def _attribute_diff(have: RoleState, want: RoleState) -> str:
-    parts = []
-    if have.login != want.login:
-        parts.append(f"login {have.login} -> {want.login}")
-    if have.createrole != want.createrole:
-        parts.append(f"createrole {have.createrole} -> {want.createrole}")
-    if have.connection_limit != want.connection_limit:
-        parts.append(f"connection limit {have.connection_limit} -> {want.connection_limit}")
-    return ", ".join(parts)
+def _attributes(name: str, have: RoleState, want: RoleState) -> list[Change]:
+    """Escalations taken back first, on their own (the audit ranks them apart), then the rest."""
+    differ = [
+        a
+        for a in [a[0] for a in ATTRIBUTES] + ["connection_limit", "valid_until"]
+        if getattr(have, a) != getattr(want, a)
+    ]
+    escalated = [a for a in differ if a in ESCALATIONS and getattr(have, a)]
+    rest = [a for a in differ if a not in escalated]
+    changes = []
+    if escalated:
+        taken = ", ".join(attribute_sql(have, a) for a in escalated)
+        changes.append(
+            Change(
+                "revoke_attribute",
+                name,
+                f"revoke {taken} from role {name} (undeclared)",
+                (_alter(name, want, escalated),),
+            )
+        )
+    if rest:
+        shown = ", ".join(
+            f"{a.replace('_', ' ')} {getattr(have, a)} -> {getattr(want, a)}" for a in rest
+        )
+        changes.append(
+            Change(
+                "alter_role",
+                name,
+                f"alter role {name}: {shown}",
+                (_alter(name, want, rest),),
+            )
+        )
+    return changes
+
+
+def _alter(name: str, want: RoleState, attributes: list[str]) -> str:
+    return f"ALTER ROLE {ident(name)} " + " ".join(attribute_sql(want, a) for a in attributes)
 
 
 def _settings(name: str, have: RoleState | None, want: RoleState) -> list[Change]:
@@ -270,7 +346,7 @@ def _settings(name: str, have: RoleState | None, want: RoleState) -> list[Change
                     "set_setting",
                     name,
                     f"set {key} = {value} for {name} (was {current.get(key, 'unset')})",
-                    (f"ALTER ROLE {ident(name)} SET {key} = {literal(value)}",),
+                    (f"ALTER ROLE {ident(name)} SET {setting_sql(key)} = {literal(value)}",),
                 )
             )
     for key in sorted(set(current) - set(wanted)):
@@ -279,10 +355,24 @@ def _settings(name: str, have: RoleState | None, want: RoleState) -> list[Change
                 "reset_setting",
                 name,
                 f"reset {key} for {name} (undeclared value {current[key]})",
-                (f"ALTER ROLE {ident(name)} RESET {key}",),
+                (f"ALTER ROLE {ident(name)} RESET {setting_sql(key)}",),
             )
         )
     return changes
+
+
+def _database_settings(name: str, have: RoleState, database: str) -> list[Change]:
+    """Settings for the role in this database only: none are declared, and each would override
+    the role's own (a statement timeout of 0, say) wherever the gateway connects."""
+    return [
+        Change(
+            "reset_setting",
+            name,
+            f"reset {key} for {name} in database {database} (undeclared value {value})",
+            (f"ALTER ROLE {ident(name)} IN DATABASE {ident(database)} RESET {setting_sql(key)}",),
+        )
+        for key, value in sorted(have.database_settings)
+    ]
 
 
 def _password(

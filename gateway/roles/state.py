@@ -20,7 +20,9 @@ __all__ = [
     "RoleState",
     "State",
     "desired_state",
+    "join_names",
     "parse_marker",
+    "split_names",
 ]
 
 MARKER = "managed by m2m-gateway"
@@ -38,14 +40,58 @@ def parse_marker(comment: str | None) -> tuple[str, str] | None:
     return (match["id"], match["part"]) if match else None
 
 
+_BARE = re.compile(r"[A-Za-z0-9_]*")
+
+
+def join_names(*parts: str, sep: str = ".") -> str:
+    """One string for a path of names, quoting any part that could hold `sep` or a quote, so
+    `split_names` gives the very parts back (a table may be named `x.y`)."""
+    return sep.join(
+        part if _BARE.fullmatch(part) else '"' + part.replace('"', '""') + '"' for part in parts
+    )
+
+
+def split_names(text: str, sep: str = ".") -> list[str]:
+    """The parts `join_names` joined."""
+    parts = []
+    i = 0
+    while True:
+        if text.startswith('"', i):
+            part, i = [], i + 1
+            while not (text[i] == '"' and not text.startswith('""', i)):
+                part.append(text[i])
+                i += 2 if text.startswith('""', i) else 1
+            parts.append("".join(part))
+            i += 1
+        else:
+            end = text.find(sep, i)
+            end = len(text) if end < 0 else end
+            parts.append(text[i:end])
+            i = end
+        if i >= len(text):
+            return parts
+        i += len(sep)
+
+
 @dataclass(frozen=True)
 class RoleState:
+    """A role's attributes and settings; the defaults are what every managed role must have."""
+
     name: str
     login: bool
     createrole: bool = False
     connection_limit: int = -1
     comment: str | None = None
     settings: frozenset[tuple[str, str]] = frozenset()
+    superuser: bool = False
+    createdb: bool = False
+    replication: bool = False
+    bypassrls: bool = False
+    inherit: bool = True
+    # None is "never expires" (no VALID UNTIL, or 'infinity'); otherwise the time as text
+    valid_until: str | None = None
+    # settings for this role in the current database only (ALTER ROLE ... IN DATABASE ... SET)
+    database_settings: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True, order=True)
@@ -65,7 +111,8 @@ class Grant:
     """One privilege of one grantee on one object.
 
     `kind` is `table`, `column` (then `column` names it), `schema`, or `default` (default
-    privileges; `target` is `owner:schema:objtype`). The grantee `PUBLIC` means everyone.
+    privileges). `target` is the schema's name, `schema.table` or `owner:schema:objtype`, joined
+    by `join_names`. The grantee `PUBLIC` means everyone.
     """
 
     grantee: str
@@ -92,6 +139,8 @@ class State:
     memberships: set[Membership] = field(default_factory=set)
     grants: set[Grant] = field(default_factory=set)
     registry: dict[str, RegistryRow] = field(default_factory=dict)
+    # the database whose per-database role settings `RoleState.database_settings` holds
+    database: str = ""
     # login role name -> SCRAM verifier, when the catalog let us read it (superuser only)
     verifiers: dict[str, str | None] = field(default_factory=dict)
 

@@ -1,0 +1,152 @@
+"""The whole privilege surface of a managed role, planted by hand as a superuser: `audit` reports
+it, `plan` undoes it, `apply` converges, and odd objects (large-object default privileges, a
+table named `x.y`, temporary tables) crash nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from gateway.roles.apply import apply_roles, plan_roles
+from gateway.roles.audit import Finding, Severity, run_audit
+from gateway.roles.declaration import Declaration, load_declaration
+from gateway.services.postgres import Postgres
+
+from .conftest import EXAMPLE_ROLES
+
+LOGIN = "telemetry_ingest_login"
+GROUP = "telemetry_ingest"
+
+
+@pytest.fixture
+async def conn(governed: Postgres) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(governed.dsn)
+    yield connection
+    await connection.close()
+
+
+def example() -> Declaration:
+    return load_declaration(EXAMPLE_ROLES)
+
+
+async def findings(conn: asyncpg.Connection) -> list[Finding]:
+    return await run_audit(conn, example(), stale_after_days=30)
+
+
+async def converge(conn: asyncpg.Connection) -> None:
+    """Apply once; then nothing is left to plan and the audit is clean."""
+    doc = example()
+    _, version = await apply_roles(conn, doc, actor="tests")
+    assert version is not None
+    again = await plan_roles(conn, doc)
+    assert again.empty, again.render()
+    assert await findings(conn) == []
+
+
+# (statement planted as superuser, the audit's check, its severity, words the plan shows)
+PLANTED = {
+    "superuser": (f"ALTER ROLE {LOGIN} SUPERUSER", "role_escalation", Severity.HIGH, "SUPERUSER"),
+    "createdb": (f"ALTER ROLE {LOGIN} CREATEDB", "role_escalation", Severity.HIGH, "CREATEDB"),
+    "createrole": (
+        f"ALTER ROLE {LOGIN} CREATEROLE",
+        "role_escalation",
+        Severity.HIGH,
+        "CREATEROLE",
+    ),
+    "replication": (
+        f"ALTER ROLE {LOGIN} REPLICATION",
+        "role_escalation",
+        Severity.HIGH,
+        "REPLICATION",
+    ),
+    "bypassrls": (f"ALTER ROLE {GROUP} BYPASSRLS", "role_escalation", Severity.HIGH, "BYPASSRLS"),
+    "noinherit": (
+        f"ALTER ROLE {LOGIN} NOINHERIT",
+        "role_attributes",
+        Severity.MEDIUM,
+        "inherit False -> True",
+    ),
+    "valid until": (
+        f"ALTER ROLE {LOGIN} VALID UNTIL '2001-02-03 00:00:00+00'",
+        "role_attributes",
+        Severity.MEDIUM,
+        "valid until 2001-02-03",
+    ),
+    "connection limit": (
+        f"ALTER ROLE {LOGIN} CONNECTION LIMIT 500",
+        "role_attributes",
+        Severity.MEDIUM,
+        "connection limit 500 -> 8",
+    ),
+    "setting in this database": (
+        f"ALTER ROLE {LOGIN} IN DATABASE {{database}} SET statement_timeout = 0",
+        "undeclared_setting",
+        Severity.LOW,
+        "reset statement_timeout for telemetry_ingest_login in database",
+    ),
+    "grant to a superuser": (
+        "CREATE ROLE ops_root SUPERUSER; GRANT DELETE ON ingest.telemetry TO ops_root",
+        "undeclared_grant",
+        Severity.HIGH,
+        "revoke DELETE on table ingest.telemetry for ops_root",
+    ),
+    "large objects by default": (
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {LOGIN} GRANT SELECT ON LARGE OBJECTS TO PUBLIC",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke SELECT on future 'L' objects of {LOGIN} for PUBLIC",
+    ),
+    "table named x.y": (
+        f'CREATE TABLE ingest."x.y" (v int); GRANT SELECT ON ingest."x.y" TO {GROUP}',
+        "undeclared_grant",
+        Severity.HIGH,
+        'revoke SELECT on table ingest."x.y" for telemetry_ingest',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", PLANTED)
+async def test_planted_drift_is_reported_and_undone(conn: asyncpg.Connection, case: str) -> None:
+    statement, check, severity, shown = PLANTED[case]
+    assert await findings(conn) == [], "the previous case left the database clean"
+    database = await conn.fetchval("SELECT quote_ident(current_database())")
+    await conn.execute(statement.format(database=database))
+    try:
+        found = [(f.check, f.severity) for f in await findings(conn)]
+        assert (check, severity) in found
+        assert max(s for _, s in found) == severity, found
+        plan = await plan_roles(conn, example())
+        assert shown in "\n".join(change.summary for change in plan.changes)
+        await converge(conn)
+    finally:
+        await conn.execute('DROP ROLE IF EXISTS ops_root; DROP TABLE IF EXISTS ingest."x.y"')
+
+
+async def test_the_escalated_login_is_back_to_its_grants(
+    governed: Postgres, conn: asyncpg.Connection, role_passwords: dict[str, str]
+) -> None:
+    await conn.execute(f"ALTER ROLE {LOGIN} SUPERUSER BYPASSRLS CREATEDB")
+    plan = await plan_roles(conn, example())
+    assert [c.kind for c in plan.changes] == ["revoke_attribute"]
+    await converge(conn)
+    login = await asyncpg.connect(governed.address.dsn_for(LOGIN, role_passwords[LOGIN]))
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await login.execute("DELETE FROM ingest.telemetry")
+    finally:
+        await login.close()
+
+
+async def test_temporary_objects_are_out_of_scope(conn: asyncpg.Connection) -> None:
+    """A temporary table lives only in the session that made it: no plan can reach it."""
+    await conn.execute(f'CREATE TEMP TABLE "x.y" (v int); GRANT SELECT ON "x.y" TO {GROUP}')
+    temporary = await conn.fetchval("SELECT pg_my_temp_schema()::regnamespace::text")
+    await conn.execute(
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {temporary} GRANT SELECT ON TABLES TO {GROUP}"
+    )
+    assert (await plan_roles(conn, example())).empty
+    assert await findings(conn) == []
+    _, version = await apply_roles(conn, example(), actor="tests")
+    assert version is None

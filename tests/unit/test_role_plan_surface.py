@@ -1,0 +1,81 @@
+"""Planning role attributes, per-database settings and default privileges from plain states."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.bootstrap import EXAMPLE_ROLES
+from gateway.roles.declaration import Declaration, load_declaration
+from gateway.roles.plan import Plan, grant_sql, make_plan
+from gateway.roles.state import Grant, State, desired_state, join_names, split_names
+
+LOGIN = "telemetry_ingest_login"
+
+
+def example() -> Declaration:
+    return load_declaration(EXAMPLE_ROLES)
+
+
+def plan_against(live: State) -> Plan:
+    doc = example()
+    return make_plan(doc, live, passwords={doc.login_role(name): None for name in doc.roles})
+
+
+def live_as_declared() -> State:
+    live = desired_state(example())
+    live.database = "gateway db"
+    return live
+
+
+def test_a_database_as_declared_needs_no_change() -> None:
+    assert plan_against(live_as_declared()).empty
+
+
+def test_escalations_are_taken_back_apart_from_other_attributes() -> None:
+    live = live_as_declared()
+    live.roles[LOGIN] = replace(
+        live.roles[LOGIN], superuser=True, bypassrls=True, inherit=False, valid_until="2001-01-01"
+    )
+    changes = plan_against(live).changes
+    assert [(c.kind, c.sql) for c in changes] == [
+        ("revoke_attribute", (f'ALTER ROLE "{LOGIN}" NOSUPERUSER NOBYPASSRLS',)),
+        ("alter_role", (f"""ALTER ROLE "{LOGIN}" INHERIT VALID UNTIL 'infinity'""",)),
+    ]
+
+
+def test_settings_in_this_database_are_reset_there() -> None:
+    live = live_as_declared()
+    live.roles[LOGIN] = replace(
+        live.roles[LOGIN], database_settings=frozenset({("statement_timeout", "0")})
+    )
+    (change,) = plan_against(live).changes
+    assert change.sql == (
+        f'ALTER ROLE "{LOGIN}" IN DATABASE "gateway db" RESET "statement_timeout"',
+    )
+
+
+def test_every_default_privilege_has_its_sql_and_an_unknown_kind_is_a_note() -> None:
+    live = live_as_declared()
+    for objtype in ("r", "S", "f", "T", "n", "L", "Z"):
+        live.grants.add(Grant("PUBLIC", "default", join_names(LOGIN, "", objtype, sep=":"), "X"))
+    plan = plan_against(live)
+    statements = [sql for c in plan.changes for sql in c.sql]
+    assert f'ALTER DEFAULT PRIVILEGES FOR ROLE "{LOGIN}" REVOKE X ON LARGE OBJECTS FROM PUBLIC' in (
+        statements
+    )
+    assert len(statements) == 6
+    (note,) = [n for n in plan.notes if "'Z'" in n]
+    assert "revoke it by hand" in note
+
+
+def test_a_table_name_with_a_dot_stays_one_name() -> None:
+    grant = Grant("reader", "table", join_names("ingest", "x.y"), "SELECT")
+    assert grant_sql(grant, "REVOKE") == 'REVOKE SELECT ON TABLE "ingest"."x.y" FROM "reader"'
+
+
+@given(st.lists(st.text(), min_size=1, max_size=4), st.sampled_from([".", ":"]))
+def test_joined_names_split_back(parts: list[str], sep: str) -> None:
+    assert split_names(join_names(*parts, sep=sep), sep) == parts
