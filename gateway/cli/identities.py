@@ -22,6 +22,7 @@ from gateway.config import BrokersConfig
 from gateway.db import admin_dsn, connect
 from gateway.identities.accounts import Credential, configured, write_credentials
 from gateway.identities.importer import import_file
+from gateway.identities.inventory import InventoryPlan, apply_inventory, plan_inventory
 from gateway.identities.model import (
     KINDS,
     STATUSES,
@@ -34,6 +35,8 @@ from gateway.identities.registry import IdentityDetails, Registry
 from gateway.trail import default_actor
 
 __all__ = ["ProgressLine", "parse_attributes", "register"]
+
+EXIT_CHANGES_PENDING = 2
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -99,6 +102,24 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     retire.add_argument("name")
     retire.set_defaults(handler=_retire)
+
+    for name, handler, text in (
+        ("plan", _inventory_plan, "the changes an inventory makes in its scope (exit 2 if any)"),
+        ("apply", _inventory_apply, "make the registry's identities of a scope the inventory"),
+    ):
+        command = actions.add_parser(name, parents=[changes], help=text)
+        command.add_argument(
+            "--inventory", type=Path, required=True, help="CSV or JSON Lines, as for import"
+        )
+        command.add_argument(
+            "--scope", required=True, help="the label the inventory governs, e.g. a service"
+        )
+        command.add_argument("--json", action="store_true", help="print JSON")
+        if name == "apply":
+            command.add_argument(
+                "--expect", metavar="DIGEST", help="refuse unless the plan has this digest"
+            )
+        command.set_defaults(handler=handler)
 
     rotate = actions.add_parser(
         "rotate", parents=[changes], help="give an identity's broker accounts a new password"
@@ -353,6 +374,46 @@ async def _rotate(args: argparse.Namespace) -> int:
         return 0
 
     return await _with_registry(args, work)
+
+
+async def _inventory_plan(args: argparse.Namespace) -> int:
+    async def work(registry: Registry, conn: asyncpg.Connection) -> int:
+        plan = await plan_inventory(conn, args.inventory, args.scope)
+        _print_inventory(plan, args.json)
+        return EXIT_CHANGES_PENDING if plan.changes else 0
+
+    return await _with_registry(args, work)
+
+
+async def _inventory_apply(args: argparse.Namespace) -> int:
+    brokers = _brokers(args, creates=True)
+
+    async def work(registry: Registry, conn: asyncpg.Connection) -> int:
+        progress = ProgressLine(sys.stderr)
+        try:
+            plan = await apply_inventory(
+                conn, args.inventory, args.scope, registry.actor, expect=args.expect,
+                progress=progress,
+            )  # fmt: skip
+        finally:
+            progress.finish()
+        _print_inventory(plan, args.json)
+        provisioned = [c.name for c in plan.changes if c.action == "provision"]
+        others = [c.name for c in plan.changes if c.action != "provision"]
+        if provisioned:
+            await _follow(args, registry, brokers, provisioned, added=True)
+        if others:
+            await _follow(args, registry, brokers, others)
+        return 0
+
+    return await _with_registry(args, work)
+
+
+def _print_inventory(plan: InventoryPlan, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps(plan.as_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(plan.render())
 
 
 def _when(value: Any) -> str:

@@ -157,7 +157,9 @@ def detect_format(path: Path, text: str) -> Format:
     return "jsonl" if text.lstrip().startswith("{") else "csv"
 
 
-def parse(text: str, fmt: Format, progress: Progress | None = None) -> Parsed:
+def parse(
+    text: str, fmt: Format, progress: Progress | None = None, *, allow_empty: bool = False
+) -> Parsed:
     """Parse and validate every line; duplicates within the text are errors too."""
     parsed = Parsed()
     total = text.count("\n") + 1
@@ -180,7 +182,7 @@ def parse(text: str, fmt: Format, progress: Progress | None = None) -> Parsed:
             parsed.rows.append(row)
     if progress is not None:
         progress("reading", total, total)
-    if not parsed.rows and not parsed.errors:
+    if not parsed.rows and not parsed.errors and not allow_empty:
         parsed.errors.append(LineError(1, "no identities found"))
     return parsed
 
