@@ -17,7 +17,18 @@ from gateway.identities.accounts import configured
 from gateway.identities.reconcile import sync_accounts
 from gateway.migrate import migrate
 from gateway.roles.apply import apply_roles, plan_roles
-from gateway.roles.audit import Severity, broker_findings, kafka_claim_findings, run_audit
+from gateway.roles.audit import (
+    PRIVILEGED_STALE_DAYS,
+    STALE_PAGE,
+    WRITE_STALE_DAYS,
+    Severity,
+    StalePage,
+    broker_findings,
+    kafka_claim_findings,
+    run_audit,
+    stale_identities,
+    stale_thresholds,
+)
 from gateway.roles.catalog import read_catalog
 from gateway.roles.declaration import load_declaration
 from gateway.roles.guards import ALLOW_DROP_FLAG
@@ -44,6 +55,13 @@ def add_roles_options(parser: argparse.ArgumentParser) -> None:
         default=Path(os.environ.get(ROLES_ENV, "config/roles.toml")),
         help="roles declaration (default: $GATEWAY_ROLES_FILE or config/roles.toml)",
     )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def emit_json(value: Any) -> None:
@@ -181,7 +199,13 @@ async def run_audit_command(args: argparse.Namespace) -> int:
     brokers = config.brokers if config is not None else BrokersConfig()
     conn = await connect(admin_dsn(args.dsn))
     try:
-        findings = await run_audit(conn, doc, stale_after_days=args.stale_after)
+        stale = await stale_identities(
+            conn,
+            stale_thresholds(args.stale_after, args.stale_after_privileged),
+            limit=args.limit,
+            after=args.after,
+        )
+        findings = await run_audit(conn, doc, stale=stale)
         if config is not None and config.sources.kafka:
             findings += await kafka_claim_findings(config.sources.kafka)
         if configured(brokers):
@@ -204,17 +228,29 @@ async def run_audit_command(args: argparse.Namespace) -> int:
         emit_json(
             {
                 "findings": [f.as_json() for f in findings],
+                "stale": stale.as_json(),
                 "fail_on": args.fail_on,
                 "failed": bool(failing),
             }
         )
     elif not findings:
         print("No findings.")
+        print(_stale_summary(stale))
     else:
         for finding in findings:
             print(f"{str(finding.severity).upper():<6} {finding.check:<28} {finding.message}")
         print(f"\n{len(findings)} finding(s), {len(failing)} at or above {args.fail_on}.")
+        print(_stale_summary(stale))
     return EXIT_FINDINGS if failing else 0
+
+
+def _stale_summary(stale: StalePage) -> str:
+    tiers = ", ".join(
+        f"{tier.value} {stale.totals[tier]} (> {days:g} days)"
+        for tier, days in stale.thresholds.items()
+    )
+    more = f"; next page: --after {stale.next_after}" if stale.next_after else ""
+    return f"Stale identities per tier: {tiers}{more}"
 
 
 def _grant_text(grant: dict[str, Any]) -> str:
@@ -255,9 +291,31 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     audit.add_argument(
         "--stale-after",
         type=float,
-        default=30,
+        default=WRITE_STALE_DAYS,
         metavar="DAYS",
-        help="active write identities unseen this long are findings (default 30)",
+        help="active identities of write tiers (ingest, transactional) unseen this long are "
+        f"findings (default {WRITE_STALE_DAYS:g})",
+    )
+    audit.add_argument(
+        "--stale-after-privileged",
+        type=float,
+        default=PRIVILEGED_STALE_DAYS,
+        metavar="DAYS",
+        help="the same for reader, auditor and admin identities "
+        f"(default {PRIVILEGED_STALE_DAYS:g})",
+    )
+    audit.add_argument(
+        "--limit",
+        type=_positive,
+        default=STALE_PAGE,
+        metavar="N",
+        help=f"stale identities listed per run, in name order (default {STALE_PAGE}); the "
+        "totals per tier always count them all",
+    )
+    audit.add_argument(
+        "--after",
+        metavar="IDENTITY",
+        help="list stale identities after this name (the next page)",
     )
     audit.add_argument(
         "--fail-on",

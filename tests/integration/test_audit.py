@@ -108,13 +108,14 @@ async def test_identity_findings(applied: Postgres, tmp_path: Path) -> None:
         found = checks(report)
         assert ("stale_identity", "sensor-old") in found
         assert ("stale_identity", "sensor-new") not in found
-        assert ("stale_identity", "reader-old") not in found  # readers do not write
+        assert ("stale_identity", "reader-old") in found  # a dormant reader login is a way in
         assert ("unlimited_login", "unlimited_app") in found
         assert code == 3
 
         code, report = await audit(applied, "--stale-after", "60", "--fail-on", "high")
         assert ("stale_identity", "sensor-old") not in checks(report)
-        assert code == 0  # only the medium unlimited_login finding is left
+        assert ("stale_identity", "reader-old") in checks(report)  # privileged: 7 days
+        assert code == 0  # only medium findings are left
 
         # The role of sensor-new is dropped from the declaration and applied away.
         text = EXAMPLE_ROLES.read_text()
