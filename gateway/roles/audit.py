@@ -60,7 +60,6 @@ DRIFT: dict[str, tuple[Severity, str]] = {
     "revoke_privilege": (Severity.HIGH, "undeclared_grant"),
     "revoke_membership": (Severity.HIGH, "undeclared_membership"),
     "revoke_attribute": (Severity.HIGH, "role_escalation"),
-    "revoke_attribute": (Severity.HIGH, "role_escalation"),
     "drop_role": (Severity.MEDIUM, "orphaned_role"),
     "alter_role": (Severity.MEDIUM, "role_attributes"),
     "reset_setting": (Severity.LOW, "undeclared_setting"),
