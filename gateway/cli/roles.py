@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,17 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def _digest(text: str) -> str:
+    """A reviewed plan's digest; surrounding whitespace forgiven, as a file or ConfigMap value
+    usually ends in a newline."""
+    digest = text.strip()
+    if not re.fullmatch(r"[0-9a-f]{16}", digest):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a plan digest (16 hex digits, printed by `gateway roles plan`)"
+        )
+    return digest
 
 
 def emit_json(value: Any) -> None:
@@ -273,7 +285,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     apply = roles.add_parser("apply", help="apply the plan in one transaction and record it")
     add_roles_options(apply)
-    apply.add_argument("--expect", metavar="DIGEST", help="refuse unless the plan has this digest")
+    apply.add_argument(
+        "--expect",
+        type=_digest,
+        metavar="DIGEST",
+        help="refuse unless the plan has this digest (printed by `gateway roles plan`)",
+    )
     apply.add_argument("--actor", default=default_actor(), help="who applies (audit trail)")
     apply.add_argument(
         ALLOW_DROP_FLAG,

@@ -440,7 +440,7 @@ def test_kubernetes_has_every_kind_and_kustomize_lists_every_file() -> None:
 
 def test_kubernetes_pods_get_config_from_the_configmap_generator() -> None:
     generators = yaml.safe_load((K8S / "kustomization.yaml").read_text())["configMapGenerator"]
-    (generator,) = generators
+    (generator,) = [g for g in generators if g["name"] == "gateway-config"]
     assert sorted(Path(f).name for f in generator["files"]) == ["gateway.toml", "roles.toml"]
     for kind, name in [("StatefulSet", "gateway"), ("Job", "gateway-migrate")]:
         spec = manifests()[(kind, name)]["spec"]["template"]["spec"]
@@ -525,9 +525,13 @@ def test_kubernetes_migrate_job_runs_real_commands_with_every_role_password() ->
     assert main["command"][:2] == ["sh", "-euc"]
     script = k8s_expand(main["command"][2], {})
     commands = list(gateway_commands(script))
-    assert [c[:3] for c in commands] == [["gateway", "migrate"], ["gateway", "roles", "apply"]]
+    assert [c[:3] for c in commands] == [
+        ["gateway", "migrate"],
+        ["gateway", "roles", "plan"],
+        ["gateway", "roles", "apply"],
+    ]
     for argv in commands:
-        assert_cli(argv)
+        assert_cli([word.replace(f"${DIGEST_ENV}", "0123456789abcdef") for word in argv])
     dsn = re.search(r'GATEWAY_ADMIN_DSN="\$\(cat (\S+)\)"', script)
     assert dsn, "the admin DSN comes from a file"
     mounts = secret_mounts(spec, "migrate")
@@ -536,6 +540,31 @@ def test_kubernetes_migrate_job_runs_real_commands_with_every_role_password() ->
     for role in doc.roles:
         assert readable(role_file(doc, role), mounts), f"roles apply cannot read {role}'s"
     assert spec["restartPolicy"] in {"Never", "OnFailure"}
+
+
+DIGEST_ENV = "GATEWAY_ROLES_PLAN_DIGEST"
+
+
+def test_kubernetes_migrate_job_applies_only_the_reviewed_plan() -> None:
+    spec = manifests()[("Job", "gateway-migrate")]["spec"]["template"]["spec"]
+    (main,) = spec["containers"]
+    script = k8s_expand(main["command"][2], {})
+    *_, plan, apply = gateway_commands(script)
+    # An empty plan ends the Job; any other exit of plan but "changes pending" fails it.
+    assert "gateway roles plan && exit 0 || test $? -eq 2" in script.splitlines()
+    assert plan == ["gateway", "roles", "plan"]
+    assert apply == ["gateway", "roles", "apply", "--expect", f"${DIGEST_ENV}"]
+    (source,) = [e["valueFrom"] for e in main["env"] if e["name"] == DIGEST_ENV]
+    key = source["configMapKeyRef"]
+    generators = yaml.safe_load((K8S / "kustomization.yaml").read_text())["configMapGenerator"]
+    (review,) = [g for g in generators if g["name"] == key["name"]]
+    assert [Path(f).name for f in review["files"]] == [key["key"]]
+    assert "optional" not in key, "no digest, no apply"
+    shipped = (K8S / review["files"][0]).read_text()
+    with pytest.raises(AssertionError):  # nothing is reviewed before someone does
+        assert_cli(["gateway", "roles", "apply", "--expect", shipped])
+    parsed = assert_cli(["gateway", "roles", "apply", "--expect", "0123456789abcdef\n"])
+    assert parsed.expect == "0123456789abcdef" and not parsed.allow_drop_with_identities
 
 
 def test_each_pod_has_its_own_stable_mqtt_session() -> None:
