@@ -11,10 +11,12 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 
+import asyncpg
 import pytest
 
 from gateway.app import Gateway
 from gateway.bootstrap import EXAMPLE_ROLES, bootstrap
+from gateway.migrate import migrate
 from gateway.roles.declaration import load_declaration
 from gateway.services.mosquitto import Mosquitto
 from gateway.services.postgres import Postgres, PostgresAddress
@@ -98,3 +100,34 @@ async def gateway(env: Stack) -> AsyncIterator[Gateway]:
     await running.start()
     yield running
     await running.stop()
+
+
+@pytest.fixture
+async def fresh(role_passwords: dict[str, str]) -> AsyncIterator[Postgres]:
+    """A new, migrated cluster per test: for tests that change cluster-wide roles."""
+    async with own_cluster() as server:
+        conn = await asyncpg.connect(server.dsn)
+        await migrate(conn)
+        await conn.close()
+        yield server
+
+
+@pytest.fixture
+async def admin(fresh: Postgres) -> AsyncIterator[asyncpg.Connection]:
+    """The superuser of `fresh`."""
+    conn = await asyncpg.connect(fresh.dsn)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def conn(database: PostgresAddress) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a fresh database with the registry's schema and roles."""
+    from .test_registry import prepare
+
+    connection = await asyncpg.connect(database.dsn)
+    try:
+        await prepare(connection)
+        yield connection
+    finally:
+        await connection.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -17,18 +16,6 @@ from gateway.identities.inventory import apply_inventory, plan_inventory
 from gateway.identities.model import IdentityError
 from gateway.identities.registry import Registry
 from gateway.services.postgres import PostgresAddress
-
-from .test_registry import prepare
-
-
-@pytest.fixture
-async def conn(database: PostgresAddress) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(database.dsn)
-    try:
-        await prepare(connection)
-        yield connection
-    finally:
-        await connection.close()
 
 
 def inventory(path: Path, rows: list[tuple[str, str]]) -> Path:

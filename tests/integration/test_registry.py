@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +42,6 @@ async def prepare(conn: asyncpg.Connection) -> None:
         "VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN now() END)",
         ROLES,
     )
-
-
-@pytest.fixture
-async def conn(database: PostgresAddress) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(database.dsn)
-    try:
-        await prepare(connection)
-        yield connection
-    finally:
-        await connection.close()
 
 
 @pytest.fixture

@@ -7,20 +7,18 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from gateway.migrate import migrate
 from gateway.roles.apply import apply_roles, plan_roles
 from gateway.roles.declaration import load_declaration, parse_declaration
 from gateway.roles.plan import PlanError
 from gateway.services.postgres import Postgres
 
 from .conftest import EXAMPLE_ROLES
-from .databases import own_cluster
 
 DBA = """
 [roles.dba]
@@ -29,23 +27,6 @@ tier = "admin"
 connection_limit = 2
 password = { env = "DBA_PASSWORD" }
 """
-
-
-@pytest.fixture
-async def fresh(role_passwords: dict[str, str]) -> AsyncIterator[Postgres]:
-    """A new, migrated cluster per test: these tests change cluster-wide roles."""
-    async with own_cluster() as server:
-        conn = await asyncpg.connect(server.dsn)
-        await migrate(conn)
-        await conn.close()
-        yield server
-
-
-@pytest.fixture
-async def admin(fresh: Postgres) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(fresh.dsn)
-    yield conn
-    await conn.close()
 
 
 @pytest.fixture
