@@ -72,6 +72,9 @@ DRIFT: dict[str, tuple[Severity, str]] = {
     "mark_role": (Severity.LOW, "unmarked_role"),
     "register_role": (Severity.LOW, "unregistered_role"),
     "retire_role": (Severity.LOW, "unregistered_role"),
+    # An append-only trail or the identity change feed that stopped firing: a way to edit
+    # history, or to keep gateways from seeing a retirement.
+    "enable_trigger": (Severity.HIGH, "trigger_disabled"),
 }
 
 WRITE_TIERS = frozenset({Tier.INGEST, Tier.TRANSACTIONAL})

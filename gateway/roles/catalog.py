@@ -114,6 +114,18 @@ REGISTRY = "SELECT id, name, tier, login_role, removed_at IS NOT NULL AS removed
 VERIFIERS = "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY($1::text[])"
 
 
+# The product's own triggers on its control tables (not internal ones, such as foreign keys')
+# that no longer fire in normal sessions: 'D' disabled, 'R' firing only under
+# session_replication_role = replica ('A', always, still fires).
+DISABLED_TRIGGERS = """
+SELECT n.nspname, c.relname, t.tgname
+  FROM pg_trigger t
+  JOIN pg_class c ON c.oid = t.tgrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE NOT t.tgisinternal AND t.tgenabled IN ('D', 'R') AND n.nspname = 'gateway'
+"""
+
+
 async def read_catalog(
     conn: asyncpg.Connection, names: Iterable[str], schemas: Iterable[str]
 ) -> State:
@@ -161,6 +173,8 @@ async def read_catalog(
     for row in await conn.fetch(DEFAULT_GRANTS, scope, schema_list):
         target = join_names(row["owner"], row["nspname"], row["objtype"], sep=":")
         state.grants.add(Grant(row["grantee"], "default", target, row["privilege_type"]))
+    for row in await conn.fetch(DISABLED_TRIGGERS):
+        state.disabled_triggers.add((join_names(row["nspname"], row["relname"]), row["tgname"]))
     for row in await conn.fetch(REGISTRY):
         state.registry[row["id"]] = RegistryRow(
             row["id"], row["name"], row["tier"], row["login_role"], row["removed"]

@@ -276,6 +276,15 @@ def make_plan(doc: Declaration, live: State, *, passwords: dict[str, str | None]
                 )
             )
 
+    for table, trigger in sorted(live.disabled_triggers):
+        changes.append(
+            Change(
+                "enable_trigger",
+                table,
+                f"enable trigger {trigger} on {table}: it does not fire as the product relies on",
+                (f"ALTER TABLE {table_sql(table)} ENABLE TRIGGER {ident(trigger)}",),
+            )
+        )
     changes.extend(_registry(want, live))
     return Plan(tuple(changes), tuple(notes))
 

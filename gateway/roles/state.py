@@ -143,6 +143,9 @@ class State:
     database: str = ""
     # login role name -> SCRAM verifier, when the catalog let us read it (superuser only)
     verifiers: dict[str, str | None] = field(default_factory=dict)
+    # (table, trigger) of the product's own triggers that do not fire: the append-only trail,
+    # the identity counts and change feed rely on them
+    disabled_triggers: set[tuple[str, str]] = field(default_factory=set)
 
     def rename(self, old: str, new: str) -> None:
         """Follow a role rename through every reference, as PostgreSQL does."""

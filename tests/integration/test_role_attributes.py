@@ -98,6 +98,18 @@ PLANTED = {
         Severity.HIGH,
         f"revoke SELECT on future 'L' objects of {LOGIN} for PUBLIC",
     ),
+    "append-only trail disabled": (
+        "ALTER TABLE gateway.audit_log DISABLE TRIGGER append_only",
+        "trigger_disabled",
+        Severity.HIGH,
+        "enable trigger append_only on gateway.audit_log",
+    ),
+    "change feed firing only for replicas": (
+        "ALTER TABLE gateway.identities ENABLE REPLICA TRIGGER notify_update",
+        "trigger_disabled",
+        Severity.HIGH,
+        "enable trigger notify_update on gateway.identities",
+    ),
     "table named x.y": (
         f'CREATE TABLE ingest."x.y" (v int); GRANT SELECT ON ingest."x.y" TO {GROUP}',
         "undeclared_grant",
