@@ -7,8 +7,8 @@ scheduled job that fails when something needs a person.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, defaultdict, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import IntEnum
 from typing import Any
@@ -17,9 +17,10 @@ import asyncpg
 
 from gateway.config import KafkaSourceConfig
 from gateway.identities.accounts import AccountPlan
-from gateway.roles.apply import plan_roles
+from gateway.roles.apply import managed_schemas, plan_roles
 from gateway.roles.declaration import Declaration, Tier
 from gateway.roles.plan import Change
+from gateway.roles.state import parse_marker
 
 __all__ = [
     "Finding",
@@ -28,6 +29,7 @@ __all__ = [
     "broker_findings",
     "kafka_claim_findings",
     "run_audit",
+    "shadow_access",
     "stale_identities",
     "stale_thresholds",
 ]
@@ -75,6 +77,8 @@ DRIFT: dict[str, tuple[Severity, str]] = {
     # An append-only trail or the identity change feed that stopped firing: a way to edit
     # history, or to keep gateways from seeing a retirement.
     "enable_trigger": (Severity.HIGH, "trigger_disabled"),
+    # An owner holds every privilege on what it owns, whatever was granted.
+    "reown": (Severity.HIGH, "object_owner"),
 }
 
 WRITE_TIERS = frozenset({Tier.INGEST, Tier.TRANSACTIONAL})
@@ -162,6 +166,7 @@ async def run_audit(
         stale = await stale_identities(conn, stale_thresholds(stale_after_days))
     findings += stale.findings()
     findings += await _unlimited_logins(conn)
+    findings += await shadow_access(conn, doc)
     return sorted(findings, key=lambda f: (-f.severity, f.check, f.subject))
 
 
@@ -313,3 +318,171 @@ async def _unlimited_logins(conn: asyncpg.Connection) -> list[Finding]:
         )
         for row in rows
     ]
+
+
+# Predefined roles that reach every table or the server itself, whatever the grants say.
+PREDEFINED_REACH: dict[str, tuple[Severity, str]] = {
+    "pg_read_all_data": (Severity.MEDIUM, "may read every table, the registry included,"),
+    "pg_write_all_data": (Severity.HIGH, "may write every table, the registry included,"),
+    "pg_read_server_files": (Severity.HIGH, "may read any file the server can"),
+    "pg_write_server_files": (Severity.HIGH, "may write any file the server can"),
+    "pg_execute_server_program": (Severity.HIGH, "may run programs as the server's OS user"),
+}
+# Privileges that only read (or call what only reads); anything else changes managed data.
+READ_PRIVILEGES = frozenset({"SELECT", "USAGE", "REFERENCES", "EXECUTE"})
+
+SHADOW_ROLES = """
+SELECT rolname, rolcanlogin AS login, rolsuper AS superuser,
+       shobj_description(oid, 'pg_authid') AS comment
+FROM pg_roles
+"""
+
+# Every membership is a way in: INHERIT uses the role's grants, SET ROLE becomes it, and ADMIN
+# may grant itself the rest.
+SHADOW_MEMBERSHIPS = """
+SELECT m.rolname AS member, g.rolname AS role
+FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member
+"""
+
+# What each role holds in the managed schemas: grants on relations (sequences included),
+# columns, functions and the schemas, and ownership, which is every privilege at once.
+SHADOW_HOLDINGS = """
+WITH objects AS (
+    SELECT n.nspname AS schema, n.nspname || '.' || c.relname AS name, c.relowner AS owner,
+           c.relacl AS acl, false AS definer
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+    UNION ALL
+    SELECT n.nspname, n.nspname || '.' || p.proname || '()', p.proowner, p.proacl, p.prosecdef
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    UNION ALL
+    SELECT nspname, nspname, nspowner, nspacl, false FROM pg_namespace
+), managed AS (
+    SELECT * FROM objects WHERE schema = ANY($1::text[])
+)
+SELECT r.rolname AS holder, m.name AS object,
+       a.privilege_type || CASE WHEN m.definer THEN ' (SECURITY DEFINER)' ELSE '' END AS privilege
+FROM managed m CROSS JOIN LATERAL aclexplode(m.acl) a JOIN pg_roles r ON r.oid = a.grantee
+WHERE a.grantee <> m.owner
+UNION
+SELECT r.rolname, m.name, 'OWNER' FROM managed m JOIN pg_roles r ON r.oid = m.owner
+UNION
+SELECT r.rolname, n.nspname || '.' || c.relname || '(' || t.attname || ')', a.privilege_type
+FROM pg_attribute t
+JOIN pg_class c ON c.oid = t.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL aclexplode(t.attacl) a
+JOIN pg_roles r ON r.oid = a.grantee
+WHERE n.nspname = ANY($1::text[]) AND NOT t.attisdropped AND a.grantee <> c.relowner
+"""
+
+
+async def shadow_access(conn: asyncpg.Connection, doc: Declaration) -> list[Finding]:
+    """Roles outside the declaration that reach managed data, each with the membership path it
+    takes: plan only sees grants and memberships that touch a managed role, not an undeclared
+    login that holds `pg_write_all_data` or a superuser nobody declared."""
+    roles = {row["rolname"]: row for row in await conn.fetch(SHADOW_ROLES)}
+    parents: dict[str, list[str]] = defaultdict(list)
+    for row in await conn.fetch(SHADOW_MEMBERSHIPS):
+        parents[row["member"]].append(row["role"])
+    held: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for row in await conn.fetch(SHADOW_HOLDINGS, managed_schemas(doc)):
+        held[row["holder"]].add((row["object"], row["privilege"]))
+    managed = {role for name in doc.roles for role in (name, doc.login_role(name))}
+    managed |= {name for name, row in roles.items() if parse_marker(row["comment"])}
+
+    def reach_severity(names: Sequence[str]) -> Severity:
+        severity = Severity.MEDIUM
+        for name in names:
+            if roles[name]["superuser"] or any(p not in READ_PRIVILEGES for _, p in held[name]):
+                return Severity.HIGH
+            severity = max(severity, PREDEFINED_REACH.get(name, (severity, ""))[0])
+        return severity
+
+    findings = []
+    for name, role in sorted(roles.items()):
+        if name in managed or name.startswith("pg_") or name in doc.superusers:
+            continue
+        kind = "LOGIN" if role["login"] else "NOLOGIN"
+        if role["superuser"]:
+            findings.append(
+                Finding(
+                    Severity.HIGH,
+                    "undeclared_superuser",
+                    name,
+                    f"{kind} role {name} is a superuser but not one of the declared superusers "
+                    f"({', '.join(doc.superusers)}): it reads and rewrites everything",
+                )
+            )
+            continue
+        for target, path in _membership_paths(name, parents, managed).items():
+            via = "directly" if len(path) == 1 else "through " + " -> ".join(path)
+            if target in managed:
+                severity = reach_severity(list(_membership_paths(target, parents, set())))
+                findings.append(
+                    Finding(
+                        severity,
+                        "shadow_member",
+                        name,
+                        f"undeclared {kind} role {name} is a member of managed role {target} "
+                        f"({via}): it may do what {target} may",
+                    )
+                )
+            elif roles[target]["superuser"]:
+                findings.append(
+                    Finding(
+                        Severity.HIGH,
+                        "shadow_superuser",
+                        name,
+                        f"undeclared {kind} role {name} may SET ROLE to superuser {target} ({via})",
+                    )
+                )
+            elif target in PREDEFINED_REACH:
+                severity, what = PREDEFINED_REACH[target]
+                findings.append(
+                    Finding(
+                        severity,
+                        "shadow_predefined",
+                        name,
+                        f"undeclared {kind} role {name} {what} as a member of {target} ({via})",
+                    )
+                )
+            elif role["login"] and held[target]:
+                findings.append(
+                    Finding(
+                        reach_severity([target]),
+                        "shadow_grant",
+                        name,
+                        f"undeclared LOGIN role {name} holds {_holdings(held[target])} in the "
+                        f"managed schemas ({via})",
+                    )
+                )
+    return findings
+
+
+def _membership_paths(
+    start: str, parents: Mapping[str, Sequence[str]], stop: set[str]
+) -> dict[str, list[str]]:
+    """Every role `start` reaches through memberships (itself included), with the shortest path;
+    roles in `stop` are reached but not walked through."""
+    paths = {start: [start]}
+    todo = deque([start])
+    while todo:
+        name = todo.popleft()
+        if name in stop and name != start:
+            continue
+        for parent in parents.get(name, ()):
+            if parent not in paths:
+                paths[parent] = [*paths[name], parent]
+                todo.append(parent)
+    return paths
+
+
+def _holdings(held: set[tuple[str, str]], shown: int = 5) -> str:
+    """`SELECT, UPDATE on gateway.identities; ...`, the first few objects only."""
+    by_object: dict[str, list[str]] = defaultdict(list)
+    for obj, privilege in sorted(held):
+        by_object[obj].append(privilege)
+    parts = [f"{', '.join(privileges)} on {obj}" for obj, privileges in by_object.items()]
+    more = f" and {len(parts) - shown} more objects" if len(parts) > shown else ""
+    return "; ".join(parts[:shown]) + more

@@ -126,6 +126,33 @@ SELECT n.nspname, c.relname, t.tgname
 """
 
 
+# Relations and functions in the managed schemas whose owner is not the schema's: whoever owns
+# a table may delete from it, truncate or drop it whatever the grants say.
+FOREIGN_OWNERS = """
+SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                      WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END
+       AS kind,
+       quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS object,
+       o.rolname AS owner, so.rolname AS schema_owner
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_roles o ON o.oid = c.relowner
+  JOIN pg_roles so ON so.oid = n.nspowner
+ WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+   AND c.relowner <> n.nspowner
+   -- a sequence owned by a column follows its table's owner: the table is what is reported
+   AND NOT (c.relkind = 'S' AND EXISTS (
+       SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')))
+UNION ALL
+SELECT 'FUNCTION', p.oid::regprocedure::text, o.rolname, so.rolname
+  FROM pg_proc p
+  JOIN pg_namespace n ON n.oid = p.pronamespace
+  JOIN pg_roles o ON o.oid = p.proowner
+  JOIN pg_roles so ON so.oid = n.nspowner
+ WHERE n.nspname = ANY($1::text[]) AND p.proowner <> n.nspowner
+"""
+
+
 async def read_catalog(
     conn: asyncpg.Connection, names: Iterable[str], schemas: Iterable[str]
 ) -> State:
@@ -173,6 +200,8 @@ async def read_catalog(
     for row in await conn.fetch(DEFAULT_GRANTS, scope, schema_list):
         target = join_names(row["owner"], row["nspname"], row["objtype"], sep=":")
         state.grants.add(Grant(row["grantee"], "default", target, row["privilege_type"]))
+    for row in await conn.fetch(FOREIGN_OWNERS, schema_list):
+        state.foreign_owners.add((row["kind"], row["object"], row["owner"], row["schema_owner"]))
     for row in await conn.fetch(DISABLED_TRIGGERS):
         state.disabled_triggers.add((join_names(row["nspname"], row["relname"]), row["tgname"]))
     for row in await conn.fetch(REGISTRY):

@@ -276,6 +276,16 @@ def make_plan(doc: Declaration, live: State, *, passwords: dict[str, str | None]
                 )
             )
 
+    for kind, name, owner, schema_owner in sorted(live.foreign_owners):
+        changes.append(
+            Change(
+                "reown",
+                name,
+                f"give {kind.lower()} {name} back to {schema_owner}: owned by {owner}, which "
+                "so holds every privilege on it",
+                (f"ALTER {kind} {name} OWNER TO {ident(schema_owner)}",),
+            )
+        )
     for table, trigger in sorted(live.disabled_triggers):
         changes.append(
             Change(

@@ -146,6 +146,9 @@ class State:
     # (table, trigger) of the product's own triggers that do not fire: the append-only trail,
     # the identity counts and change feed rely on them
     disabled_triggers: set[tuple[str, str]] = field(default_factory=set)
+    # objects in the managed schemas not owned by their schema's owner, as (SQL object kind,
+    # quoted name, owner, schema owner): an owner holds every privilege, granted or not
+    foreign_owners: set[tuple[str, str, str, str]] = field(default_factory=set)
 
     def rename(self, old: str, new: str) -> None:
         """Follow a role rename through every reference, as PostgreSQL does."""

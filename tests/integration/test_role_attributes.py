@@ -110,6 +110,18 @@ PLANTED = {
         Severity.HIGH,
         "enable trigger notify_update on gateway.identities",
     ),
+    "table owned by the ingest login": (
+        f"ALTER TABLE ingest.telemetry OWNER TO {LOGIN}",
+        "object_owner",
+        Severity.HIGH,
+        f"give table ingest.telemetry back to postgres: owned by {LOGIN}",
+    ),
+    "function owned by a managed role": (
+        f"ALTER FUNCTION gateway.refuse_change() OWNER TO {GROUP}",
+        "object_owner",
+        Severity.HIGH,
+        f"give function gateway.refuse_change() back to postgres: owned by {GROUP}",
+    ),
     "table named x.y": (
         f'CREATE TABLE ingest."x.y" (v int); GRANT SELECT ON ingest."x.y" TO {GROUP}',
         "undeclared_grant",
