@@ -45,6 +45,7 @@ RoleName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,56}$")]
 RoleId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
 TableName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")]
+SuperuserName = Annotated[str, StringConstraints(min_length=1, max_length=63)]
 Duration = Annotated[str, StringConstraints(pattern=r"^\d+\s*(ms|s|min|h)$")]
 
 
@@ -162,6 +163,9 @@ class Declaration(Strict):
     version: Literal[1] = 1
     tables: list[TableName] = []
     roles: dict[RoleName, RoleSpec]
+    # The superusers an operator expects (the bootstrap one, a provider's admin): any other is
+    # a high audit finding, since a superuser reads and rewrites everything whatever is granted.
+    superusers: list[SuperuserName] = ["postgres"]
     digest: str = Field(default="", exclude=True)
 
     def login_role(self, name: str) -> str:
