@@ -405,15 +405,19 @@ async def shadow_access(conn: asyncpg.Connection, doc: Declaration) -> list[Find
             continue
         kind = "LOGIN" if role["login"] else "NOLOGIN"
         if role["superuser"]:
-            findings.append(
-                Finding(
-                    Severity.HIGH,
-                    "undeclared_superuser",
-                    name,
-                    f"{kind} role {name} is a superuser but not one of the declared superusers "
-                    f"({', '.join(doc.superusers)}): it reads and rewrites everything",
+            # Only a superuser can give a NOLOGIN superuser LOGIN, so such a role is a way in
+            # only for its members, and each of them is a `shadow_superuser` finding.
+            if role["login"]:
+                findings.append(
+                    Finding(
+                        Severity.HIGH,
+                        "undeclared_superuser",
+                        name,
+                        f"LOGIN role {name} is a superuser but not one of the declared "
+                        f"superusers ({', '.join(doc.superusers)}): it reads and rewrites "
+                        "everything",
+                    )
                 )
-            )
             continue
         for target, path in _membership_paths(name, parents, managed).items():
             via = "directly" if len(path) == 1 else "through " + " -> ".join(path)

@@ -115,6 +115,9 @@ async def test_each_kind_of_shadow_access_with_its_path(
             CREATE ROLE climber LOGIN CONNECTION LIMIT 1;
             GRANT postgres TO climber;
             CREATE ROLE shadow_admin SUPERUSER LOGIN;
+            CREATE ROLE dormant_root SUPERUSER NOLOGIN;
+            CREATE ROLE borrower LOGIN CONNECTION LIMIT 1;
+            GRANT dormant_root TO borrower;
             """
         )
     finally:
@@ -140,6 +143,9 @@ async def test_each_kind_of_shadow_access_with_its_path(
     assert one(found, "shadow_member", "bridge") == "high"
     assert one(found, "shadow_superuser", "climber") == "high"
     assert one(found, "undeclared_superuser", "shadow_admin") == "high"
+    # Nobody logs in as a NOLOGIN superuser: its members are the way in.
+    assert ("undeclared_superuser", "dormant_root") not in found
+    assert one(found, "shadow_superuser", "borrower") == "high"
     # A NOLOGIN group's own grants are plan drift, reported there, not here.
     assert ("shadow_grant", "helpers") not in found
 
