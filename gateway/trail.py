@@ -1,4 +1,8 @@
-"""Appending to the audit trail: every lifecycle and role change says who, what, before, after."""
+"""Appending to the audit trail: every lifecycle and role change says who, what, before, after.
+
+Entries go through `gateway.append_audit`, which stamps the login role, the server time and the
+entry's place in the hash chain itself: the caller can state what happened, never who or when.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,7 @@ import orjson
 
 __all__ = ["default_actor", "record", "record_many"]
 
-INSERT = (
-    "INSERT INTO gateway.audit_log (actor, action, subject, before, after) "
-    "VALUES ($1, $2, $3, $4::jsonb, $5::jsonb)"
-)
+APPEND = "SELECT gateway.append_audit($1, $2, $3, $4::jsonb, $5::jsonb)"
 
 AuditEntry = tuple[str, str, Mapping[str, Any] | None, Mapping[str, Any] | None]
 
@@ -38,11 +39,11 @@ async def record(
     after: Mapping[str, Any] | None,
 ) -> None:
     """Append one entry; call it inside the transaction that makes the change."""
-    await conn.execute(INSERT, actor, action, subject, _json(before), _json(after))
+    await conn.execute(APPEND, actor, action, subject, _json(before), _json(after))
 
 
 async def record_many(conn: asyncpg.Connection, actor: str, entries: Sequence[AuditEntry]) -> None:
     """Append many entries (action, subject, before, after) in one round trip."""
     await conn.executemany(
-        INSERT, [(actor, action, subject, _json(b), _json(a)) for action, subject, b, a in entries]
+        APPEND, [(actor, action, subject, _json(b), _json(a)) for action, subject, b, a in entries]
     )

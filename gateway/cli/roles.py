@@ -1,4 +1,4 @@
-"""`gateway migrate`, `roles plan|apply|show` and `audit`: the schema and roles as code."""
+"""`gateway migrate`, `roles plan|apply|show`, `audit [verify]`: the schema and roles as code."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from gateway.roles.guards import ALLOW_DROP_FLAG
 from gateway.roles.plan import PlanError
 from gateway.roles.state import desired_state
 from gateway.trail import default_actor
+from gateway.trail_verify import verify
 
 __all__ = ["register"]
 
@@ -256,6 +257,23 @@ async def run_audit_command(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if failing else 0
 
 
+async def run_verify(args: argparse.Namespace) -> int:
+    conn = await connect(admin_dsn(args.dsn))
+    try:
+        breaks, counts = await verify(conn)
+    finally:
+        await conn.close()
+    if args.json:
+        emit_json({"rows": counts, "breaks": [b.as_json() for b in breaks]})
+    else:
+        for problem in breaks:
+            print(problem)
+        checked = ", ".join(f"{rows} in {table}" for table, rows in counts.items())
+        verdict = f"{len(breaks)} break(s)" if breaks else "the chains hold"
+        print(f"Checked {checked}: {verdict}.")
+    return EXIT_FINDINGS if breaks else 0
+
+
 def _stale_summary(stale: StalePage) -> str:
     tiers = ", ".join(
         f"{tier.value} {stale.totals[tier]} (> {days:g} days)"
@@ -349,6 +367,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     audit.add_argument("--json", action="store_true", help="machine-readable output")
     audit.set_defaults(handler=run_audit_command)
+    verify_cmd = audit.add_subparsers(dest="audit_command", metavar="CHECK").add_parser(
+        "verify",
+        help="recompute the trail's hash chains and name every row edited, deleted or inserted "
+        f"out of band (exit {EXIT_FINDINGS} if any)",
+    )
+    add_database_options(verify_cmd)
+    verify_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    verify_cmd.set_defaults(handler=run_verify)
 
     show = roles.add_parser("show", help="declared and live state of roles, and their identities")
     add_roles_options(show)

@@ -81,8 +81,7 @@ async def apply_roles(
             # row, so no trigger tells them: the change feed asks every gateway to reload.
             await conn.execute("SELECT gateway.identity_roles_changed()")
         version: int = await conn.fetchval(
-            "INSERT INTO gateway.role_changes (document_hash, diff, statements, applied_by) "
-            "VALUES ($1, $2::jsonb, $3, $4) RETURNING version",
+            "SELECT gateway.append_role_change($1, $2::jsonb, $3, $4)",
             doc.digest,
             orjson.dumps(plan.as_json()).decode(),
             [statement for change in plan.changes for statement in change.sql],
