@@ -75,7 +75,8 @@ SELECT t.line, t.name FROM identity_import t
 DROP_EXISTING = """
 DELETE FROM identity_import t USING gateway.identities i WHERE i.name = t.name
 """
-# One statement moves the identities and writes one audit record for each row it inserted;
+# One statement moves the identities and appends one audit record for each row it inserted
+# (through the trail's own function, which stamps and chains it);
 # ON CONFLICT covers identities added by someone else since the check above (the caller then
 # tells the two modes apart by the count). Inserting in name order keeps the primary-key
 # index writes local.
@@ -86,10 +87,11 @@ WITH added AS (
     ON CONFLICT (name) DO NOTHING
     RETURNING name, kind, role_id, status, attributes
 )
-INSERT INTO gateway.audit_log (actor, action, subject, before, after)
-SELECT $1, 'identity.import', a.name, NULL,
-       jsonb_build_object('kind', a.kind, 'role', r.name, 'role_id', a.role_id,
-                          'status', a.status, 'attributes', a.attributes, 'source', $2::text)
+SELECT count(gateway.append_audit(
+           $1, 'identity.import', a.name, NULL,
+           jsonb_build_object('kind', a.kind, 'role', r.name, 'role_id', a.role_id,
+                              'status', a.status, 'attributes', a.attributes,
+                              'source', $2::text)))
   FROM added a JOIN gateway.roles r ON r.id = a.role_id
 """
 
@@ -382,7 +384,7 @@ async def import_rows(
             raise ImportFileError(source, errors, note)
         if progress is not None:
             progress("inserting", 0, 1)
-        imported = int((await conn.execute(MOVE, actor, source)).split()[-1])
+        imported = int(await conn.fetchval(MOVE, actor, source))
         late = len(staged) - skipped - imported
         if late and not skip_existing:
             raise IdentityError(

@@ -81,10 +81,11 @@ WITH added AS (
      ORDER BY t.name
     RETURNING name, kind, role_id, status, attributes
 )
-INSERT INTO gateway.audit_log (actor, action, subject, before, after)
-SELECT $1, 'identity.inventory.provision', a.name, NULL,
-       jsonb_build_object('kind', a.kind, 'role', r.name, 'role_id', a.role_id,
-                          'status', a.status, 'attributes', a.attributes, 'source', $2::text)
+SELECT count(gateway.append_audit(
+           $1, 'identity.inventory.provision', a.name, NULL,
+           jsonb_build_object('kind', a.kind, 'role', r.name, 'role_id', a.role_id,
+                              'status', a.status, 'attributes', a.attributes,
+                              'source', $2::text)))
   FROM added a JOIN gateway.roles r ON r.id = a.role_id
 """
 REASSIGN = """
@@ -94,9 +95,9 @@ WITH moved AS (
      WHERE i.name = t.name AND i.name = ANY($3::text[])
     RETURNING i.name, i.role_id
 )
-INSERT INTO gateway.audit_log (actor, action, subject, before, after)
-SELECT $1, 'identity.inventory.assign', m.name, NULL,
-       jsonb_build_object('role', r.name, 'role_id', m.role_id, 'source', $2::text)
+SELECT count(gateway.append_audit(
+           $1, 'identity.inventory.assign', m.name, NULL,
+           jsonb_build_object('role', r.name, 'role_id', m.role_id, 'source', $2::text)))
   FROM moved m JOIN gateway.roles r ON r.id = m.role_id
 """
 RETIRE = """
@@ -105,9 +106,10 @@ WITH retired AS (
      WHERE name = ANY($3::text[]) AND status = 'active'
     RETURNING name, retired_at
 )
-INSERT INTO gateway.audit_log (actor, action, subject, before, after)
-SELECT $1, 'identity.inventory.retire', name, '{"status": "active"}'::jsonb,
-       jsonb_build_object('status', 'retired', 'retired_at', retired_at, 'source', $2::text)
+SELECT count(gateway.append_audit(
+           $1, 'identity.inventory.retire', name, '{"status": "active"}'::jsonb,
+           jsonb_build_object('status', 'retired', 'retired_at', retired_at,
+                              'source', $2::text)))
   FROM retired
 """
 

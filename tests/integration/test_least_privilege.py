@@ -166,10 +166,12 @@ async def test_auditor_reads_the_trail_and_nothing_else(login: Login) -> None:
 
 async def test_audit_trail_is_append_only_even_for_admin(login: Login) -> None:
     conn = await login("gateway_admin")
-    await conn.execute(
-        "INSERT INTO gateway.audit_log (actor, action, subject) VALUES ('me', 'test', 'x')"
-    )
+    # Entries go through the trail's function, which stamps who and when itself ...
+    await conn.execute("SELECT gateway.append_audit('me', 'test', 'x', NULL, NULL)")
     for statement in (
+        # ... never directly, where a row could be shaped by hand ...
+        "INSERT INTO gateway.audit_log (actor, action, subject) VALUES ('me', 'test', 'x')",
+        # ... and what is written stays.
         "UPDATE gateway.audit_log SET actor = 'someone else'",
         "DELETE FROM gateway.audit_log",
         "TRUNCATE gateway.audit_log",
