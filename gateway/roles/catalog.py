@@ -92,6 +92,34 @@ WHERE acl.grantee <> acl.owner
   AND (acl.nspname = ANY($2::text[]) OR r.rolname = ANY($1::text[]))
 """
 
+# Grants on sequences and on functions and procedures, in the managed schemas or to the roles
+# in scope. The declaration grants neither, so each one found is drift: a sequence's UPDATE, or
+# EXECUTE on a SECURITY DEFINER function, is a way around a table's grants. PUBLIC's EXECUTE
+# is every function's default and not listed: the product's own functions check who calls them
+# or are revoked from PUBLIC in their migration.
+SEQUENCE_GRANTS = f"""
+WITH acl AS (
+    SELECT n.nspname, c.relname, c.relowner AS owner, (aclexplode(c.relacl)).*
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind = 'S' AND c.relacl IS NOT NULL AND n.nspname !~ {TEMPORARY}
+)
+SELECT nspname, relname, coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type
+FROM acl LEFT JOIN pg_roles r ON r.oid = acl.grantee
+WHERE acl.grantee <> acl.owner
+  AND (acl.nspname = ANY($2::text[]) OR r.rolname = ANY($1::text[]))
+"""
+FUNCTION_GRANTS = f"""
+WITH acl AS (
+    SELECT p.oid, n.nspname, p.proowner AS owner, (aclexplode(p.proacl)).*
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE p.proacl IS NOT NULL AND n.nspname !~ {TEMPORARY}
+)
+SELECT acl.oid::regprocedure::text AS target, r.rolname AS grantee, privilege_type
+FROM acl JOIN pg_roles r ON r.oid = acl.grantee
+WHERE acl.grantee <> acl.owner
+  AND (acl.nspname = ANY($2::text[]) OR r.rolname = ANY($1::text[]))
+"""
+
 # Default privileges in the managed schemas, to the roles in scope, and those a role in scope
 # set up for its own future objects (whoever it gives them to).
 DEFAULT_GRANTS = f"""
@@ -195,6 +223,11 @@ async def read_catalog(
         state.grants.add(
             Grant(row["grantee"], "column", table, row["privilege_type"], row["attname"])
         )
+    for row in await conn.fetch(SEQUENCE_GRANTS, scope, schema_list):
+        sequence = join_names(row["nspname"], row["relname"])
+        state.grants.add(Grant(row["grantee"], "sequence", sequence, row["privilege_type"]))
+    for row in await conn.fetch(FUNCTION_GRANTS, scope, schema_list):
+        state.grants.add(Grant(row["grantee"], "routine", row["target"], row["privilege_type"]))
     for row in await conn.fetch(SCHEMA_GRANTS, scope, schema_list):
         state.grants.add(Grant(row["grantee"], "schema", row["target"], row["privilege_type"]))
     for row in await conn.fetch(DEFAULT_GRANTS, scope, schema_list):

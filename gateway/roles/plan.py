@@ -182,6 +182,12 @@ def grant_sql(grant: Grant, verb: str) -> str:
             f"ALTER DEFAULT PRIVILEGES FOR ROLE {ident(owner)}{in_schema} "
             f"{verb} {grant.privilege} ON {DEFAULT_OBJECTS[objtype]} {direction} {who}"
         )
+    if grant.kind == "sequence":
+        target = table_sql(grant.target)
+        return f"{verb} {grant.privilege} ON SEQUENCE {target} {direction} {who}"
+    if grant.kind == "routine":
+        # The catalog's own rendering (regprocedure): quoted, schema-qualified, with argument types.
+        return f"{verb} {grant.privilege} ON ROUTINE {grant.target} {direction} {who}"
     column = f" ({ident(grant.column)})" if grant.kind == "column" else ""
     return f"{verb} {grant.privilege}{column} ON TABLE {table_sql(grant.target)} {direction} {who}"
 

@@ -110,9 +110,10 @@ class Membership:
 class Grant:
     """One privilege of one grantee on one object.
 
-    `kind` is `table`, `column` (then `column` names it), `schema`, or `default` (default
-    privileges). `target` is the schema's name, `schema.table` or `owner:schema:objtype`, joined
-    by `join_names`. The grantee `PUBLIC` means everyone.
+    `kind` is `table`, `column` (then `column` names it), `schema`, `sequence`, `routine` (a
+    function or procedure) or `default` (default privileges). `target` is the schema's name,
+    `schema.table`, a routine's signature as the catalog renders it, or `owner:schema:objtype`,
+    joined by `join_names`. The grantee `PUBLIC` means everyone.
     """
 
     grantee: str

@@ -122,6 +122,19 @@ PLANTED = {
         Severity.HIGH,
         f"give function gateway.refuse_change() back to postgres: owned by {GROUP}",
     ),
+    "execute on a security definer function": (
+        "GRANT EXECUTE ON FUNCTION gateway.append_role_change(text, jsonb, text[], text) "
+        f"TO {GROUP}",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke EXECUTE on routine gateway.append_role_change(text,jsonb,text[],text) for {GROUP}",
+    ),
+    "a sequence of the trail": (
+        f"GRANT UPDATE ON SEQUENCE gateway.audit_log_id_seq TO {LOGIN}",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke UPDATE on sequence gateway.audit_log_id_seq for {LOGIN}",
+    ),
     "table named x.y": (
         f'CREATE TABLE ingest."x.y" (v int); GRANT SELECT ON ingest."x.y" TO {GROUP}',
         "undeclared_grant",
