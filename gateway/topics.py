@@ -102,6 +102,27 @@ class TopicTemplate:
             return head, False
         return head + self._separator, True
 
+    def prefix_identity(self, prefix: str) -> str | None:
+        """The identity every topic of this template under `prefix` claims (a prefix that ends
+        after the identity level, such as `telemetry.x.`); "" when such topics may claim more
+        than one identity (`telemetry.x` also covers `telemetry.x2.y`); None when no topic
+        under the prefix fits the template at all."""
+        levels = self.template.split(self._separator)
+        parts = prefix.split(self._separator)
+        if len(parts) > len(levels):
+            return None  # its topics have more levels than the template
+        at = self._identity
+        complete, partial = parts[:-1], parts[-1]  # the last part may be cut short
+        for part, level in zip(complete[:at], levels, strict=False):
+            if level != "{stream}" and part != level:
+                return None
+        if len(complete) > at:
+            return complete[at] or None
+        level = levels[len(complete)]
+        if len(complete) < at and level != "{stream}" and not level.startswith(partial):
+            return None
+        return ""
+
     def subscription(self) -> str:
         """The MQTT filter to subscribe: everything under the identity level, so that topics
         with extra or missing levels (which the shipped ACL refuses at the broker, and a wider one

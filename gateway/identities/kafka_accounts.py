@@ -61,13 +61,8 @@ def _covers(config: KafkaAccountsConfig, binding: AclBinding) -> tuple[bool, str
             return True, None
         claim = template.parse(name)
         return claim is not None, claim[0] if claim else None
-    levels = template.template.split(".")
-    head = "".join(f"{level}." for level in levels[: levels.index("{identity}")])
-    if not (head.startswith(name) or name.startswith(head)):
-        return False, None
-    claim = template.parse(name + "x") if name.endswith(".") else None
-    owner = claim[0] if claim and template.identity_topics(claim[0]) == (name, True) else None
-    return True, owner
+    bound = template.prefix_identity(name)
+    return bound is not None, bound or None
 
 
 def plan_kafka(

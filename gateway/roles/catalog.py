@@ -50,18 +50,19 @@ WHERE g.rolname = ANY($1::text[]) OR m.rolname = ANY($1::text[])
 # Objects in temporary schemas live and die with one session: no plan can own them.
 TEMPORARY = r"'^pg_(toast_)?temp_\d+$'"
 
-# Grants on tables and columns in the managed schemas, to anyone but the owner, plus grants
-# anywhere in this database to the roles in scope. Superusers are not left out: a superuser
-# needs no grant, so one granted by hand is drift like any other, and a managed role made
-# superuser must still show what it was given.
+# Grants on tables (and sequences) and columns in the managed schemas, to anyone but the
+# owner, plus grants anywhere in this database to the roles in scope. Superusers are not left
+# out: a superuser needs no grant, so one granted by hand is drift like any other, and a managed
+# role made superuser must still show what it was given. The declaration grants no sequence, so
+# each sequence grant found is drift: its UPDATE is a way around a table's grants.
 TABLE_GRANTS = f"""
 WITH acl AS (
-    SELECT n.nspname, c.relname, c.relowner AS owner, (aclexplode(c.relacl)).*
+    SELECT n.nspname, c.relname, c.relkind::text, c.relowner AS owner, (aclexplode(c.relacl)).*
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND c.relacl IS NOT NULL
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND c.relacl IS NOT NULL
       AND n.nspname !~ {TEMPORARY}
 )
-SELECT nspname, relname, coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type
+SELECT nspname, relname, relkind, coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type
 FROM acl LEFT JOIN pg_roles r ON r.oid = acl.grantee
 WHERE acl.grantee <> acl.owner
   AND (acl.nspname = ANY($2::text[]) OR r.rolname = ANY($1::text[]))
@@ -92,22 +93,11 @@ WHERE acl.grantee <> acl.owner
   AND (acl.nspname = ANY($2::text[]) OR r.rolname = ANY($1::text[]))
 """
 
-# Grants on sequences and on functions and procedures, in the managed schemas or to the roles
-# in scope. The declaration grants neither, so each one found is drift: a sequence's UPDATE, or
-# EXECUTE on a SECURITY DEFINER function, is a way around a table's grants. PUBLIC's EXECUTE
-# is every function's default and not listed: the product's own functions check who calls them
-# or are revoked from PUBLIC in their migration.
-SEQUENCE_GRANTS = f"""
-WITH acl AS (
-    SELECT n.nspname, c.relname, c.relowner AS owner, (aclexplode(c.relacl)).*
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind = 'S' AND c.relacl IS NOT NULL AND n.nspname !~ {TEMPORARY}
-)
-SELECT nspname, relname, coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type
-FROM acl LEFT JOIN pg_roles r ON r.oid = acl.grantee
-WHERE acl.grantee <> acl.owner
-  AND (acl.nspname = ANY($2::text[]) OR r.rolname = ANY($1::text[]))
-"""
+# Grants on functions and procedures, in the managed schemas or to the roles in scope. The
+# declaration grants none, so each one found is drift: EXECUTE on a SECURITY DEFINER function
+# is a way around a table's grants. PUBLIC's EXECUTE is every function's default and not
+# listed: the product's own functions check who calls them or are revoked from PUBLIC in their
+# migration.
 FUNCTION_GRANTS = f"""
 WITH acl AS (
     SELECT p.oid, n.nspname, p.proowner AS owner, (aclexplode(p.proacl)).*
@@ -217,15 +207,13 @@ async def read_catalog(
         )
     for row in await conn.fetch(TABLE_GRANTS, scope, schema_list):
         table = join_names(row["nspname"], row["relname"])
-        state.grants.add(Grant(row["grantee"], "table", table, row["privilege_type"]))
+        kind = "sequence" if row["relkind"] == "S" else "table"
+        state.grants.add(Grant(row["grantee"], kind, table, row["privilege_type"]))
     for row in await conn.fetch(COLUMN_GRANTS, scope, schema_list):
         table = join_names(row["nspname"], row["relname"])
         state.grants.add(
             Grant(row["grantee"], "column", table, row["privilege_type"], row["attname"])
         )
-    for row in await conn.fetch(SEQUENCE_GRANTS, scope, schema_list):
-        sequence = join_names(row["nspname"], row["relname"])
-        state.grants.add(Grant(row["grantee"], "sequence", sequence, row["privilege_type"]))
     for row in await conn.fetch(FUNCTION_GRANTS, scope, schema_list):
         state.grants.add(Grant(row["grantee"], "routine", row["target"], row["privilege_type"]))
     for row in await conn.fetch(SCHEMA_GRANTS, scope, schema_list):

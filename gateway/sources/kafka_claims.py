@@ -154,8 +154,8 @@ class _Scope:
         self.by_topic = claim.startswith("topic:")
         template = claim.removeprefix("topic:") if self.by_topic else "{identity}"
         self.levels = template.split(_SEPARATOR)
-        self.identity_level = self.levels.index("{identity}")
-        self.parse = TopicTemplate(template, separator=_SEPARATOR).parse
+        self.template = TopicTemplate(template, separator=_SEPARATOR)
+        self.parse = self.template.parse
         self.carrier = "key" if claim == "key" else f"header {claim.removeprefix('header:')!r}"
 
     def violation(self, binding: AclBinding) -> str | None:
@@ -211,7 +211,7 @@ class _Scope:
     ) -> str | None:
         if binding.pattern_type != "prefixed" or binding.resource_name == "":
             return f"{principal} may write {what}, which includes topics of other identities"
-        bound = self._prefix_identity(binding.resource_name)
+        bound = self.template.prefix_identity(binding.resource_name)
         if bound is None:
             return None  # no topic under this prefix fits the template
         if bound == "":
@@ -222,24 +222,6 @@ class _Scope:
         if bound != own:
             return f"{principal} may write {what}, whose topics claim identity {bound}"
         return None
-
-    def _prefix_identity(self, prefix: str) -> str | None:
-        """The identity every template topic under `prefix` claims; "" when it is not one,
-        None when no topic under it fits the template."""
-        parts = prefix.split(_SEPARATOR)
-        if len(parts) > len(self.levels):
-            return None  # its topics have more levels than the template
-        at = self.identity_level
-        complete, partial = parts[:-1], parts[-1]  # the last part may be cut short
-        for part, level in zip(complete[:at], self.levels, strict=False):
-            if level != "{stream}" and part != level:
-                return None
-        if len(complete) > at:
-            return complete[at] or None
-        level = self.levels[len(complete)]
-        if len(complete) < at and level != "{stream}" and not level.startswith(partial):
-            return None
-        return ""
 
 
 async def topic_writes(config: KafkaSourceConfig) -> list[AclBinding]:
