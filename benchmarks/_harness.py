@@ -8,14 +8,18 @@ and records the load average it found, so a reader can tell a quiet run from a b
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
+import json
+import logging
 import multiprocessing
 import os
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -289,3 +293,12 @@ async def prepare_database(postgres: Postgres, doc: Declaration, names: list[str
     password = doc.roles[INGEST_ROLE].password.read()
     assert password is not None
     return postgres.address.dsn_for(doc.login_role(INGEST_ROLE), password)
+
+
+def print_report(
+    run: Callable[[argparse.Namespace], Coroutine[Any, Any, Any]], args: argparse.Namespace
+) -> None:
+    """Run a benchmark and print its one JSON object on stdout; warnings go to stderr."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    json.dump(asyncio.run(run(args)), sys.stdout, default=str)
+    sys.stdout.write("\n")

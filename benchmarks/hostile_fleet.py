@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
-import logging
 import os
 import platform
 import secrets
@@ -36,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from _harness import CpuMeter, example_roles, loadavg, phase, prepare_database
+from _harness import CpuMeter, example_roles, loadavg, phase, prepare_database, print_report
 from _publisher import Outcome, Publisher, connect
 from memory_bound import gateway_config
 from mqtt_gateway import GatewayProcess
@@ -320,11 +318,7 @@ def main() -> None:
     kinds = [name for name, _ in hostile_payloads()] + ["unknown_identity"]
     parser.add_argument("--kinds", nargs="+", default=kinds, choices=kinds, help="hostile mix")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for rows")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    results = asyncio.run(run(args))
-    json.dump(results, sys.stdout, default=str)
-    sys.stdout.write("\n")
+    print_report(run, parser.parse_args())
 
 
 if __name__ == "__main__":

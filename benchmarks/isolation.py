@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import platform
 import re
@@ -51,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from _harness import example_roles, loadavg, prepare_database
+from _harness import example_roles, loadavg, prepare_database, print_report
 from mqtt_gateway import (
     ROLES_FILE,
     Bench,
@@ -691,11 +690,7 @@ def main() -> None:
     parser.add_argument("--fleet-processes", type=int, default=2)
     parser.add_argument("--quiet", type=float, default=0.15, help="see mqtt_gateway.py")
     parser.add_argument("--quiet-limit", type=float, default=30)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    results = asyncio.run(run(args))
-    json.dump(results, sys.stdout, default=str)
-    sys.stdout.write("\n")
+    print_report(run, parser.parse_args())
 
 
 if __name__ == "__main__":

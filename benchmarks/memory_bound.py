@@ -26,13 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import logging
 import os
 import platform
 import re
 import secrets
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -40,7 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from _harness import ROLES_FILE, MemorySampler, example_roles, loadavg, memory_kb, prepare_database
+from _harness import (
+    ROLES_FILE,
+    MemorySampler,
+    example_roles,
+    loadavg,
+    memory_kb,
+    prepare_database,
+    print_report,
+)
 from _publisher import Outcome, Publisher, connect, publish_for
 from mqtt_gateway import MQTT_PASSWORD_ENV, GatewayProcess
 
@@ -365,11 +370,7 @@ def main() -> None:
     )
     parser.add_argument("--big", type=int, default=60, help="messages over the packet limit")
     parser.add_argument("--big-mb", type=int, default=10)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    results = asyncio.run(run(args))
-    json.dump(results, sys.stdout, default=str)
-    sys.stdout.write("\n")
+    print_report(run, parser.parse_args())
 
 
 if __name__ == "__main__":
