@@ -15,7 +15,12 @@ import orjson
 from gateway import trail
 from gateway.roles.catalog import read_catalog
 from gateway.roles.declaration import Declaration, shipped_tables
-from gateway.roles.guards import blocked_drops, refuse_takeovers
+from gateway.roles.guards import (
+    blocked_drops,
+    refuse_missing_tables,
+    refuse_self_demotion,
+    refuse_takeovers,
+)
 from gateway.roles.plan import Plan, PlanError, make_plan
 from gateway.roles.state import desired_state
 
@@ -44,6 +49,8 @@ async def plan_roles(conn: asyncpg.Connection, doc: Declaration) -> Plan:
             f"the control schema is missing ({exc}): run `gateway migrate` first"
         ) from exc
     refuse_takeovers(doc, live)
+    refuse_self_demotion(doc, live)
+    refuse_missing_tables(doc, live)
     plan = make_plan(doc, live, passwords=read_passwords(doc))
     return replace(plan, blocked=await blocked_drops(conn, plan, live))
 

@@ -7,8 +7,8 @@ scheduled job that fails when something needs a person.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict, deque
-from collections.abc import Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from enum import IntEnum
 from typing import Any
@@ -20,7 +20,15 @@ from gateway.identities.accounts import AccountPlan
 from gateway.roles.apply import managed_schemas, plan_roles
 from gateway.roles.declaration import Declaration, Tier
 from gateway.roles.plan import Change
-from gateway.roles.state import parse_marker
+from gateway.roles.shadow import (
+    PREDEFINED_ROLES,
+    SHADOW_CHANGES,
+    parents,
+    reaches,
+    read_shadow,
+    undeclared_superusers,
+)
+from gateway.roles.shadow import membership_paths as _membership_paths
 
 __all__ = [
     "Finding",
@@ -160,7 +168,8 @@ async def run_audit(
     """Every finding; `stale` is a page of stale identities already read (the first page with
     `stale_after_days` for write tiers and the privileged default otherwise when None)."""
     plan = await plan_roles(conn, doc)
-    findings = [drift_finding(change) for change in plan.changes]
+    # What plan does to undo shadow access is reported by `shadow_access`, with its path.
+    findings = [drift_finding(c) for c in plan.changes if c.kind not in SHADOW_CHANGES]
     findings += await _identities_on_missing_roles(conn, doc)
     if stale is None:
         stale = await stale_identities(conn, stale_thresholds(stale_after_days))
@@ -320,166 +329,67 @@ async def _unlimited_logins(conn: asyncpg.Connection) -> list[Finding]:
     ]
 
 
-# Predefined roles that reach every table or the server itself, whatever the grants say.
+# How much each predefined role of `PREDEFINED_ROLES` matters: reading is less than the rest.
 PREDEFINED_REACH: dict[str, tuple[Severity, str]] = {
-    "pg_read_all_data": (Severity.MEDIUM, "may read every table, the registry included,"),
-    "pg_write_all_data": (Severity.HIGH, "may write every table, the registry included,"),
-    "pg_read_server_files": (Severity.HIGH, "may read any file the server can"),
-    "pg_write_server_files": (Severity.HIGH, "may write any file the server can"),
-    "pg_execute_server_program": (Severity.HIGH, "may run programs as the server's OS user"),
+    name: (Severity.MEDIUM if name == "pg_read_all_data" else Severity.HIGH, what)
+    for name, what in PREDEFINED_ROLES.items()
 }
 # Privileges that only read (or call what only reads); anything else changes managed data.
 READ_PRIVILEGES = frozenset({"SELECT", "USAGE", "REFERENCES", "EXECUTE"})
 
-SHADOW_ROLES = """
-SELECT rolname, rolcanlogin AS login, rolsuper AS superuser,
-       shobj_description(oid, 'pg_authid') AS comment
-FROM pg_roles
-"""
-
-# Every membership is a way in: INHERIT uses the role's grants, SET ROLE becomes it, and ADMIN
-# may grant itself the rest.
-SHADOW_MEMBERSHIPS = """
-SELECT m.rolname AS member, g.rolname AS role
-FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member
-"""
-
-# What each role holds in the managed schemas: grants on relations (sequences included),
-# columns, functions and the schemas, and ownership, which is every privilege at once.
-SHADOW_HOLDINGS = """
-WITH objects AS (
-    SELECT n.nspname AS schema, n.nspname || '.' || c.relname AS name, c.relowner AS owner,
-           c.relacl AS acl, false AS definer
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
-    UNION ALL
-    SELECT n.nspname, n.nspname || '.' || p.proname || '()', p.proowner, p.proacl, p.prosecdef
-    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-    UNION ALL
-    SELECT nspname, nspname, nspowner, nspacl, false FROM pg_namespace
-), managed AS (
-    SELECT * FROM objects WHERE schema = ANY($1::text[])
-)
-SELECT r.rolname AS holder, m.name AS object,
-       a.privilege_type || CASE WHEN m.definer THEN ' (SECURITY DEFINER)' ELSE '' END AS privilege
-FROM managed m CROSS JOIN LATERAL aclexplode(m.acl) a JOIN pg_roles r ON r.oid = a.grantee
-WHERE a.grantee <> m.owner
-UNION
-SELECT r.rolname, m.name, 'OWNER' FROM managed m JOIN pg_roles r ON r.oid = m.owner
-UNION
-SELECT r.rolname, n.nspname || '.' || c.relname || '(' || t.attname || ')', a.privilege_type
-FROM pg_attribute t
-JOIN pg_class c ON c.oid = t.attrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
-CROSS JOIN LATERAL aclexplode(t.attacl) a
-JOIN pg_roles r ON r.oid = a.grantee
-WHERE n.nspname = ANY($1::text[]) AND NOT t.attisdropped AND a.grantee <> c.relowner
-"""
-
 
 async def shadow_access(conn: asyncpg.Connection, doc: Declaration) -> list[Finding]:
     """Roles outside the declaration that reach managed data, each with the membership path it
-    takes: plan only sees grants and memberships that touch a managed role, not an undeclared
-    login that holds `pg_write_all_data` or a superuser nobody declared."""
-    roles = {row["rolname"]: row for row in await conn.fetch(SHADOW_ROLES)}
-    parents: dict[str, list[str]] = defaultdict(list)
-    for row in await conn.fetch(SHADOW_MEMBERSHIPS):
-        parents[row["member"]].append(row["role"])
-    held: dict[str, set[tuple[str, str]]] = defaultdict(set)
-    for row in await conn.fetch(SHADOW_HOLDINGS, managed_schemas(doc)):
-        held[row["holder"]].add((row["object"], row["privilege"]))
-    managed = {role for name in doc.roles for role in (name, doc.login_role(name))}
-    managed |= {name for name, row in roles.items() if parse_marker(row["comment"])}
+    takes; `roles plan` undoes each of them (see `gateway.roles.shadow`)."""
+    shadow = await read_shadow(conn, managed_schemas(doc))
+    roles = shadow.roles
+    up = parents(shadow)
+
+    def held(name: str) -> frozenset[tuple[str, str]]:
+        return shadow.held.get(name, frozenset())
 
     def reach_severity(names: Sequence[str]) -> Severity:
         severity = Severity.MEDIUM
         for name in names:
-            if roles[name]["superuser"] or any(p not in READ_PRIVILEGES for _, p in held[name]):
+            if roles[name].superuser or any(p not in READ_PRIVILEGES for _, p in held(name)):
                 return Severity.HIGH
             severity = max(severity, PREDEFINED_REACH.get(name, (severity, ""))[0])
         return severity
 
-    findings = []
-    for name, role in sorted(roles.items()):
-        if name in managed or name.startswith("pg_") or name in doc.superusers:
-            continue
-        kind = "LOGIN" if role["login"] else "NOLOGIN"
-        if role["superuser"]:
-            # Only a superuser can give a NOLOGIN superuser LOGIN, so such a role is a way in
-            # only for its members, and each of them is a `shadow_superuser` finding.
-            if role["login"]:
-                findings.append(
-                    Finding(
-                        Severity.HIGH,
-                        "undeclared_superuser",
-                        name,
-                        f"LOGIN role {name} is a superuser but not one of the declared "
-                        f"superusers ({', '.join(doc.superusers)}): it reads and rewrites "
-                        "everything",
-                    )
-                )
-            continue
-        for target, path in _membership_paths(name, parents, managed).items():
-            via = "directly" if len(path) == 1 else "through " + " -> ".join(path)
-            if target in managed:
-                severity = reach_severity(list(_membership_paths(target, parents, set())))
-                findings.append(
-                    Finding(
-                        severity,
-                        "shadow_member",
-                        name,
-                        f"undeclared {kind} role {name} is a member of managed role {target} "
-                        f"({via}): it may do what {target} may",
-                    )
-                )
-            elif roles[target]["superuser"]:
-                findings.append(
-                    Finding(
-                        Severity.HIGH,
-                        "shadow_superuser",
-                        name,
-                        f"undeclared {kind} role {name} may SET ROLE to superuser {target} ({via})",
-                    )
-                )
-            elif target in PREDEFINED_REACH:
-                severity, what = PREDEFINED_REACH[target]
-                findings.append(
-                    Finding(
-                        severity,
-                        "shadow_predefined",
-                        name,
-                        f"undeclared {kind} role {name} {what} as a member of {target} ({via})",
-                    )
-                )
-            elif role["login"] and held[target]:
-                findings.append(
-                    Finding(
-                        reach_severity([target]),
-                        "shadow_grant",
-                        name,
-                        f"undeclared LOGIN role {name} holds {_holdings(held[target])} in the "
-                        f"managed schemas ({via})",
-                    )
-                )
+    findings = [
+        Finding(
+            Severity.HIGH,
+            "undeclared_superuser",
+            name,
+            f"LOGIN role {name} is a superuser but not one of the declared superusers "
+            f"({', '.join(doc.superusers)}): it reads and rewrites everything",
+        )
+        for name in undeclared_superusers(shadow, doc)
+    ]
+    for reach in reaches(shadow, doc):
+        name, target, path = reach.source, reach.target, reach.path
+        kind = "LOGIN" if roles[name].login else "NOLOGIN"
+        via = "directly" if len(path) == 1 else "through " + " -> ".join(path)
+        if reach.kind == "shadow_member":
+            severity = reach_severity(list(_membership_paths(target, up, set())))
+            message = (
+                f"undeclared {kind} role {name} is a member of managed role {target} "
+                f"({via}): it may do what {target} may"
+            )
+        elif reach.kind == "shadow_superuser":
+            severity = Severity.HIGH
+            message = f"undeclared {kind} role {name} may SET ROLE to superuser {target} ({via})"
+        elif reach.kind == "shadow_predefined":
+            severity, what = PREDEFINED_REACH[target]
+            message = f"undeclared {kind} role {name} {what} as a member of {target} ({via})"
+        else:
+            severity = reach_severity([target])
+            message = (
+                f"undeclared LOGIN role {name} holds {_holdings(set(held(target)))} in the "
+                f"managed schemas ({via})"
+            )
+        findings.append(Finding(severity, reach.kind, name, message))
     return findings
-
-
-def _membership_paths(
-    start: str, parents: Mapping[str, Sequence[str]], stop: set[str]
-) -> dict[str, list[str]]:
-    """Every role `start` reaches through memberships (itself included), with the shortest path;
-    roles in `stop` are reached but not walked through."""
-    paths = {start: [start]}
-    todo = deque([start])
-    while todo:
-        name = todo.popleft()
-        if name in stop and name != start:
-            continue
-        for parent in parents.get(name, ()):
-            if parent not in paths:
-                paths[parent] = [*paths[name], parent]
-                todo.append(parent)
-    return paths
 
 
 def _holdings(held: set[tuple[str, str]], shown: int = 5) -> str:

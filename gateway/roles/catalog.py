@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import asyncpg
 
+from gateway.roles.shadow import read_shadow
 from gateway.roles.state import (
     Grant,
     Membership,
@@ -171,6 +172,19 @@ SELECT 'FUNCTION', p.oid::regprocedure::text, o.rolname, so.rolname
 """
 
 
+# What a grant may name: each relation in the managed schemas, with its columns.
+RELATIONS = """
+SELECT n.nspname, c.relname,
+       coalesce(array_agg(a.attname) FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), '{}')
+       AS columns
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_attribute a ON a.attrelid = c.oid
+ WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+ GROUP BY n.nspname, c.relname
+"""
+
+
 async def read_catalog(
     conn: asyncpg.Connection, names: Iterable[str], schemas: Iterable[str]
 ) -> State:
@@ -229,6 +243,9 @@ async def read_catalog(
         state.registry[row["id"]] = RegistryRow(
             row["id"], row["name"], row["tier"], row["login_role"], row["removed"]
         )
+    for row in await conn.fetch(RELATIONS, schema_list):
+        state.relations[join_names(row["nspname"], row["relname"])] = frozenset(row["columns"])
+    state.shadow = await read_shadow(conn, schema_list)
     state.verifiers = await _verifiers(conn, [n for n, r in state.roles.items() if r.login])
     return state
 

@@ -17,6 +17,7 @@ from gateway.errors import GatewayError
 from gateway.roles.catalog import managed_ids
 from gateway.roles.declaration import Declaration
 from gateway.roles.passwords import scram_verifier, verifier_matches
+from gateway.roles.shadow import cuts, undeclared_superusers
 from gateway.roles.state import (
     Grant,
     Membership,
@@ -88,14 +89,25 @@ class Plan:
         if self.empty:
             lines = ["No changes: the database matches the declaration."]
         else:
+            # Every statement apply runs is shown under its change (a password as its source).
             lines = [f"{len(self.changes)} change(s), plan {self.digest}:"]
-            lines += [f"  {SIGNS.get(c.kind.split('_')[0], '~')} {c.summary}" for c in self.changes]
+            for c in self.changes:
+                lines.append(f"  {SIGNS.get(c.kind.split('_')[0], '~')} {c.summary}")
+                lines += [f"      {statement};" for statement in c.sql]
         lines += [f"note: {note}" for note in self.notes]
         lines += [f"blocked: {reason}" for reason in self.blocked]
         return "\n".join(lines)
 
 
-SIGNS = {"create": "+", "grant": "+", "register": "+", "drop": "-", "revoke": "-", "retire": "-"}
+SIGNS = {
+    "create": "+",
+    "grant": "+",
+    "register": "+",
+    "drop": "-",
+    "revoke": "-",
+    "retire": "-",
+    "demote": "-",
+}
 
 
 def ident(name: str) -> str:
@@ -301,8 +313,46 @@ def make_plan(doc: Declaration, live: State, *, passwords: dict[str, str | None]
                 (f"ALTER TABLE {table_sql(table)} ENABLE TRIGGER {ident(trigger)}",),
             )
         )
+    changes.extend(_shadow(doc, live))
     changes.extend(_registry(want, live))
     return Plan(tuple(changes), tuple(notes))
+
+
+def _shadow(doc: Declaration, live: State) -> list[Change]:
+    """Undo what roles outside the declaration reach: demote undeclared LOGIN superusers and
+    revoke the memberships `cuts` picks. Memberships into a managed role are undeclared
+    memberships the plan revokes already; grants in the managed schemas are revoked whoever
+    holds them."""
+    demoted = undeclared_superusers(live.shadow, doc)
+    changes = [
+        Change(
+            "demote_superuser",
+            name,
+            f"demote superuser {name}: not one of the declared superusers "
+            f"({', '.join(doc.superusers)})",
+            (f"ALTER ROLE {ident(name)} NOSUPERUSER",),
+        )
+        for name in demoted
+    ]
+    managed = {name for name, role in live.shadow.roles.items() if role.managed}
+    for cut in cuts(live.shadow, doc, demoted=demoted):
+        if cut.role in managed or cut.role in live.roles:
+            continue
+        sources = ", ".join(cut.sources)
+        changes.append(
+            Change(
+                "revoke_shadow_membership",
+                cut.member,
+                f"revoke membership of {cut.member} in {cut.role}: the last edge into "
+                f"{cut.role} on the way in of {sources}, the fewest revokes that cut it",
+                tuple(
+                    f"REVOKE {ident(m.role)} FROM {ident(m.member)} GRANTED BY "
+                    f"{ident(m.grantor)}" + (" CASCADE" if m.admin else "")
+                    for m in cut.grants
+                ),
+            )
+        )
+    return changes
 
 
 def _check_ids(doc: Declaration, live: State) -> None:

@@ -10,14 +10,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
-from gateway.roles.declaration import LOGIN_SUFFIX, Declaration, Tier
+from gateway.roles.declaration import (
+    BATCH_WRITERS,
+    CONTROL_SCHEMA,
+    LOGIN_SUFFIX,
+    Declaration,
+    Tier,
+)
 
 __all__ = [
     "MARKER",
+    "ClusterRole",
     "Grant",
     "Membership",
     "RegistryRow",
     "RoleState",
+    "Shadow",
     "State",
     "desired_state",
     "join_names",
@@ -134,6 +142,33 @@ class RegistryRow:
     removed: bool = False
 
 
+@dataclass(frozen=True)
+class ClusterRole:
+    """Any role of the cluster, as far as reaching managed data goes."""
+
+    name: str
+    login: bool
+    superuser: bool
+    # carries our marker
+    managed: bool = False
+    # the superuser initdb made (oid 10), which PostgreSQL never lets lose SUPERUSER
+    bootstrap: bool = False
+
+
+@dataclass
+class Shadow:
+    """Every role and membership of the cluster, and what each role holds in the managed
+    schemas: what roles outside the declaration are judged on (see `gateway.roles.shadow`)."""
+
+    roles: dict[str, ClusterRole] = field(default_factory=dict)
+    # one per grantor: each is revoked on its own
+    edges: tuple[Membership, ...] = ()
+    # role -> (object, privilege), OWNER included
+    held: dict[str, frozenset[tuple[str, str]]] = field(default_factory=dict)
+    # who runs the plan: it must never plan to demote itself
+    session_user: str = ""
+
+
 @dataclass
 class State:
     roles: dict[str, RoleState] = field(default_factory=dict)
@@ -150,6 +185,9 @@ class State:
     # objects in the managed schemas not owned by their schema's owner, as (SQL object kind,
     # quoted name, owner, schema owner): an owner holds every privilege, granted or not
     foreign_owners: set[tuple[str, str, str, str]] = field(default_factory=set)
+    shadow: Shadow = field(default_factory=Shadow)
+    # `schema.table` -> its columns, for every relation in the managed schemas
+    relations: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def rename(self, old: str, new: str) -> None:
         """Follow a role rename through every reference, as PostgreSQL does."""
@@ -181,6 +219,9 @@ def desired_state(doc: Declaration) -> State:
         )
         state.memberships.add(Membership(role=name, member=login))
         state.memberships.update(Membership(role=parent, member=name) for parent in spec.inherits)
+        if spec.tier in BATCH_WRITERS:
+            # to call `gateway.append_write_log`, which checks the caller itself
+            state.grants.add(Grant(name, "schema", CONTROL_SCHEMA, "USAGE"))
         for grant in spec.grants:
             schema = grant.table.split(".")[0]
             state.grants.add(Grant(name, "schema", schema, "USAGE"))

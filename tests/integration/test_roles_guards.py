@@ -129,3 +129,48 @@ async def test_dropping_a_role_with_active_identities_is_blocked(
     assert not await admin.fetchval(
         "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'telemetry_ingest%'"
     )
+
+
+PROBE = """
+[roles.probe]
+id = "r-probe"
+tier = "reader"
+connection_limit = 1
+password = { env = "DBA_PASSWORD" }
+grants = [
+    { table = "ingest.telemetry", privileges = ["SELECT"] },
+    { table = "ingest.telemetri", privileges = ["SELECT"] },
+    { table = "ingest.telemetry", privileges = ["SELECT"], columns = ["identity", "ts", "vaule"] },
+]
+"""
+
+
+@pytest.mark.usefixtures("dba_password")
+async def test_a_grant_on_a_missing_table_or_column_names_its_place(
+    fresh: Postgres, admin: asyncpg.Connection, tmp_path: Path
+) -> None:
+    # Declared as an extra table, so the declaration itself is valid: only the database can
+    # tell the table is not there.
+    text = EXAMPLE_ROLES.read_text().replace(
+        "version = 1\n", 'version = 1\ntables = ["ingest.telemetri"]\n', 1
+    )
+    doc = parse_declaration(text + PROBE)
+    database = await admin.fetchval("SELECT current_database()")
+    with pytest.raises(PlanError) as refused:
+        await plan_roles(admin, doc)
+    assert str(refused.value).splitlines() == [
+        f"roles.probe.grants[1].table: no table ingest.telemetri in database {database}",
+        'roles.probe.grants[2].columns[2]: table ingest.telemetry has no column "vaule"',
+    ]
+    with pytest.raises(PlanError, match=r"no table ingest\.telemetri"):
+        await apply_roles(admin, doc, actor="tests")
+    assert await admin.fetchval("SELECT count(*) FROM gateway.role_changes") == 0
+
+    roles = tmp_path / "roles.toml"
+    roles.write_text(text + PROBE)
+    for command in ("plan", "apply"):
+        done = await cli("roles", command, "--roles", str(roles), dsn=fresh.dsn)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "roles.probe.grants[1].table: no table ingest.telemetri" in done.stderr
+        assert 'has no column "vaule"' in done.stderr
+        assert "Traceback" not in done.stderr

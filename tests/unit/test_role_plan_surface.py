@@ -10,7 +10,18 @@ from hypothesis import strategies as st
 from gateway.bootstrap import EXAMPLE_ROLES
 from gateway.roles.declaration import Declaration, load_declaration
 from gateway.roles.plan import Plan, grant_sql, make_plan
-from gateway.roles.state import Grant, State, desired_state, join_names, split_names
+from gateway.roles.shadow import cuts, reaches
+from gateway.roles.state import (
+    ClusterRole,
+    Grant,
+    Membership,
+    RoleState,
+    Shadow,
+    State,
+    desired_state,
+    join_names,
+    split_names,
+)
 
 LOGIN = "telemetry_ingest_login"
 
@@ -79,3 +90,68 @@ def test_a_table_name_with_a_dot_stays_one_name() -> None:
 @given(st.lists(st.text(), min_size=1, max_size=4), st.sampled_from([".", ":"]))
 def test_joined_names_split_back(parts: list[str], sep: str) -> None:
     assert split_names(join_names(*parts, sep=sep), sep) == parts
+
+
+def test_the_rendered_plan_shows_every_statement_it_runs() -> None:
+    live = live_as_declared()
+    live.roles["gone"] = RoleState(
+        "gone", login=False, comment="managed by m2m-gateway; id=r-gone; part=group"
+    )
+    live.grants.add(Grant("PUBLIC", "table", "ingest.telemetry", "DELETE"))
+    plan = plan_against(live)
+    shown = plan.render()
+    assert 'DROP OWNED BY "gone";' in shown
+    for change in plan.changes:
+        assert change.summary in shown
+        for statement in change.sql:
+            assert f"      {statement};" in shown
+
+
+def cluster(edges: list[tuple[str, str]], **roles: ClusterRole) -> Shadow:
+    """A cluster of plain NOLOGIN roles (unless given), postgres the bootstrap superuser, and
+    `edges` as (member, role) granted by postgres."""
+    names = {name for edge in edges for name in edge} | {"postgres"}
+    found = {name: ClusterRole(name, login=False, superuser=False) for name in names}
+    found["postgres"] = ClusterRole("postgres", login=True, superuser=True, bootstrap=True)
+    found.update(roles)
+    return Shadow(
+        roles=found,
+        edges=tuple(Membership(role, member, grantor="postgres") for member, role in edges),
+        session_user="postgres",
+    )
+
+
+def test_the_edge_into_the_reached_role_is_cut_once_for_everyone_behind_it() -> None:
+    shadow = cluster(
+        [("a", "files"), ("b", "files"), ("files", "pg_read_all_data"), ("c", "state_writer")]
+    )
+    found = [(c.role, c.member, c.sources) for c in cuts(shadow, example())]
+    # a membership in a managed role is the plan's undeclared membership, cut all the same
+    assert found == [
+        ("pg_read_all_data", "files", ("a", "b", "files")),
+        ("state_writer", "c", ("c",)),
+    ]
+
+
+def test_undeclared_superusers_are_demoted_and_their_members_kept_out() -> None:
+    doc = example()
+    shadow = cluster(
+        [("climber", "root"), ("borrower", "dormant"), ("dormant", "postgres")],
+        root=ClusterRole("root", login=True, superuser=True),
+        dormant=ClusterRole("dormant", login=False, superuser=True),
+    )
+    live = live_as_declared()
+    live.shadow = shadow
+    plan = plan_against(live)
+    assert [(c.kind, c.sql) for c in plan.changes] == [
+        ("demote_superuser", ('ALTER ROLE "root" NOSUPERUSER',)),
+        (
+            "revoke_shadow_membership",
+            ('REVOKE "dormant" FROM "borrower" GRANTED BY "postgres"',),
+        ),
+    ]
+    # once root is demoted its member reaches nothing; dormant stays a superuser
+    assert {(r.source, r.target) for r in reaches(shadow, doc, demoted=["root"])} == {
+        ("borrower", "dormant"),
+        ("borrower", "postgres"),
+    }
