@@ -47,17 +47,9 @@ STAGING_TYPES = {
     "count": "integer",
 }
 
-WRITE_LOG_COLUMNS = "role, target, rows, identities, positions, first_ts, last_ts, checksum"
-WRITE_LOG = (
-    f"INSERT INTO gateway.write_log ({WRITE_LOG_COLUMNS}) "
-    "VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8)"
-)
-# Checks what an entry needs (the table, its columns, INSERT) and adds nothing, not even a
-# gap in its ids: no row, so no default is computed.
-WRITE_LOG_PROBE = (
-    f"INSERT INTO gateway.write_log ({WRITE_LOG_COLUMNS}) "
-    "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE false"
-)
+# The entry goes through the server's function, which checks the login may write the table as
+# the role, and stamps who, when and the entry's place in its hash chain.
+WRITE_LOG = "SELECT gateway.append_write_log($1, $2, $3, $4, $5::jsonb, $6, $7, $8)"
 
 # Errors that are not a row's fault, however a COPY raises them (see `_copy_records`).
 NOT_A_ROW = (
@@ -120,8 +112,8 @@ class PostgresSink(Sink):
         """Whether the table takes writes again: the write path with no rows, rolled back.
 
         A COPY checks the table, its columns and the INSERT privilege at its start, whatever
-        the number of rows; so do the staging path and the write log's insert. Nothing beyond
-        the privileges of a write is needed, and nothing is written.
+        the number of rows; so do the staging path and the write log's function, whose entry is
+        rolled back with the rest. Nothing beyond the privileges of a write is needed.
         """
         try:
             async with self.pool.acquire() as conn:
@@ -130,7 +122,7 @@ class PostgresSink(Sink):
                 try:
                     await self._insert(conn, ())
                     if self.target.write_log:
-                        await conn.execute(WRITE_LOG_PROBE)
+                        await conn.execute(WRITE_LOG, *self._log_entry((), {}, 0))
                 finally:
                     await transaction.rollback()
         except Exception as exc:
@@ -205,7 +197,7 @@ class PostgresSink(Sink):
     ) -> tuple[Any, ...]:
         target = self.target
         first_ts = last_ts = None
-        if target.ts_column is not None:
+        if target.ts_column is not None and rows:
             stamps = list(map(itemgetter(target.ts_column), rows))
             first_ts, last_ts = min(stamps), max(stamps)
         identities = 0

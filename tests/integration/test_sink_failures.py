@@ -117,29 +117,36 @@ async def test_rows_the_database_or_the_client_cannot_take_are_refused_one_by_on
     assert await rows_in(admin) == 36
 
 
+ENTRY_FUNCTION = (
+    "FUNCTION gateway.append_write_log(text, text, integer, integer, jsonb, timestamptz, "
+    "timestamptz, text)"
+)
+
+
 @pytest.mark.parametrize(
-    ("revoked", "table"),
+    ("revoked", "grantee", "table", "refusal"),
     [
-        ("ingest.telemetry", TELEMETRY),
-        ("ingest.telemetry", DEDUPLICATED),
-        ("gateway.write_log", TELEMETRY),  # the entry that goes with each batch
+        ("INSERT ON ingest.telemetry", ROLE, TELEMETRY, "permission denied for table"),
+        ("INSERT ON ingest.telemetry", ROLE, DEDUPLICATED, "permission denied for table"),
+        # the entry that goes with each batch
+        (f"EXECUTE ON {ENTRY_FUNCTION}", "PUBLIC", TELEMETRY, "permission denied for function"),
     ],
     ids=["copy", "staging", "write_log"],
 )
 async def test_a_revoked_privilege_holds_the_table_until_it_is_granted_again(
-    admin: Conn, pool: asyncpg.Pool, revoked: str, table: Table
+    admin: Conn, pool: asyncpg.Pool, revoked: str, grantee: str, table: Table, refusal: str
 ) -> None:
     failures: list[FailureKind] = []
     writer = sink(pool, table, failures)
     rows = [row(n, dedup=table.dedup) for n in range(10)]
-    await admin.execute(f"REVOKE INSERT ON {revoked} FROM {ROLE}")
+    await admin.execute(f"REVOKE {revoked} FROM {grantee}")
     outcome = await writer.write(rows, {})
     assert (outcome.written, outcome.bad_rows) == (0, [])
-    assert outcome.held.startswith("42501 permission denied for table")
+    assert outcome.held.startswith(f"42501 {refusal}")
     assert failures == [FailureKind.HELD]  # once: not retried
     assert (await writer.probe()).startswith("42501 ")
     assert await writer.probe() == outcome.held
-    await admin.execute(f"GRANT INSERT ON {revoked} TO {ROLE}")
+    await admin.execute(f"GRANT {revoked} TO {grantee}")
     assert await writer.probe() == ""
     assert await rows_in(admin) == 0  # probes write nothing
     assert not await admin.fetchval("SELECT count(*) FROM gateway.write_log")

@@ -84,6 +84,7 @@ async def test_control_cannot_forge_who_or_when_nor_insert_directly(
                 "gateway.role_changes": await admin.fetchval(
                     "SELECT count(*) FROM gateway.role_changes"
                 ),
+                "gateway.write_log": await admin.fetchval("SELECT count(*) FROM gateway.write_log"),
             },
         )
     finally:
