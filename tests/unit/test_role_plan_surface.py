@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import permutations
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -155,3 +156,31 @@ def test_undeclared_superusers_are_demoted_and_their_members_kept_out() -> None:
         ("borrower", "dormant"),
         ("borrower", "postgres"),
     }
+
+
+NODES = ["a", "b", "c", "root", "dormant", "postgres", "pg_read_all_data", "pg_monitor"]
+NODES += ["state_writer"]
+
+
+@given(st.sets(st.sampled_from(list(permutations(NODES, 2)))), st.sets(st.sampled_from("abc")))
+def test_what_plan_cuts_leaves_the_audit_no_way_in(
+    edges: set[tuple[str, str]], logins: set[str]
+) -> None:
+    doc = example()
+    shadow = cluster(
+        sorted(edges),
+        root=ClusterRole("root", login=True, superuser=True),
+        dormant=ClusterRole("dormant", login=False, superuser=True),
+        **{name: ClusterRole(name, login=True, superuser=False) for name in logins},
+    )
+    demoted = ["root"]
+    cut = {(c.role, c.member) for c in cuts(shadow, doc, demoted=demoted)}
+    after = replace(
+        shadow,
+        roles={**shadow.roles, "root": ClusterRole("root", login=True, superuser=False)},
+        edges=tuple(e for e in shadow.edges if (e.role, e.member) not in cut),
+    )
+    assert reaches(after, doc) == []
+    # and nothing is cut that carries no way in
+    sources = {r.source for r in reaches(shadow, doc, demoted=demoted)}
+    assert all(c.sources and set(c.sources) <= sources for c in cuts(shadow, doc, demoted=demoted))
