@@ -17,7 +17,7 @@ import stat
 import subprocess
 import tomllib
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -228,6 +228,19 @@ def test_compose_services_that_read_secrets_run_as_the_secrets_owner() -> None:
         if service.get("secrets") and name != ROOT_SETUP:
             assert service["user"] == SECRETS_OWNER, name
     assert default(SECRETS_OWNER) == f"{image_user()}:{image_user()}"
+
+
+def test_compose_generated_passwords_land_on_a_volume_given_to_the_secrets_owner() -> None:
+    # The root file system is read-only and /tmp goes with the container: a volume keeps them.
+    services = compose()["services"]
+    found = re.search(r"--credentials-out (\S+)", services["migrate"]["command"][-1])
+    assert found
+    directory = str(PurePosixPath(found[1]).parent)
+    (volume,) = [v for v in services["migrate"]["volumes"] if v.endswith(f":{directory}")]
+    setup = services[ROOT_SETUP]
+    assert volume in setup["volumes"]
+    chown = next(line for line in setup["command"][-1].splitlines() if "chown" in line)
+    assert directory in chown.split()
 
 
 def test_compose_publishes_ports_on_the_loopback_unless_told_otherwise() -> None:
