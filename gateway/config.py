@@ -401,10 +401,14 @@ class BrokersConfig(Section):
 
 
 class HttpConfig(Section):
-    host: str = "0.0.0.0"
-    """Address of `/metrics`, `/healthz` and `/readyz`."""
+    host: str = "127.0.0.1"
+    """Address of `/metrics`, `/healthz` and `/readyz`: loopback unless told otherwise (a pod
+    sets `0.0.0.0` for Prometheus and the kubelet, with a NetworkPolicy in front)."""
     port: int = Field(default=9108, ge=0, le=65535)
     """Their port (0 picks a free one)."""
+    max_connections: int = Field(default=32, ge=1)
+    """Open connections served at once; more are closed at accept, so a flood of scrapers or
+    idle sockets cannot hold memory or time of the gateway."""
 
 
 class GatewayConfig(BaseSettings):
