@@ -15,8 +15,9 @@ import os
 import sys
 from pathlib import Path
 
+from gateway.cli.database import add_dsn_options, resolve_dsn
 from gateway.config import BrokersConfig, load_config
-from gateway.db import admin_dsn, connect
+from gateway.db import connect
 from gateway.errors import GatewayError
 from gateway.identities.accounts import AccountPlan
 from gateway.identities.reconcile import sync_accounts
@@ -93,7 +94,7 @@ async def _reconcile(args: argparse.Namespace, *, apply: bool) -> AccountPlan:
     config = brokers_config(args.config)
     _require(config)
     _check_pods(args.config, config)
-    conn = await connect(admin_dsn(args.dsn))
+    conn = await connect(resolve_dsn(args))
     try:
         plan = await sync_accounts(
             conn,
@@ -151,7 +152,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         ("apply", run_apply, "make the brokers' accounts follow the registry"),
     ):
         command = brokers.add_parser(name, help=help_text)
-        command.add_argument("--dsn", help="admin DSN (default: $GATEWAY_ADMIN_DSN)")
+        add_dsn_options(command)
         add_broker_options(command)
         command.add_argument(
             "--dynsec-file",

@@ -18,8 +18,9 @@ import orjson
 
 from gateway import trail
 from gateway.cli.brokers import add_broker_options, brokers_config, read_credentials
+from gateway.cli.database import add_dsn_options, resolve_dsn
 from gateway.config import BrokersConfig
-from gateway.db import admin_dsn, connect
+from gateway.db import connect
 from gateway.identities.accounts import Credential, configured, write_credentials
 from gateway.identities.importer import import_file
 from gateway.identities.inventory import InventoryPlan, apply_inventory, plan_inventory
@@ -42,7 +43,7 @@ EXIT_CHANGES_PENDING = 2
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `identities` and its subcommands to the `gateway` parser."""
     database = argparse.ArgumentParser(add_help=False)
-    database.add_argument("--dsn", help="admin database DSN (default: $GATEWAY_ADMIN_DSN)")
+    add_dsn_options(database)
     # Only what changes something is audited, so only that takes an actor.
     changes = argparse.ArgumentParser(add_help=False, parents=[database])
     changes.add_argument(
@@ -155,7 +156,7 @@ def parse_attributes(pairs: Sequence[str]) -> dict[str, Any]:
 async def _with_registry(
     args: argparse.Namespace, work: Callable[[Registry, asyncpg.Connection], Awaitable[int]]
 ) -> int:
-    conn = await connect(admin_dsn(args.dsn))
+    conn = await connect(resolve_dsn(args))
     try:
         return await work(Registry(conn, args.actor or default_actor()), conn)
     finally:

@@ -12,8 +12,9 @@ from typing import Any
 import orjson
 
 from gateway.cli.brokers import CONFIG_ENV
+from gateway.cli.database import add_dsn_options, resolve_dsn
 from gateway.config import BrokersConfig, load_config
-from gateway.db import admin_dsn, connect
+from gateway.db import connect
 from gateway.identities.accounts import configured
 from gateway.identities.reconcile import sync_accounts
 from gateway.migrate import migrate
@@ -45,12 +46,8 @@ EXIT_CHANGES_PENDING = 2
 EXIT_FINDINGS = 3
 
 
-def add_database_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dsn", help="admin DSN (default: $GATEWAY_ADMIN_DSN)")
-
-
 def add_roles_options(parser: argparse.ArgumentParser) -> None:
-    add_database_options(parser)
+    add_dsn_options(parser)
     parser.add_argument(
         "--roles",
         type=Path,
@@ -82,7 +79,7 @@ def emit_json(value: Any) -> None:
 
 
 async def run_migrate(args: argparse.Namespace) -> int:
-    conn = await connect(admin_dsn(args.dsn))
+    conn = await connect(resolve_dsn(args))
     try:
         applied = await migrate(conn)
     finally:
@@ -97,7 +94,7 @@ async def run_migrate(args: argparse.Namespace) -> int:
 
 async def run_plan(args: argparse.Namespace) -> int:
     doc = load_declaration(args.roles)
-    conn = await connect(admin_dsn(args.dsn))
+    conn = await connect(resolve_dsn(args))
     try:
         plan = await plan_roles(conn, doc)
     finally:
@@ -113,7 +110,7 @@ async def run_plan(args: argparse.Namespace) -> int:
 
 async def run_apply(args: argparse.Namespace) -> int:
     doc = load_declaration(args.roles)
-    conn = await connect(admin_dsn(args.dsn))
+    conn = await connect(resolve_dsn(args))
     try:
         plan, version = await apply_roles(
             conn,
@@ -140,7 +137,7 @@ async def run_show(args: argparse.Namespace) -> int:
         raise PlanError(f"role {args.role!r} is not declared (declared: {', '.join(doc.roles)})")
     names = [args.role] if args.role else list(doc.roles)
     want = desired_state(doc)
-    conn = await connect(admin_dsn(args.dsn))
+    conn = await connect(resolve_dsn(args))
     try:
         live = await read_catalog(conn, want.roles, ["gateway", "ingest"])
         counts = {
@@ -210,7 +207,7 @@ async def run_audit_command(args: argparse.Namespace) -> int:
     doc = load_declaration(args.roles)
     config = load_config(args.config) if args.config is not None else None
     brokers = config.brokers if config is not None else BrokersConfig()
-    conn = await connect(admin_dsn(args.dsn))
+    conn = await connect(resolve_dsn(args))
     try:
         stale = await stale_identities(
             conn,
@@ -258,7 +255,7 @@ async def run_audit_command(args: argparse.Namespace) -> int:
 
 
 async def run_verify(args: argparse.Namespace) -> int:
-    conn = await connect(admin_dsn(args.dsn))
+    conn = await connect(resolve_dsn(args))
     try:
         breaks, counts = await verify(conn)
     finally:
@@ -290,7 +287,7 @@ def _grant_text(grant: dict[str, Any]) -> str:
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     migrate_cmd = commands.add_parser("migrate", help="create or upgrade the gateway's schemas")
-    add_database_options(migrate_cmd)
+    add_dsn_options(migrate_cmd)
     migrate_cmd.set_defaults(handler=run_migrate)
 
     roles = commands.add_parser("roles", help="PostgreSQL roles as code").add_subparsers(
@@ -372,7 +369,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="recompute the trail's hash chains and name every row edited, deleted or inserted "
         f"out of band (exit {EXIT_FINDINGS} if any)",
     )
-    add_database_options(verify_cmd)
+    add_dsn_options(verify_cmd)
     verify_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     verify_cmd.set_defaults(handler=run_verify)
 
