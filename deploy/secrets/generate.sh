@@ -1,10 +1,11 @@
 #!/bin/sh
-# Random passwords for deploy/compose.yaml, one file per compose secret, in this directory or the
-# one given; existing files are kept, so running it again changes nothing. Compose bind-mounts
-# them as they are (outside swarm it sets no owner or mode), so each file is mode 0600 and the
-# services that read them run as its owner: GATEWAY_UID and GATEWAY_GID, written to the .env file
-# beside the secrets directory (deploy/.env, which compose reads). Run as root, it gives the files
-# to uid 10001 (or GATEWAY_UID), so that no container needs to be root to read them.
+# Random passwords for deploy/compose.yaml, one file per compose secret (and the admin DSN made
+# from the superuser's), in this directory or the one given; existing files are kept, so running
+# it again changes nothing. Compose bind-mounts them as they are (outside swarm it sets no owner
+# or mode), so each file is mode 0600 and the services that read them run as its owner:
+# GATEWAY_UID and GATEWAY_GID, written to the .env file beside the secrets directory
+# (deploy/.env, which compose reads). Run as root, it gives the files to uid 10001 (or
+# GATEWAY_UID), so that no container needs to be root to read them.
 set -eu
 dir=${1:-$(dirname "$0")}
 mkdir -p "$dir"
@@ -29,6 +30,13 @@ for name in postgres_password \
         chown "$uid:$gid" "$name"
     fi
 done
+# The admin DSN of `migrate` and `admin` (GATEWAY_ADMIN_DSN_FILE), made again from the superuser's
+# password each time, so it follows a password replaced by deleting its file.
+printf 'postgresql://postgres:%s@postgres:5432/gateway' "$(cat postgres_password)" >admin_dsn
+chmod 600 admin_dsn
+if [ "$(id -u)" -eq 0 ]; then
+    chown "$uid:$gid" admin_dsn
+fi
 # Keep whatever else .env says (e.g. GATEWAY_BIND); replace the owner's lines.
 env_file=../.env
 touch "$env_file"

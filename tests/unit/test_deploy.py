@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.cli.main import parser, run
 from gateway.config import GatewayConfig, KafkaSourceConfig, MqttSourceConfig, load_config
+from gateway.db import ADMIN_DSN_ENV, ADMIN_DSN_FILE_ENV
 from gateway.http import HttpServer
 from gateway.roles.declaration import Declaration, load_declaration
 from gateway.routes import writer_roles
@@ -343,7 +344,24 @@ def test_compose_migrate_runs_real_commands_with_every_role_password() -> None:
         PurePosixPath(str(brokers.gateway_password.file)),
     } <= set(mounted)
     assert "mosquitto" in migrate["depends_on"]
-    assert "/run/secrets/postgres_password" in " ".join(migrate["entrypoint"])
+    assert "entrypoint" not in migrate, "the image's own: no shell holds the admin DSN"
+    assert compose_admin_dsn_file(migrate) in mounted
+
+
+def compose_admin_dsn_file(service: dict[str, Any]) -> PurePosixPath:
+    """Where a service's commands read the admin DSN: a file, never an environment value."""
+    environment = service["environment"]
+    assert ADMIN_DSN_ENV not in environment
+    return PurePosixPath(environment[ADMIN_DSN_FILE_ENV])
+
+
+def test_compose_admin_commands_read_the_admin_dsn_from_a_secret_file() -> None:
+    spec = compose()
+    for name in ("migrate", "admin"):
+        service = spec["services"][name]
+        assert compose_secrets(service)[compose_admin_dsn_file(service)] == "admin_dsn", name
+    generate = (DEPLOY / "secrets" / "generate.sh").read_text()
+    assert re.search(r"postgres_password.*>admin_dsn", generate)
 
 
 def test_compose_gateway_reads_every_credential_from_its_secrets_and_no_more() -> None:
@@ -504,7 +522,9 @@ def test_kubernetes_credentials_are_secret_files_never_values() -> None:
         for spec in [doc.get("spec", {}).get("template", {}).get("spec", {})]:
             for main in spec.get("containers", []):
                 for variable in main.get("env", []):
-                    if re.search(r"PASSWORD|SECRET|TOKEN|DSN", variable["name"]):
+                    # A `_FILE` variable names where a credential is, not what it is.
+                    key = variable["name"]
+                    if re.search(r"PASSWORD|SECRET|TOKEN|DSN", key) and not key.endswith("_FILE"):
                         raise AssertionError(f"{kind} {name}: credential in env {variable}")
 
 
@@ -536,10 +556,10 @@ def test_kubernetes_migrate_job_runs_real_commands_with_every_role_password() ->
     ]
     for argv in commands:
         assert_cli([word.replace(f"${DIGEST_ENV}", "0123456789abcdef") for word in argv])
-    dsn = re.search(r'GATEWAY_ADMIN_DSN="\$\(cat (\S+)\)"', script)
-    assert dsn, "the admin DSN comes from a file"
+    assert ADMIN_DSN_ENV not in script, "no shell holds the admin DSN"
+    (dsn,) = [e["value"] for e in main["env"] if e["name"] == ADMIN_DSN_FILE_ENV]
     mounts = secret_mounts(spec, "migrate")
-    assert readable(PurePosixPath(dsn[1]), mounts)
+    assert readable(PurePosixPath(dsn), mounts), "the admin DSN comes from a mounted Secret"
     doc = load_declaration(K8S / "config" / "roles.toml")
     for role in doc.roles:
         assert readable(role_file(doc, role), mounts), f"roles apply cannot read {role}'s"

@@ -284,7 +284,11 @@ def test_generated_secrets_are_0600_files_in_a_closed_directory_and_kept(tmp_pat
         assert stat.S_IMODE(status.st_mode) == 0o600, f"{name}: {oct(status.st_mode)}"
         assert status.st_uid == owner, name
         first[name] = path.read_text()
-        assert re.fullmatch(r"[A-Za-z0-9]{32}", first[name]), name
+        if name != "admin_dsn":
+            assert re.fullmatch(r"[A-Za-z0-9]{32}", first[name]), name
+    # The admin DSN is the superuser's, made from its password.
+    dsn = f"postgresql://postgres:{first['postgres_password']}@postgres:5432/gateway"
+    assert first["admin_dsn"] == dsn
     run_generate(target)
     assert {name: path.read_text() for name, path in files.items()} == first
     # Compose reads the owner from .env; whatever else the file says stays.
