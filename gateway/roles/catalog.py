@@ -63,7 +63,8 @@ WITH acl AS (
     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND c.relacl IS NOT NULL
       AND n.nspname !~ {TEMPORARY}
 )
-SELECT nspname, relname, relkind, coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type
+SELECT nspname, relname, relkind, coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type,
+       is_grantable
 FROM acl LEFT JOIN pg_roles r ON r.oid = acl.grantee
 WHERE acl.grantee <> acl.owner
   AND (acl.nspname = ANY($2::text[]) OR r.rolname = ANY($1::text[]))
@@ -77,7 +78,8 @@ WITH acl AS (
     JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE a.attacl IS NOT NULL AND NOT a.attisdropped AND n.nspname !~ {TEMPORARY}
 )
-SELECT nspname, relname, attname, coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type
+SELECT nspname, relname, attname, coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type,
+       is_grantable
 FROM acl LEFT JOIN pg_roles r ON r.oid = acl.grantee
 WHERE acl.grantee <> acl.owner
   AND (acl.nspname = ANY($2::text[]) OR r.rolname = ANY($1::text[]))
@@ -88,10 +90,24 @@ WITH acl AS (
     SELECT n.nspname, n.nspowner AS owner, (aclexplode(n.nspacl)).*
     FROM pg_namespace n WHERE n.nspacl IS NOT NULL AND n.nspname !~ {TEMPORARY}
 )
-SELECT nspname AS target, coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type
+SELECT nspname AS target, coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type,
+       is_grantable
 FROM acl LEFT JOIN pg_roles r ON r.oid = acl.grantee
 WHERE acl.grantee <> acl.owner
   AND (acl.nspname = ANY($2::text[]) OR r.rolname = ANY($1::text[]))
+"""
+
+# Grants on this database to the roles in scope. None is declared: CONNECT comes from PUBLIC,
+# CREATE makes schemas and TEMPORARY tables no plan can reach. PUBLIC's own (CONNECT and
+# TEMPORARY unless revoked) are the database's business, not a role's.
+DATABASE_GRANTS = """
+WITH acl AS (
+    SELECT d.datname, d.datdba AS owner, (aclexplode(d.datacl)).*
+    FROM pg_database d WHERE d.datname = current_database() AND d.datacl IS NOT NULL
+)
+SELECT datname AS target, r.rolname AS grantee, privilege_type, is_grantable
+FROM acl JOIN pg_roles r ON r.oid = acl.grantee
+WHERE acl.grantee <> acl.owner AND r.rolname = ANY($1::text[])
 """
 
 # Grants on functions and procedures, in the managed schemas or to the roles in scope. The
@@ -105,7 +121,8 @@ WITH acl AS (
     FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
     WHERE p.proacl IS NOT NULL AND n.nspname !~ {TEMPORARY}
 )
-SELECT acl.oid::regprocedure::text AS target, r.rolname AS grantee, privilege_type
+SELECT acl.oid::regprocedure::text AS target, r.rolname AS grantee, privilege_type,
+       is_grantable
 FROM acl JOIN pg_roles r ON r.oid = acl.grantee
 WHERE acl.grantee <> acl.owner
   AND (acl.nspname = ANY($2::text[]) OR r.rolname = ANY($1::text[]))
@@ -119,7 +136,7 @@ WITH acl AS (
     FROM pg_default_acl d
 )
 SELECT o.rolname AS owner, coalesce(n.nspname, '') AS nspname, acl.defaclobjtype::text AS objtype,
-       coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type
+       coalesce(r.rolname, 'PUBLIC') AS grantee, privilege_type, is_grantable
 FROM acl
 JOIN pg_roles o ON o.oid = acl.defaclrole
 LEFT JOIN pg_namespace n ON n.oid = acl.defaclnamespace
@@ -146,29 +163,45 @@ SELECT n.nspname, c.relname, t.tgname
 
 
 # Relations and functions in the managed schemas whose owner is not the schema's: whoever owns
-# a table may delete from it, truncate or drop it whatever the grants say.
+# a table may delete from it, truncate or drop it whatever the grants say. A managed schema owned
+# by a role in scope may be filled and emptied by it: it goes to the database's owner, who then
+# is what its objects are measured against (unless that is a role in scope too: nobody to ask).
 FOREIGN_OWNERS = """
+WITH schemas AS (
+    SELECT n.oid, n.nspname, n.nspowner AS actual,
+           CASE WHEN so.rolname = ANY($2::text[]) AND NOT dba.rolname = ANY($2::text[])
+                THEN d.datdba ELSE n.nspowner END AS owner
+      FROM pg_namespace n
+      JOIN pg_roles so ON so.oid = n.nspowner
+      JOIN pg_database d ON d.datname = current_database()
+      JOIN pg_roles dba ON dba.oid = d.datdba
+     WHERE n.nspname = ANY($1::text[])
+)
+SELECT 'SCHEMA' AS kind, quote_ident(s.nspname) AS object, a.rolname AS owner,
+       o.rolname AS schema_owner
+  FROM schemas s
+  JOIN pg_roles a ON a.oid = s.actual
+  JOIN pg_roles o ON o.oid = s.owner
+ WHERE s.actual <> s.owner
+UNION ALL
 SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
-                      WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END
-       AS kind,
-       quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS object,
-       o.rolname AS owner, so.rolname AS schema_owner
+                      WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+       quote_ident(s.nspname) || '.' || quote_ident(c.relname), o.rolname, so.rolname
   FROM pg_class c
-  JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN schemas s ON s.oid = c.relnamespace
   JOIN pg_roles o ON o.oid = c.relowner
-  JOIN pg_roles so ON so.oid = n.nspowner
- WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-   AND c.relowner <> n.nspowner
+  JOIN pg_roles so ON so.oid = s.owner
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND c.relowner <> s.owner
    -- a sequence owned by a column follows its table's owner: the table is what is reported
    AND NOT (c.relkind = 'S' AND EXISTS (
        SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')))
 UNION ALL
 SELECT 'FUNCTION', p.oid::regprocedure::text, o.rolname, so.rolname
   FROM pg_proc p
-  JOIN pg_namespace n ON n.oid = p.pronamespace
+  JOIN schemas s ON s.oid = p.pronamespace
   JOIN pg_roles o ON o.oid = p.proowner
-  JOIN pg_roles so ON so.oid = n.nspowner
- WHERE n.nspname = ANY($1::text[]) AND p.proowner <> n.nspowner
+  JOIN pg_roles so ON so.oid = s.owner
+ WHERE p.proowner <> s.owner
 """
 
 
@@ -222,20 +255,20 @@ async def read_catalog(
     for row in await conn.fetch(TABLE_GRANTS, scope, schema_list):
         table = join_names(row["nspname"], row["relname"])
         kind = "sequence" if row["relkind"] == "S" else "table"
-        state.grants.add(Grant(row["grantee"], kind, table, row["privilege_type"]))
+        state.grants.add(_grant(row, kind, table))
     for row in await conn.fetch(COLUMN_GRANTS, scope, schema_list):
         table = join_names(row["nspname"], row["relname"])
-        state.grants.add(
-            Grant(row["grantee"], "column", table, row["privilege_type"], row["attname"])
-        )
+        state.grants.add(_grant(row, "column", table, row["attname"]))
     for row in await conn.fetch(FUNCTION_GRANTS, scope, schema_list):
-        state.grants.add(Grant(row["grantee"], "routine", row["target"], row["privilege_type"]))
+        state.grants.add(_grant(row, "routine", row["target"]))
     for row in await conn.fetch(SCHEMA_GRANTS, scope, schema_list):
-        state.grants.add(Grant(row["grantee"], "schema", row["target"], row["privilege_type"]))
+        state.grants.add(_grant(row, "schema", row["target"]))
+    for row in await conn.fetch(DATABASE_GRANTS, scope):
+        state.grants.add(_grant(row, "database", row["target"]))
     for row in await conn.fetch(DEFAULT_GRANTS, scope, schema_list):
         target = join_names(row["owner"], row["nspname"], row["objtype"], sep=":")
-        state.grants.add(Grant(row["grantee"], "default", target, row["privilege_type"]))
-    for row in await conn.fetch(FOREIGN_OWNERS, schema_list):
+        state.grants.add(_grant(row, "default", target))
+    for row in await conn.fetch(FOREIGN_OWNERS, schema_list, scope):
         state.foreign_owners.add((row["kind"], row["object"], row["owner"], row["schema_owner"]))
     for row in await conn.fetch(DISABLED_TRIGGERS):
         state.disabled_triggers.add((join_names(row["nspname"], row["relname"]), row["tgname"]))
@@ -248,6 +281,10 @@ async def read_catalog(
     state.shadow = await read_shadow(conn, schema_list)
     state.verifiers = await _verifiers(conn, [n for n, r in state.roles.items() if r.login])
     return state
+
+
+def _grant(row: asyncpg.Record, kind: str, target: str, column: str = "") -> Grant:
+    return Grant(row["grantee"], kind, target, row["privilege_type"], column, row["is_grantable"])
 
 
 def _settings(config: list[str]) -> frozenset[tuple[str, str]]:

@@ -18,6 +18,18 @@ from gateway.roles.catalog import managed_ids
 from gateway.roles.declaration import Declaration
 from gateway.roles.passwords import scram_verifier, verifier_matches
 from gateway.roles.shadow import cuts, undeclared_superusers
+from gateway.roles.sql import (
+    ATTRIBUTES,
+    attribute_sql,
+    grant_sql,
+    ident,
+    known,
+    literal,
+    membership_options,
+    role_options,
+    setting_sql,
+    table_sql,
+)
 from gateway.roles.state import (
     Grant,
     Membership,
@@ -110,98 +122,11 @@ SIGNS = {
 }
 
 
-def ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def grantee_sql(name: str) -> str:
-    return "PUBLIC" if name == "PUBLIC" else ident(name)
-
-
-def table_sql(target: str) -> str:
-    return ".".join(ident(part) for part in split_names(target))
-
-
-def setting_sql(key: str) -> str:
-    """A setting's name as SQL: dotted (`extension.name`), each part quoted."""
-    return ".".join(ident(part) for part in key.split("."))
-
-
-# Each attribute a role has, as (field, keyword when true, keyword when false); the wanted value
-# of each is the field's default in `RoleState` unless the declaration says otherwise.
-ATTRIBUTES = (
-    ("login", "LOGIN", "NOLOGIN"),
-    ("createrole", "CREATEROLE", "NOCREATEROLE"),
-    ("superuser", "SUPERUSER", "NOSUPERUSER"),
-    ("createdb", "CREATEDB", "NOCREATEDB"),
-    ("replication", "REPLICATION", "NOREPLICATION"),
-    ("bypassrls", "BYPASSRLS", "NOBYPASSRLS"),
-    ("inherit", "INHERIT", "NOINHERIT"),
-)
 # Attributes that give a role power beyond its grants: one found on a managed role is a way in.
-ESCALATIONS = frozenset({"superuser", "createdb", "createrole", "replication", "bypassrls"})
-
-
-def attribute_sql(role: RoleState, name: str) -> str:
-    if name == "connection_limit":
-        return f"CONNECTION LIMIT {role.connection_limit}"
-    if name == "valid_until":
-        # PostgreSQL cannot unset VALID UNTIL; 'infinity' is the same "never expires".
-        return f"VALID UNTIL {literal(role.valid_until or 'infinity')}"
-    _, yes, no = next(a for a in ATTRIBUTES if a[0] == name)
-    return yes if getattr(role, name) else no
-
-
-def role_options(role: RoleState) -> str:
-    """Every attribute of `role`, for CREATE ROLE (VALID UNTIL only when it has one)."""
-    names = [a[0] for a in ATTRIBUTES] + ["connection_limit"]
-    return " ".join(
-        [attribute_sql(role, name) for name in names]
-        + ([attribute_sql(role, "valid_until")] if role.valid_until else [])
-    )
-
-
-# PostgreSQL 18's `pg_default_acl.defaclobjtype`; large objects and schemas belong to no schema.
-DEFAULT_OBJECTS = {
-    "r": "TABLES",
-    "S": "SEQUENCES",
-    "f": "FUNCTIONS",
-    "T": "TYPES",
-    "n": "SCHEMAS",
-    "L": "LARGE OBJECTS",
-}
-
-
-def known(grant: Grant) -> bool:
-    """Whether this version can write the SQL for the grant (not a default privilege on a kind
-    of object a newer PostgreSQL added)."""
-    return grant.kind != "default" or split_names(grant.target, ":")[2] in DEFAULT_OBJECTS
-
-
-def grant_sql(grant: Grant, verb: str) -> str:
-    direction = "TO" if verb == "GRANT" else "FROM"
-    who = grantee_sql(grant.grantee)
-    if grant.kind == "schema":
-        return f"{verb} {grant.privilege} ON SCHEMA {ident(grant.target)} {direction} {who}"
-    if grant.kind == "default":
-        owner, schema, objtype = split_names(grant.target, ":")
-        in_schema = f" IN SCHEMA {ident(schema)}" if schema else ""
-        return (
-            f"ALTER DEFAULT PRIVILEGES FOR ROLE {ident(owner)}{in_schema} "
-            f"{verb} {grant.privilege} ON {DEFAULT_OBJECTS[objtype]} {direction} {who}"
-        )
-    if grant.kind == "sequence":
-        target = table_sql(grant.target)
-        return f"{verb} {grant.privilege} ON SEQUENCE {target} {direction} {who}"
-    if grant.kind == "routine":
-        # The catalog's own rendering (regprocedure): quoted, schema-qualified, with argument types.
-        return f"{verb} {grant.privilege} ON ROUTINE {grant.target} {direction} {who}"
-    column = f" ({ident(grant.column)})" if grant.kind == "column" else ""
-    return f"{verb} {grant.privilege}{column} ON TABLE {table_sql(grant.target)} {direction} {who}"
+# LOGIN too: a group role holds every privilege its members use, and never logs in itself.
+ESCALATIONS = frozenset(
+    {"login", "superuser", "createdb", "createrole", "replication", "bypassrls"}
+)
 
 
 def describe_grant(grant: Grant) -> str:
@@ -212,7 +137,8 @@ def describe_grant(grant: Grant) -> str:
         )
     else:
         where = f"{grant.kind} {grant.target}" + (f"({grant.column})" if grant.column else "")
-    return f"{grant.privilege} on {where} for {grant.grantee}"
+    option = " with grant option" if grant.grantable else ""
+    return f"{grant.privilege} on {where} for {grant.grantee}{option}"
 
 
 def make_plan(doc: Declaration, live: State, *, passwords: dict[str, str | None]) -> Plan:
@@ -270,6 +196,18 @@ def make_plan(doc: Declaration, live: State, *, passwords: dict[str, str | None]
         if role.login:
             changes.extend(_password(doc, name, have, live, passwords, notes))
 
+    # Owners first: a grant to an object's owner would be folded into its owner's rights and
+    # lost with them when the object changes hands.
+    for kind, name, owner, schema_owner in sorted(live.foreign_owners):
+        changes.append(
+            Change(
+                "reown",
+                name,
+                f"give {kind.lower()} {name} back to {schema_owner}: owned by {owner}, which "
+                "so holds every privilege on it",
+                (f"ALTER {kind} {name} OWNER TO {ident(schema_owner)}",),
+            )
+        )
     changes.extend(_reconcile(want.memberships, live.memberships, _membership_change))
     for grant in sorted(g for g in live.grants if not known(g)):
         notes.append(
@@ -294,16 +232,6 @@ def make_plan(doc: Declaration, live: State, *, passwords: dict[str, str | None]
                 )
             )
 
-    for kind, name, owner, schema_owner in sorted(live.foreign_owners):
-        changes.append(
-            Change(
-                "reown",
-                name,
-                f"give {kind.lower()} {name} back to {schema_owner}: owned by {owner}, which "
-                "so holds every privilege on it",
-                (f"ALTER {kind} {name} OWNER TO {ident(schema_owner)}",),
-            )
-        )
     for table, trigger in sorted(live.disabled_triggers):
         changes.append(
             Change(
@@ -500,14 +428,14 @@ def _membership_change(m: Membership, verb: str) -> Change:
         return Change(
             "revoke_membership",
             m.member,
-            f"revoke membership of {m.member} in {m.role} (undeclared)",
+            f"revoke membership of {m.member} in {m.role} {membership_options(m)} (undeclared)",
             (f"REVOKE {ident(m.role)} FROM {ident(m.member)} GRANTED BY {ident(m.grantor)}",),
         )
     return Change(
         "grant_membership",
         m.member,
         f"grant {m.role} to {m.member} (inherit, no SET ROLE)",
-        (f"GRANT {ident(m.role)} TO {ident(m.member)} WITH INHERIT TRUE, SET FALSE",),
+        (f"GRANT {ident(m.role)} TO {ident(m.member)} {membership_options(m)}",),
     )
 
 

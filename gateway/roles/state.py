@@ -118,10 +118,11 @@ class Membership:
 class Grant:
     """One privilege of one grantee on one object.
 
-    `kind` is `table`, `column` (then `column` names it), `schema`, `sequence`, `routine` (a
-    function or procedure) or `default` (default privileges). `target` is the schema's name,
-    `schema.table`, a routine's signature as the catalog renders it, or `owner:schema:objtype`,
-    joined by `join_names`. The grantee `PUBLIC` means everyone.
+    `kind` is `table`, `column` (then `column` names it), `schema`, `database`, `sequence`,
+    `routine` (a function or procedure) or `default` (default privileges). `target` is the
+    schema's or database's name, `schema.table`, a routine's signature as the catalog renders
+    it, or `owner:schema:objtype`, joined by `join_names`. The grantee `PUBLIC` means everyone.
+    `grantable` is the grant option: the grantee may pass the privilege on, so none is declared.
     """
 
     grantee: str
@@ -129,6 +130,7 @@ class Grant:
     target: str
     privilege: str
     column: str = ""
+    grantable: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,8 +184,9 @@ class State:
     # (table, trigger) of the product's own triggers that do not fire: the append-only trail,
     # the identity counts and change feed rely on them
     disabled_triggers: set[tuple[str, str]] = field(default_factory=set)
-    # objects in the managed schemas not owned by their schema's owner, as (SQL object kind,
-    # quoted name, owner, schema owner): an owner holds every privilege, granted or not
+    # the managed schemas owned by a role in scope, and objects in them not owned by their
+    # schema's owner, as (SQL object kind, quoted name, owner, who should own it): an owner
+    # holds every privilege, granted or not
     foreign_owners: set[tuple[str, str, str, str]] = field(default_factory=set)
     shadow: Shadow = field(default_factory=Shadow)
     # `schema.table` -> its columns, for every relation in the managed schemas

@@ -12,6 +12,7 @@ import pytest
 from gateway.roles.apply import apply_roles, plan_roles
 from gateway.roles.audit import Finding, Severity, run_audit
 from gateway.roles.declaration import Declaration, load_declaration
+from gateway.roles.sql import ident
 from gateway.services.postgres import Postgres
 
 from .conftest import EXAMPLE_ROLES
@@ -135,6 +136,209 @@ PLANTED = {
         Severity.HIGH,
         f"revoke UPDATE on sequence gateway.audit_log_id_seq for {LOGIN}",
     ),
+    "login given to a group role": (
+        f"ALTER ROLE {GROUP} LOGIN",
+        "role_escalation",
+        Severity.HIGH,
+        f"revoke LOGIN from role {GROUP}",
+    ),
+    "statement timeout of the login": (
+        f"ALTER ROLE {LOGIN} SET statement_timeout = 0",
+        "role_setting",
+        Severity.MEDIUM,
+        f"set statement_timeout = 30000 for {LOGIN} (was 0)",
+    ),
+    "search path of the login": (
+        f"ALTER ROLE {LOGIN} SET search_path = public, ingest",
+        "undeclared_setting",
+        Severity.LOW,
+        f"reset search_path for {LOGIN}",
+    ),
+    "setting on the group role": (
+        f"ALTER ROLE {GROUP} SET work_mem = '1GB'",
+        "undeclared_setting",
+        Severity.LOW,
+        f"reset work_mem for {GROUP}",
+    ),
+    "member of another managed role": (
+        f"GRANT state_writer TO {GROUP}",
+        "undeclared_membership",
+        Severity.HIGH,
+        f"revoke membership of {GROUP} in state_writer",
+    ),
+    "member of pg_read_all_data": (
+        "GRANT pg_read_all_data TO analytics_reader",
+        "undeclared_membership",
+        Severity.HIGH,
+        "revoke membership of analytics_reader in pg_read_all_data",
+    ),
+    "member of pg_write_all_data": (
+        f"GRANT pg_write_all_data TO {LOGIN}",
+        "undeclared_membership",
+        Severity.HIGH,
+        f"revoke membership of {LOGIN} in pg_write_all_data",
+    ),
+    "member of pg_signal_backend": (
+        f"GRANT pg_signal_backend TO {GROUP}",
+        "undeclared_membership",
+        Severity.HIGH,
+        f"revoke membership of {GROUP} in pg_signal_backend",
+    ),
+    "declared membership with admin option": (
+        f"GRANT {GROUP} TO {LOGIN} WITH ADMIN OPTION",
+        "undeclared_membership",
+        Severity.HIGH,
+        f"revoke membership of {LOGIN} in {GROUP} WITH INHERIT TRUE, SET FALSE, ADMIN TRUE",
+    ),
+    "declared membership with set, without inherit": (
+        f"GRANT {GROUP} TO {LOGIN} WITH INHERIT FALSE, SET TRUE",
+        "undeclared_membership",
+        Severity.HIGH,
+        f"revoke membership of {LOGIN} in {GROUP} WITH INHERIT FALSE, SET TRUE, ADMIN FALSE",
+    ),
+    "create on the database": (
+        f"GRANT CREATE ON DATABASE {{database}} TO {GROUP}",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke CREATE on database {{name}} for {GROUP}",
+    ),
+    "temporary on the database": (
+        f"GRANT TEMPORARY ON DATABASE {{database}} TO {LOGIN}",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke TEMPORARY on database {{name}} for {LOGIN}",
+    ),
+    "connect on the database": (
+        f"GRANT CONNECT ON DATABASE {{database}} TO {GROUP} WITH GRANT OPTION",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke CONNECT on database {{name}} for {GROUP} with grant option",
+    ),
+    "create on a managed schema": (
+        f"GRANT CREATE ON SCHEMA ingest TO {GROUP}",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke CREATE on schema ingest for {GROUP}",
+    ),
+    "a column grant": (
+        f"GRANT SELECT (value) ON ingest.telemetry TO {GROUP}",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke SELECT on column ingest.telemetry(value) for {GROUP}",
+    ),
+    "execute on a procedure": (
+        "CREATE PROCEDURE ingest.p() LANGUAGE sql AS 'SELECT 1'; "
+        f"GRANT EXECUTE ON PROCEDURE ingest.p() TO {GROUP}",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke EXECUTE on routine ingest.p() for {GROUP}",
+    ),
+    "a declared grant with grant option": (
+        f"GRANT INSERT ON ingest.telemetry TO {GROUP} WITH GRANT OPTION",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke INSERT on table ingest.telemetry for {GROUP} with grant option",
+    ),
+    "a grant option passed on": (
+        f"GRANT INSERT ON ingest.telemetry TO {GROUP} WITH GRANT OPTION; "
+        f"SET ROLE {GROUP}; GRANT INSERT ON ingest.telemetry TO state_writer; RESET ROLE",
+        "undeclared_grant",
+        Severity.HIGH,
+        "revoke INSERT on table ingest.telemetry for state_writer",
+    ),
+    "a declared column grant with grant option": (
+        "GRANT SELECT (state) ON ingest.device_state TO state_writer WITH GRANT OPTION",
+        "undeclared_grant",
+        Severity.HIGH,
+        "revoke SELECT on column ingest.device_state(state) for state_writer with grant option",
+    ),
+    "sequences by default": (
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT USAGE ON SEQUENCES TO {GROUP}",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke USAGE on future 'S' objects of postgres for {GROUP}",
+    ),
+    "sequences in a managed schema by default": (
+        "ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA ingest "
+        f"GRANT UPDATE ON SEQUENCES TO {GROUP}",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke UPDATE on future 'S' objects of postgres in schema ingest for {GROUP}",
+    ),
+    "functions by default": (
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT EXECUTE ON FUNCTIONS TO {LOGIN}",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke EXECUTE on future 'f' objects of postgres for {LOGIN}",
+    ),
+    "functions in a managed schema by default": (
+        "ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA gateway "
+        f"GRANT EXECUTE ON FUNCTIONS TO {GROUP}",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke EXECUTE on future 'f' objects of postgres in schema gateway for {GROUP}",
+    ),
+    "types by default": (
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT USAGE ON TYPES TO {GROUP}",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke USAGE on future 'T' objects of postgres for {GROUP}",
+    ),
+    "types in a managed schema by default": (
+        "ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA ingest "
+        f"GRANT USAGE ON TYPES TO {GROUP}",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke USAGE on future 'T' objects of postgres in schema ingest for {GROUP}",
+    ),
+    "schemas by default": (
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT CREATE ON SCHEMAS TO {GROUP}",
+        "undeclared_grant",
+        Severity.HIGH,
+        f"revoke CREATE on future 'n' objects of postgres for {GROUP}",
+    ),
+    "chained audit log unchained": (
+        "ALTER TABLE gateway.audit_log DISABLE TRIGGER chain",
+        "trigger_disabled",
+        Severity.HIGH,
+        "enable trigger chain on gateway.audit_log",
+    ),
+    "chained write log unchained": (
+        "ALTER TABLE gateway.write_log DISABLE TRIGGER chain",
+        "trigger_disabled",
+        Severity.HIGH,
+        "enable trigger chain on gateway.write_log",
+    ),
+    "append-only role history disabled": (
+        "ALTER TABLE gateway.role_changes DISABLE TRIGGER append_only",
+        "trigger_disabled",
+        Severity.HIGH,
+        "enable trigger append_only on gateway.role_changes",
+    ),
+    "truncating the write log allowed": (
+        "ALTER TABLE gateway.write_log DISABLE TRIGGER append_only_truncate",
+        "trigger_disabled",
+        Severity.HIGH,
+        "enable trigger append_only_truncate on gateway.write_log",
+    ),
+    "sequence owned by a managed role": (
+        f"CREATE SEQUENCE ingest.s; ALTER SEQUENCE ingest.s OWNER TO {GROUP}",
+        "object_owner",
+        Severity.HIGH,
+        f"give sequence ingest.s back to postgres: owned by {GROUP}",
+    ),
+    "view owned by a managed role": (
+        f"CREATE VIEW ingest.v AS SELECT 1 AS one; ALTER VIEW ingest.v OWNER TO {LOGIN}",
+        "object_owner",
+        Severity.HIGH,
+        f"give view ingest.v back to postgres: owned by {LOGIN}",
+    ),
+    "managed schema owned by a managed role": (
+        f"ALTER SCHEMA ingest OWNER TO {GROUP}",
+        "object_owner",
+        Severity.HIGH,
+        f"give schema ingest back to postgres: owned by {GROUP}",
+    ),
     "table named x.y": (
         f'CREATE TABLE ingest."x.y" (v int); GRANT SELECT ON ingest."x.y" TO {GROUP}',
         "undeclared_grant",
@@ -148,17 +352,21 @@ PLANTED = {
 async def test_planted_drift_is_reported_and_undone(conn: asyncpg.Connection, case: str) -> None:
     statement, check, severity, shown = PLANTED[case]
     assert await findings(conn) == [], "the previous case left the database clean"
-    database = await conn.fetchval("SELECT quote_ident(current_database())")
-    await conn.execute(statement.format(database=database))
+    name = await conn.fetchval("SELECT current_database()")
+    await conn.execute(statement.format(database=ident(name)))
     try:
         found = [(f.check, f.severity) for f in await findings(conn)]
         assert (check, severity) in found
         assert max(s for _, s in found) == severity, found
         plan = await plan_roles(conn, example())
-        assert shown in "\n".join(change.summary for change in plan.changes)
+        assert shown.format(name=name) in "\n".join(change.summary for change in plan.changes)
         await converge(conn)
     finally:
-        await conn.execute('DROP ROLE IF EXISTS ops_root; DROP TABLE IF EXISTS ingest."x.y"')
+        await conn.execute(
+            'DROP ROLE IF EXISTS ops_root; DROP TABLE IF EXISTS ingest."x.y"; '
+            "DROP PROCEDURE IF EXISTS ingest.p(); DROP SEQUENCE IF EXISTS ingest.s; "
+            "DROP VIEW IF EXISTS ingest.v"
+        )
 
 
 async def test_the_escalated_login_is_back_to_its_grants(
