@@ -114,6 +114,8 @@ class Gateway:
             registry=self.metrics.registry,
             readiness=self.readiness,
             before_scrape=self._before_scrape,
+            max_connections=config.http.max_connections,
+            on_refused=self.metrics.http_connections_refused.inc,
         )
         await self.http.start()
         self._tasks.append(asyncio.create_task(self._record_activity(), name="activity"))

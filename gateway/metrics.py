@@ -167,6 +167,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.http_connections_refused = Counter(
+            "gateway_http_connections_refused_total",
+            "Connections to /metrics, /healthz and /readyz closed at accept: "
+            "http.max_connections were open",
+            registry=r,
+        )
         self.end_to_end_latency = Histogram(
             "gateway_end_to_end_latency_seconds",
             "From a reading's timestamp to its commit",
