@@ -8,6 +8,7 @@ them (`Secret`: an environment variable or a file), here and in the roles declar
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.identities.provisioning import ProvisionRule
+from gateway.tls import password_exposure, postgres_ssl, postgres_sslmode
 from gateway.topics import TopicTemplate
 from gateway.validation import ConfigError, from_pydantic
 
@@ -113,8 +115,42 @@ class DatabaseConfig(Section):
     """Declared role that writes `ingest.rejects`."""
     connect_timeout: float = Field(default=10, gt=0)
     """Seconds to wait for a new connection."""
-    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
-    """libpq-style TLS mode for every pool."""
+    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    """libpq-style TLS mode for every pool: `verify-full` checks the server's certificate and
+    name, `verify-ca` only the certificate, `require` encrypts without checking, `prefer`
+    encrypts when the server offers it. Default: `verify-full` when `ca_file` is set, else
+    `prefer`."""
+    ca_file: Path | None = None
+    """CA bundle that signed the server's certificate (default for the verified modes: the
+    system's CAs)."""
+    cert_file: Path | None = None
+    """Client certificate, for servers that authenticate by certificate (`require` or stricter)."""
+    key_file: Path | None = None
+    """Client certificate's private key."""
+    server_name: str | None = None
+    """Name to check the server's certificate against instead of `host` (an address, a proxy)."""
+    allow_unverified_password: bool = False
+    """Send role passwords over a connection whose server is not verified. Refused by default
+    unless `host` is loopback or a Unix socket: anyone in between could pose as the server and
+    ask for the password in clear text. Set `ca_file` (verify-full) instead."""
+
+    @model_validator(mode="after")
+    def _password_safe(self) -> DatabaseConfig:
+        mode = postgres_sslmode(self.sslmode, self.ca_file)
+        if self.cert_file is not None and mode in ("disable", "prefer"):
+            raise ValueError(f"`cert_file` needs sslmode `require` or stricter, not {mode}")
+        exposure = password_exposure(self.host, mode)
+        if exposure and not self.allow_unverified_password:
+            raise ValueError(
+                f"{exposure}: set `ca_file` (sslmode verify-full), or "
+                "`allow_unverified_password = true` on a network you trust"
+            )
+        return self
+
+    def connect_ssl(self) -> ssl.SSLContext | str | bool:
+        """The `ssl` argument of every pool's connections (files read now: OSError if not)."""
+        mode = postgres_sslmode(self.sslmode, self.ca_file)
+        return postgres_ssl(mode, self.ca_file, self.cert_file, self.key_file, self.server_name)
 
 
 class MqttConnection(Section):

