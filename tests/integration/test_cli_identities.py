@@ -95,17 +95,21 @@ async def test_add_list_show_assign_retire(
 
 
 async def test_errors_are_one_line_and_exit_1(
-    dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    code, out, err = await gateway(capsys, "add", "sensor-1", "--role", "nope", "--dsn", dsn)
+    # From a file, as a password in --dsn adds a warning line of its own.
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text(dsn)
+    given = ("--dsn-file", str(dsn_file))
+    code, out, err = await gateway(capsys, "add", "sensor-1", "--role", "nope", *given)
     assert code == 1 and out == ""
     assert err == ("gateway: unknown role 'nope' (known roles: state_writer, telemetry_ingest)\n")
-    code, _, err = await gateway(capsys, "retire", "ghost", "--dsn", dsn)
+    code, _, err = await gateway(capsys, "retire", "ghost", *given)
     assert (code, err) == (1, "gateway: unknown identity 'ghost'\n")
-    code, _, err = await gateway(capsys, "add", "a#b", "--role", "state_writer", "--dsn", dsn)
+    code, _, err = await gateway(capsys, "add", "a#b", "--role", "state_writer", *given)
     assert code == 1 and "'#'" in err
     code, _, err = await gateway(
-        capsys, "add", "x", "--role", "state_writer", "--attr", "oops", "--dsn", dsn
+        capsys, "add", "x", "--role", "state_writer", "--attr", "oops", *given
     )
     assert code == 1 and "KEY=VALUE" in err
 
