@@ -28,8 +28,14 @@ goes even when the wall-clock figures are disturbed. Prints one JSON object on s
 summary on stderr. `--profile TOP` instead runs the gateway in-process under cProfile during a
 drain and reports its time by stage and its TOP functions.
 
+A drain polls the gateway's /metrics five times a second to see its progress. With
+`--scrape-interval S` it counts the rows in the database instead, and scrapes /metrics every S
+seconds meanwhile, as Prometheus would (0: never), reporting the scrapes and the CPU of the
+gateway's main thread (the data plane) apart from its other threads (the HTTP server's).
+
     .venv/bin/python benchmarks/mqtt_gateway.py [--messages 300000] [--messages-10 100000]
         [--modes drain live] [--readings 1 10] [--no-extras] [--profile 30]
+        [--scrape-interval 1.0]
 """
 
 from __future__ import annotations
@@ -116,6 +122,7 @@ class Settings:
     naive_messages: int
     quiet: float
     quiet_limit: float
+    scrape_interval: float | None = None  # drain: see `--scrape-interval`
 
 
 @dataclass(frozen=True)
@@ -374,6 +381,8 @@ async def committed(bench: Bench, warmup: float | None = None, window: float = 0
 
 async def gateway_drain(bench: Bench, readings: int) -> dict[str, Any]:
     count = bench.settings.messages[readings]
+    scrape_interval = bench.settings.scrape_interval
+    scraped: dict[str, Any] = {}
     client_id = f"bench-gw-drain-{readings}-{secrets.token_hex(2)}"
     async with bench.phase(f"gateway drain, {readings} reading(s)") as info:
         await bench.truncate()
@@ -383,7 +392,13 @@ async def gateway_drain(bench: Bench, readings: int) -> dict[str, Any]:
         rows = count * readings
         async with running_gateway(bench, client_id) as gateway:
             meter = bench.cpu_meter(gateway=gateway.pid)
-            await gateway.wait_rows(rows, timeout=300)
+            if scrape_interval is None:
+                await gateway.wait_rows(rows, timeout=300)
+            else:
+                threads = thread_cpu_ns(gateway.pid)
+                async with Scraper(gateway, scrape_interval) as scraper:
+                    await wait_committed(bench, rows, timeout=300)
+                scraped = scraper.summary(threads, thread_cpu_ns(gateway.pid))
             cpu = meter.stop()
             memory = await gateway.stop()
         found = await committed(bench)
@@ -405,7 +420,80 @@ async def gateway_drain(bench: Bench, readings: int) -> dict[str, Any]:
         "gateway_idle_rss_mb": memory_idle["peak_rss_mb"],
         "gateway_peak_rss_mb": memory["peak_rss_mb"],
         "gateway_vm_hwm_mb": memory["vm_hwm_mb"],
+        **({"scrape": scraped} if scraped else {}),
     }
+
+
+def thread_cpu_ns(pid: int) -> dict[str, int]:
+    """CPU nanoseconds a process's main thread and its other threads have used (schedstat:
+    exact, where /proc ticks are 10 ms)."""
+    used = {"main": 0, "other": 0}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        # A thread that ended meanwhile is left out.
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as stat:
+            used["main" if int(task) == pid else "other"] += int(stat.read().split()[0])
+    return used
+
+
+class Scraper:
+    """GET /metrics on entering the block and every `interval` seconds until it is left (never
+    when the interval is 0)."""
+
+    def __init__(self, gateway: GatewayProcess, interval: float) -> None:
+        self.gateway = gateway
+        self.interval = interval
+        self.seconds: list[float] = []
+        self.failed = 0
+        self.body_bytes = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Scraper:
+        if self.interval > 0:
+            self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            started = time.perf_counter()
+            body = await asyncio.to_thread(self.gateway._get, "/metrics")
+            if body is None:
+                self.failed += 1
+            else:
+                self.seconds.append(time.perf_counter() - started)
+                self.body_bytes = len(body)
+            await asyncio.sleep(self.interval)
+
+    def summary(self, before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+        main, other = (round((after[k] - before[k]) / 1e9, 4) for k in ("main", "other"))
+        scrapes = len(self.seconds)
+        return {
+            "interval_s": self.interval,
+            "scrapes": scrapes,
+            "failed": self.failed,
+            "mean_ms": round(sum(self.seconds) / scrapes * 1e3, 2) if scrapes else None,
+            "body_bytes": self.body_bytes,
+            "gateway_main_thread_cpu_s": main,
+            "gateway_other_threads_cpu_s": other,
+        }
+
+
+async def wait_committed(bench: Bench, expected: int, timeout: float) -> None:
+    """Wait for `expected` rows by counting them in the database (the gateway is not asked)."""
+    conn = await asyncpg.connect(bench.postgres.dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while (found := await conn.fetchval("SELECT count(*) FROM ingest.telemetry")) < expected:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{found} of {expected} rows after {timeout:.0f}s")
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
 
 
 def per_message(cpu: dict[str, float], messages: int) -> dict[str, float]:
@@ -992,6 +1080,12 @@ def main() -> None:
     parser.add_argument("--quiet-limit", type=float, default=30, help="seconds to wait for it")
     parser.add_argument("--no-extras", action="store_true", help="skip COPY and naive phases")
     parser.add_argument(
+        "--scrape-interval",
+        type=float,
+        help="drain: count rows in the database, not on /metrics, and scrape /metrics every "
+        "this many seconds meanwhile (0: never)",
+    )
+    parser.add_argument(
         "--profile",
         type=int,
         metavar="TOP",
@@ -1011,6 +1105,7 @@ def main() -> None:
         naive_messages=args.naive_messages,
         quiet=args.quiet,
         quiet_limit=args.quiet_limit,
+        scrape_interval=args.scrape_interval,
     )
     if args.profile:
         results = asyncio.run(run_profiles(settings, args.readings, args.profile))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -29,6 +30,8 @@ __all__ = ["HEAD_LIMIT", "HttpServer"]
 
 Readiness = Callable[[], dict[str, bool]]
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 HEAD_LIMIT = 8192
 """Bytes of request line and headers; probes and Prometheus send a few hundred."""
@@ -147,6 +150,8 @@ class HttpServer:
             await asyncio.wait_for(writer.wait_closed(), self._timeout)
         except (TimeoutError, asyncio.IncompleteReadError, OSError):
             pass  # a client that is slow, gone or broken gets nothing more
+        except Exception:
+            log.exception("an HTTP request failed; the connection is closed unanswered")
         finally:
             writer.transport.abort()  # no-op once closed; else drops what the client did not take
 
