@@ -165,12 +165,13 @@ SELECT n.nspname, c.relname, t.tgname
 # Relations and functions in the managed schemas whose owner is not the schema's: whoever owns
 # a table may delete from it, truncate or drop it whatever the grants say. A managed schema owned
 # by a role in scope may be filled and emptied by it: it goes to the database's owner, who then
-# is what its objects are measured against (unless that is a role in scope too: nobody to ask).
+# is what its objects are measured against. When that is a role in scope too there is nobody to
+# give it to: the schema is listed without a new owner and its objects are not judged.
 FOREIGN_OWNERS = """
 WITH schemas AS (
     SELECT n.oid, n.nspname, n.nspowner AS actual,
-           CASE WHEN so.rolname = ANY($2::text[]) AND NOT dba.rolname = ANY($2::text[])
-                THEN d.datdba ELSE n.nspowner END AS owner
+           CASE WHEN NOT so.rolname = ANY($2::text[]) THEN n.nspowner
+                WHEN NOT dba.rolname = ANY($2::text[]) THEN d.datdba END AS owner
       FROM pg_namespace n
       JOIN pg_roles so ON so.oid = n.nspowner
       JOIN pg_database d ON d.datname = current_database()
@@ -181,8 +182,8 @@ SELECT 'SCHEMA' AS kind, quote_ident(s.nspname) AS object, a.rolname AS owner,
        o.rolname AS schema_owner
   FROM schemas s
   JOIN pg_roles a ON a.oid = s.actual
-  JOIN pg_roles o ON o.oid = s.owner
- WHERE s.actual <> s.owner
+  LEFT JOIN pg_roles o ON o.oid = s.owner
+ WHERE s.actual IS DISTINCT FROM s.owner
 UNION ALL
 SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
                       WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,

@@ -198,7 +198,13 @@ def make_plan(doc: Declaration, live: State, *, passwords: dict[str, str | None]
 
     # Owners first: a grant to an object's owner would be folded into its owner's rights and
     # lost with them when the object changes hands.
-    for kind, name, owner, schema_owner in sorted(live.foreign_owners):
+    for kind, name, owner, schema_owner in sorted(live.foreign_owners, key=lambda owned: owned[:3]):
+        if schema_owner is None:
+            notes.append(
+                f"{kind.lower()} {name} is owned by {owner}, and the database by a managed role "
+                "too: nobody to give it back to; give both to the role that runs migrations"
+            )
+            continue
         changes.append(
             Change(
                 "reown",

@@ -185,9 +185,9 @@ class State:
     # the identity counts and change feed rely on them
     disabled_triggers: set[tuple[str, str]] = field(default_factory=set)
     # the managed schemas owned by a role in scope, and objects in them not owned by their
-    # schema's owner, as (SQL object kind, quoted name, owner, who should own it): an owner
-    # holds every privilege, granted or not
-    foreign_owners: set[tuple[str, str, str, str]] = field(default_factory=set)
+    # schema's owner, as (SQL object kind, quoted name, owner, who should own it, None when
+    # nobody outside the roles in scope could): an owner holds every privilege, granted or not
+    foreign_owners: set[tuple[str, str, str, str | None]] = field(default_factory=set)
     shadow: Shadow = field(default_factory=Shadow)
     # `schema.table` -> its columns, for every relation in the managed schemas
     relations: dict[str, frozenset[str]] = field(default_factory=dict)

@@ -395,3 +395,23 @@ async def test_temporary_objects_are_out_of_scope(conn: asyncpg.Connection) -> N
     assert await findings(conn) == []
     _, version = await apply_roles(conn, example(), actor="tests")
     assert version is None
+
+
+async def test_a_schema_with_nobody_to_give_it_back_to(conn: asyncpg.Connection) -> None:
+    """The database and a managed schema both owned by a managed role: the plan cannot tell who
+    should own the schema, says so, and gives nothing in it to that role."""
+    database = ident(await conn.fetchval("SELECT current_database()"))
+    await conn.execute(
+        f"ALTER DATABASE {database} OWNER TO {GROUP}; ALTER SCHEMA ingest OWNER TO {GROUP}"
+    )
+    try:
+        plan = await plan_roles(conn, example())
+        assert f"schema ingest is owned by {GROUP}, and the database by a managed role" in (
+            "\n".join(plan.notes)
+        )
+        assert [c for c in plan.changes if c.kind == "reown"] == []
+    finally:
+        await conn.execute(
+            f"ALTER DATABASE {database} OWNER TO postgres; ALTER SCHEMA ingest OWNER TO postgres"
+        )
+    await converge(conn)
