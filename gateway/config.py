@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.identities.provisioning import ProvisionRule
-from gateway.tls import password_exposure, postgres_ssl, postgres_sslmode
+from gateway.tls import client_context, password_exposure, postgres_ssl, postgres_sslmode
 from gateway.topics import TopicTemplate
 from gateway.validation import ConfigError, from_pydantic
 
@@ -164,14 +164,45 @@ class MqttConnection(Section):
     """Broker user."""
     password: Secret | None = None
     """Where the broker password is."""
-    tls: bool = False
-    """Connect with TLS."""
+    tls: bool | None = None
+    """Connect with TLS, verifying the broker's certificate and name. Default: on when
+    `ca_file` is set."""
     ca_file: Path | None = None
     """CA bundle to verify the broker (default: the system's)."""
     cert_file: Path | None = None
     """Client certificate, for brokers that authenticate by certificate."""
     key_file: Path | None = None
     """Client certificate's private key."""
+    server_name: str | None = None
+    """Name to check the broker's certificate against instead of `host` (an address, a proxy)."""
+    allow_plaintext_password: bool = False
+    """Send `password` without TLS to a broker off loopback. Refused by default: MQTT sends it
+    in clear text, to the broker and to anyone on the way."""
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls if self.tls is not None else self.ca_file is not None
+
+    @model_validator(mode="after")
+    def _password_safe(self) -> MqttConnection:
+        if self.server_name is not None and not self.uses_tls:
+            raise ValueError("`server_name` needs TLS (`tls = true` or a `ca_file`)")
+        exposure = password_exposure(self.host, "verify-full" if self.uses_tls else "disable")
+        if self.password is not None and exposure and not self.allow_plaintext_password:
+            raise ValueError(
+                f"the password would cross the network to {self.host} in clear text: use TLS "
+                "(`tls = true`, `ca_file`), or `allow_plaintext_password = true` on a network "
+                "you trust"
+            )
+        return self
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The verifying client context when TLS is on (files read now: OSError if not)."""
+        if not self.uses_tls:
+            return None
+        return client_context(
+            self.ca_file, self.cert_file, self.key_file, server_name=self.server_name
+        )
 
 
 class MqttSourceConfig(MqttConnection):
@@ -231,11 +262,33 @@ class KafkaConnection(Section):
     """Client certificate for SSL authentication."""
     key_file: Path | None = None
     """Client certificate's private key."""
+    server_name: str | None = None
+    """Name to check the brokers' certificates against instead of their hosts (SSL, SASL_SSL)."""
+    allow_plain_without_tls: bool = False
+    """Allow SASL PLAIN over SASL_PLAINTEXT, which sends the password in clear text. Refused by
+    default; SCRAM never sends it."""
 
     def _check_credentials(self) -> None:
         """Called last by each subclass's validator, so its own problems are named first."""
         if self.security_protocol.startswith("SASL") and not (self.username and self.password):
             raise ValueError(f"{self.security_protocol} needs `username` and `password`")
+        if (
+            self.security_protocol == "SASL_PLAINTEXT"
+            and self.sasl_mechanism == "PLAIN"
+            and not self.allow_plain_without_tls
+        ):
+            raise ValueError(
+                "SASL PLAIN over SASL_PLAINTEXT sends the password in clear text: use SASL_SSL, "
+                "a SCRAM mechanism, or `allow_plain_without_tls = true` on a network you trust"
+            )
+        if self.server_name is not None and not self.security_protocol.endswith("SSL"):
+            raise ValueError("`server_name` needs TLS (security_protocol SSL or SASL_SSL)")
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The verifying client context for SSL and SASL_SSL (files read now: OSError if not)."""
+        return client_context(
+            self.ca_file, self.cert_file, self.key_file, server_name=self.server_name
+        )
 
 
 class KafkaSourceConfig(KafkaConnection):

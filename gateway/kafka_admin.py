@@ -37,7 +37,6 @@ from gateway.kafka_protocol import (
     DescribeScram,
 )
 from gateway.lifecycle import Lifecycle
-from gateway.tls import client_context
 
 __all__ = [
     "CLUSTER",
@@ -243,7 +242,7 @@ def connection_arguments(connection: KafkaConnection) -> dict[str, Any]:
     context: ssl.SSLContext | None = None
     if connection.security_protocol in ("SSL", "SASL_SSL"):
         try:
-            context = client_context(connection.ca_file, connection.cert_file, connection.key_file)
+            context = connection.tls_context()
         except OSError as exc:  # ssl.SSLError is one too
             raise KafkaAdminError(
                 f"kafka: cannot load the TLS files (ca_file {connection.ca_file}, cert_file "

@@ -23,11 +23,14 @@ class _NamedContext(ssl.SSLContext):
 
     server_name: str
 
+    # asyncio's transports use wrap_bio, blocking clients (paho, under aiomqtt) wrap_socket.
     def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
         kwargs["server_hostname"] = self.server_name
-        if len(args) > 3:
-            args = args[:3]
-        return super().wrap_bio(*args, **kwargs)
+        return super().wrap_bio(*args[:3], **kwargs)
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        kwargs["server_hostname"] = self.server_name
+        return super().wrap_socket(*args[:4], **kwargs)
 
 
 def client_context(

@@ -28,7 +28,6 @@ import aiomqtt
 from gateway.config import MosquittoAccountsConfig
 from gateway.errors import GatewayError
 from gateway.lifecycle import Lifecycle
-from gateway.tls import client_context
 
 __all__ = [
     "COMMAND_TOPIC",
@@ -133,11 +132,7 @@ class Dynsec(Lifecycle):
     async def start(self) -> None:
         config = self.config
         password = config.password.require() if config.password is not None else None
-        context = (
-            client_context(config.ca_file, config.cert_file, config.key_file)
-            if config.tls
-            else None
-        )
+        context = config.tls_context()
         client = aiomqtt.Client(
             config.host,
             config.port,

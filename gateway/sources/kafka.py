@@ -43,7 +43,6 @@ from gateway.kafka_admin import KafkaAdminError
 from gateway.metrics import Metrics
 from gateway.sources.acks import AckWindow
 from gateway.sources.kafka_claims import ClaimsWatch, topic_writes
-from gateway.tls import client_context
 from gateway.topics import TopicTemplate
 
 __all__ = [
@@ -165,7 +164,7 @@ def ssl_context(config: KafkaSourceConfig) -> ssl.SSLContext | None:
     if config.security_protocol not in ("SSL", "SASL_SSL"):
         return None
     try:
-        return client_context(config.ca_file, config.cert_file, config.key_file)
+        return config.tls_context()
     except OSError as exc:  # ssl.SSLError is one too
         raise KafkaSourceError(
             f"kafka source {config.name}: cannot load its TLS files (ca_file {config.ca_file}, "

@@ -8,7 +8,13 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.app import Gateway
-from gateway.config import DatabaseConfig, Secret, load_config
+from gateway.config import (
+    DatabaseConfig,
+    KafkaSourceConfig,
+    MqttSourceConfig,
+    Secret,
+    load_config,
+)
 from gateway.roles.declaration import RoleSpec
 from gateway.tls import postgres_sslmode
 from gateway.validation import ConfigError
@@ -149,3 +155,33 @@ def test_broker_and_role_passwords_are_one_secret_type(tmp_path: Path) -> None:
         load_config(bad)
     assert "exactly one" in dict(caught.value.problems)["sources.mqtt[0].password"]
     assert RoleSpec.model_fields["password"].annotation is Secret
+
+
+def mqtt(**settings: object) -> MqttSourceConfig:
+    return MqttSourceConfig.model_validate({"username": "gw", "password": {"env": "X"}, **settings})
+
+
+def test_an_mqtt_password_crosses_the_network_only_over_tls() -> None:
+    assert not mqtt().uses_tls  # loopback: nothing on the way
+    assert mqtt(host="broker", ca_file="/ca.crt").uses_tls  # a CA turns TLS on
+    assert mqtt(host="broker", tls=True).uses_tls  # the system's CAs
+    assert mqtt(host="broker", allow_plaintext_password=True)  # said out loud
+    with pytest.raises(ValidationError, match="to broker in clear text"):
+        mqtt(host="broker")
+    with pytest.raises(ValidationError, match="`server_name` needs TLS"):
+        mqtt(server_name="broker.example")
+
+
+def test_sasl_plain_without_tls_is_refused_unless_allowed() -> None:
+    plain = {
+        "topics": ["t"],
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "PLAIN",
+        "username": "gw",
+        "password": {"env": "X"},
+    }
+    with pytest.raises(ValidationError, match="SASL PLAIN over SASL_PLAINTEXT"):
+        KafkaSourceConfig.model_validate(plain)
+    assert KafkaSourceConfig.model_validate(plain | {"allow_plain_without_tls": True})
+    assert KafkaSourceConfig.model_validate(plain | {"security_protocol": "SASL_SSL"})
+    assert KafkaSourceConfig.model_validate(plain | {"sasl_mechanism": "SCRAM-SHA-512"})

@@ -39,7 +39,7 @@ from gateway.config import MqttSourceConfig
 from gateway.errors import MqttConnectError, MqttError, MqttSubscribeError
 from gateway.sources.acks import AckWindow
 from gateway.sources.mqtt.message import Message
-from gateway.sources.mqtt.source import MqttSourceBase, tls_context
+from gateway.sources.mqtt.source import MqttSourceBase
 from gateway.sources.mqtt.supervise import Backoff, Inbox
 
 __all__ = ["Mqtt311Source", "PahoAdapter"]
@@ -210,7 +210,7 @@ class Mqtt311Source(MqttSourceBase):
             protocol=aiomqtt.ProtocolVersion.V311,
             clean_session=False,
             keepalive=config.keep_alive,
-            tls_context=tls_context(config),
+            tls_context=config.tls_context(),
             timeout=_CONNECT_TIMEOUT,
         )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable, Sequence
 
 from gateway.config import LimitsConfig, MqttSourceConfig
@@ -11,19 +10,11 @@ from gateway.errors import MqttError
 from gateway.sources.mqtt.client import MqttClient
 from gateway.sources.mqtt.message import Message
 from gateway.sources.mqtt.options import MqttOptions, packet_limit
-from gateway.tls import client_context
 from gateway.topics import TopicTemplate
 
-__all__ = ["DEFAULT_PAYLOAD_LIMIT", "MqttSource", "MqttSourceBase", "tls_context"]
+__all__ = ["DEFAULT_PAYLOAD_LIMIT", "MqttSource", "MqttSourceBase"]
 
 DEFAULT_PAYLOAD_LIMIT: int = LimitsConfig.model_fields["max_payload_bytes"].default
-
-
-def tls_context(config: MqttSourceConfig) -> ssl.SSLContext | None:
-    """The client context of a source with `tls` on (both MQTT transports use it)."""
-    if not config.tls:
-        return None
-    return client_context(config.ca_file, config.cert_file, config.key_file)
 
 
 class MqttSourceBase(Source[Message]):
@@ -81,8 +72,8 @@ class MqttSource(MqttSourceBase):
             session_expiry_interval=config.session_expiry,
             receive_maximum=config.receive_maximum,
             keep_alive=config.keep_alive,
-            ssl=tls_context(config),
-            server_hostname=config.host if config.tls else None,
+            ssl=config.tls_context(),
+            server_hostname=config.host if config.uses_tls else None,
             max_packet_size=packet_limit(max_payload_bytes),
         )
         self.client = MqttClient(
