@@ -15,6 +15,7 @@ from gateway.config import (
     Secret,
     load_config,
 )
+from gateway.db import ALLOW_UNVERIFIED_ENV, DatabaseError, connect, dsn_exposure
 from gateway.roles.declaration import RoleSpec
 from gateway.tls import postgres_sslmode
 from gateway.validation import ConfigError
@@ -185,3 +186,36 @@ def test_sasl_plain_without_tls_is_refused_unless_allowed() -> None:
     assert KafkaSourceConfig.model_validate(plain | {"allow_plain_without_tls": True})
     assert KafkaSourceConfig.model_validate(plain | {"security_protocol": "SASL_SSL"})
     assert KafkaSourceConfig.model_validate(plain | {"sasl_mechanism": "SCRAM-SHA-512"})
+
+
+@pytest.mark.parametrize(
+    ("dsn", "exposed"),
+    [
+        ("postgresql://postgres:pw@127.0.0.1:5432/gateway", False),
+        ("postgresql://postgres:pw@localhost/gateway", False),
+        ("postgresql://postgres:pw@db.internal/gateway", True),
+        ("postgresql://postgres:pw@db.internal/gateway?sslmode=require", True),
+        ("postgresql://postgres:pw@db.internal/gateway?sslmode=verify-full", False),
+        ("postgresql://postgres@/gateway?host=/run/postgresql", False),
+        ("postgresql://postgres:pw@/gateway?host=db.internal&sslmode=verify-ca", False),
+    ],
+)
+def test_an_admin_dsn_exposing_its_password_is_named(dsn: str, exposed: bool) -> None:
+    assert bool(dsn_exposure(dsn)) is exposed
+
+
+async def test_the_admin_login_is_refused_to_an_unverified_server_unless_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(ALLOW_UNVERIFIED_ENV, raising=False)
+    with pytest.raises(DatabaseError, match="refusing to log in: sslmode prefer does not verify"):
+        await connect("postgresql://postgres:pw@192.0.2.1:9/gateway")
+    monkeypatch.setenv(ALLOW_UNVERIFIED_ENV, "1")  # allowed: then the driver tries, and fails
+    with pytest.raises(DatabaseError, match="cannot connect to PostgreSQL"):
+        await connect("postgresql://postgres:pw@127.0.0.1:9/gateway?connect_timeout=1")
+
+
+async def test_an_unreadable_dsn_is_one_line_without_its_text() -> None:
+    with pytest.raises(DatabaseError) as refused:
+        await connect("postgresql://postgres:s3cret@127.0.0.1:notaport/gateway")
+    assert "s3cret" not in str(refused.value) and "not valid" in str(refused.value)
