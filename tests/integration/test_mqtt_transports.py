@@ -22,7 +22,7 @@ from gateway.sources.mqtt import AnyMqttSource, Message, Mqtt311Source, MqttSour
 from .stack import Stack, publish, reading
 
 PROTOCOLS = {"5": "v5", "3.1.1": "v311"}
-TESTS = ["land", "commit", "restart", "share", "bad", "generation", "takeover"]
+TESTS = ["land", "commit", "restart", "share", "bad", "generation", "takeover", "retained"]
 BROKER_PROTOCOL_LOG = {"5": "p5", "3.1.1": "p2"}  # Mosquitto logs MQTT 3.1.1 as p2
 WAIT = 60
 
@@ -169,6 +169,32 @@ async def test_messages_published_while_stopped_land_after_restart(
         )
         == 60
     )
+
+
+async def test_a_retained_message_is_never_replayed_into_the_tables(
+    env: Stack, protocol: str
+) -> None:
+    """A device's retained message is a replay on every subscribe (MQTT 3.1.1 cannot ask the
+    broker not to): the gateway writes what is published while its session exists, once."""
+    name = device("retained", protocol)
+    topic = f"devices/{name}/telemetry"
+    async with env.device(name) as client:
+        await client.publish(topic, reading(value=-1.0), qos=1, retain=True)
+    config = gateway_config(env, protocol)
+    for restart in range(2):
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            await publish_readings(env, name, 5, start=5 * restart)
+            await wait_rows_of(env, name, 5 * (restart + 1))
+        finally:
+            await gateway.stop()
+    async with env.device(name) as client:  # clear it, for the broker's next user
+        await client.publish(topic, b"", qos=1, retain=True)
+    values = await env.count(
+        "SELECT count(*) FROM ingest.telemetry WHERE identity = $1 AND value < 0", name
+    )
+    assert (await rows_of(env, name), values) == (10, 0)
 
 
 async def test_a_shared_subscription_splits_the_stream(env: Stack, protocol: str) -> None:

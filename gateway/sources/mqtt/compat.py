@@ -128,6 +128,7 @@ class Mqtt311Source(MqttSourceBase):
         self._adapter: PahoAdapter | None = None
         self._generation = 0
         self._connected = False
+        self.retained_dropped = 0  # replays of retained messages, acknowledged and dropped
 
     @property
     def connected(self) -> bool:
@@ -324,22 +325,33 @@ class Mqtt311Source(MqttSourceBase):
     ) -> None:
         received_at, received_time = time.monotonic(), time.time()
         register = adapter.register
-        # aiomqtt does not pass the DUP flag on.
+        # aiomqtt does not pass the DUP flag on. MQTT 3.1.1 cannot ask the broker to keep
+        # retained messages back, and sends them again on every subscribe: a message flagged
+        # retained is such a replay (one forwarded live never is), so it is acknowledged, in
+        # its place in receive order, and dropped, as v5 never receives one.
         inbox = self._inbox
-        inbox.messages.extend(
-            Message(
-                m.topic.value,
-                m.payload,
-                m.qos,
-                m.mid,
-                False,
-                received_at,
-                received_time,
-                generation,
-                register(m.mid) if m.qos else -1,
+        replays: list[int] = []
+        for m in received:
+            seq = register(m.mid) if m.qos else -1
+            if m.retain:
+                replays.append(seq)
+                continue
+            inbox.messages.append(
+                Message(
+                    m.topic.value,
+                    m.payload,
+                    m.qos,
+                    m.mid,
+                    False,
+                    received_at,
+                    received_time,
+                    generation,
+                    seq,
+                )
             )
-            for m in received
-        )
+        if replays:
+            self.retained_dropped += len(replays)
+            adapter.complete(seq for seq in replays if seq >= 0)
         inbox.wake()
         self._mark_ready()
 

@@ -372,8 +372,9 @@ class MqttProtocol(asyncio.Protocol):
             mqtt5.TopicFilter(
                 topic_filter,
                 max_qos=mqtt5.QoS(qos),
-                # Re-subscribing on every connection must not replay retained messages.
-                retain_handling=mqtt5.RetainHandling.SEND_IF_SUBSCRIPTION_NOT_EXISTS,
+                # A retained message is a replay of one published before: the session gets
+                # what is published while it exists, each message once, never a replay.
+                retain_handling=mqtt5.RetainHandling.SEND_NEVER,
             )
             for topic_filter, qos in subscriptions
         ]
