@@ -132,6 +132,18 @@ def credential_files(config: GatewayConfig) -> list[PurePosixPath]:
     return files
 
 
+def tls_files(config: GatewayConfig) -> set[PurePosixPath]:
+    """The CA, certificate and key files of the database and the sources: what a gateway reads
+    to verify its servers (and to present a client certificate)."""
+    connections: list[Any] = [config.database, *config.sources.mqtt, *config.sources.kafka]
+    return {
+        PurePosixPath(str(path))
+        for connection in connections
+        for path in (connection.ca_file, connection.cert_file, connection.key_file)
+        if path is not None
+    }
+
+
 def pool_roles(doc: Declaration, config: GatewayConfig) -> set[str]:
     """The roles whose pools a gateway opens (as Gateway.start does)."""
     database = config.database
@@ -370,7 +382,7 @@ def test_compose_gateway_reads_every_credential_from_its_secrets_and_no_more() -
     mounted = compose_secrets(gateway)
     doc = load_declaration(DEPLOY / "compose" / "roles.toml")
     needed = {role_file(doc, role) for role in pool_roles(doc, config)}
-    needed |= set(credential_files(config))
+    needed |= set(credential_files(config)) | tls_files(config)
     assert needed == set(mounted), "the gateway gets exactly the credentials it uses"
     assert "./compose:/etc/gateway:ro" in gateway["volumes"]
     assert config.database.roles_file == Path(CONFIG_MOUNT / "roles.toml")
@@ -533,7 +545,7 @@ def test_kubernetes_gateway_mounts_exactly_the_credentials_it_reads() -> None:
     doc = load_declaration(K8S / "config" / "roles.toml")
     mounts = secret_mounts(pod_spec(), "gateway")
     needed = [role_file(doc, role) for role in sorted(pool_roles(doc, config))]
-    needed += credential_files(config)
+    needed += credential_files(config) + sorted(tls_files(config))
     for path in needed:
         assert readable(path, mounts), f"{path} is not in a mounted Secret"
     db = mounts[SECRETS_ROOT / "db"]

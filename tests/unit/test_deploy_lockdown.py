@@ -252,7 +252,8 @@ def test_compose_publishes_ports_on_the_loopback_unless_told_otherwise() -> None
             assert re.fullmatch(r"\$\{[A-Z]+_BIND:-127\.0\.0\.1\}", host), f"{name}: {port}"
             published.append(int(published_port))
             assert published_port == target
-    assert sorted(published) == [1883, 9090, 9108]
+    # MQTT on the TLS listener alone: no device password crosses the network in clear text.
+    assert sorted(published) == [8883, 9090, 9108]
 
 
 def run_generate(target: Path) -> None:
@@ -268,27 +269,41 @@ def run_generate(target: Path) -> None:
     )
 
 
+# Made by generate.sh but mounted nowhere: the CA's key signs the servers' certificates only.
+CA_KEY = "ca.key"
+# Public: every client needs it to verify the servers.
+CA_CERT = "ca.crt"
+
+
 def test_generated_secrets_are_0600_files_in_a_closed_directory_and_kept(tmp_path: Path) -> None:
     target = tmp_path / "secrets"
     env_file = tmp_path / ".env"
     env_file.write_text("GATEWAY_BIND=0.0.0.0\nGATEWAY_UID=1\n")
     run_generate(target)
     files = {path.name: path for path in target.iterdir()}
-    assert set(files) == set(compose()["secrets"])
+    assert set(files) == {*compose()["secrets"], CA_KEY}
     assert stat.S_IMODE(target.stat().st_mode) == 0o700
-    # Run as root, it gives the files to the image's user; else they stay the caller's.
+    # Run as root, it gives the files to the image's user; else they stay the caller's. The CA's
+    # key stays the caller's: no container reads it.
     owner, group = (10001, 10001) if os.geteuid() == 0 else (os.geteuid(), os.getgid())
     first = {}
     for name, path in files.items():
         status = path.stat()
-        assert stat.S_IMODE(status.st_mode) == 0o600, f"{name}: {oct(status.st_mode)}"
-        assert status.st_uid == owner, name
+        mode = 0o644 if name == CA_CERT else 0o600
+        assert stat.S_IMODE(status.st_mode) == mode, f"{name}: {oct(status.st_mode)}"
+        assert status.st_uid == (os.geteuid() if name == CA_KEY else owner), name
         first[name] = path.read_text()
-        if name != "admin_dsn":
-            assert re.fullmatch(r"[A-Za-z0-9]{32}", first[name]), name
-    # The admin DSN is the superuser's, made from its password.
-    dsn = f"postgresql://postgres:{first['postgres_password']}@postgres:5432/gateway"
+    # The admin DSN is the superuser's, made from its password, verifying the server (TLS) with
+    # the CA where compose mounts it for `migrate` and `admin`.
+    dsn = (
+        f"postgresql://postgres:{first['postgres_password']}@postgres:5432/gateway"
+        "?sslmode=verify-full&sslrootcert=/run/secrets/gateway/tls/ca.crt"
+    )
     assert first["admin_dsn"] == dsn
+    # Passwords are letters and digits (the admin's goes into the DSN unescaped).
+    for name in files:
+        if "." not in name and name != "admin_dsn":
+            assert re.fullmatch(r"[A-Za-z0-9]{32}", first[name]), name
     run_generate(target)
     assert {name: path.read_text() for name, path in files.items()} == first
     # Compose reads the owner from .env; whatever else the file says stays.
