@@ -1,7 +1,8 @@
 """A real Prometheus scrapes a running gateway under a small load and counts what was sent.
 
 Prometheus is Debian's binary (`make prometheus`), started here on a free loopback port with its
-own configuration and data directory, never a system service. It also loads the shipped rules
+own configuration and data directory, never a system service, and as Debian's `prometheus` user
+when we are root: it needs no privilege. It also loads the shipped rules
 (deploy/prometheus/rules.yml), which must evaluate without error against the real series. The
 test fails, never skips, when Prometheus is missing or cannot start.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -24,7 +26,7 @@ import pytest
 import yaml
 
 from gateway.app import Gateway
-from gateway.services._process import free_port, log_tail
+from gateway.services._process import free_port, hand_over, log_tail, run_as, service_user
 
 from .stack import Stack, publish, reading
 
@@ -49,12 +51,15 @@ class Prometheus:
                 "scrape_timeout": "1s",
                 "evaluation_interval": "1s",
             },
-            "rule_files": [str(RULES)],
+            "rule_files": [str(workdir / RULES.name)],
             # The job name is the one the shipped rules select.
             "scrape_configs": [{"job_name": "gateway", "static_configs": [{"targets": [target]}]}],
         }
         self.config = workdir / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(config))
+        shutil.copy(RULES, workdir / RULES.name)
+        self.user = service_user("prometheus")
+        hand_over(workdir, self.user)
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -68,6 +73,7 @@ class Prometheus:
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 stdout=log,
                 stderr=log,
+                **run_as(self.user),
             )
         deadline = time.monotonic() + WAIT
         while not await asyncio.to_thread(self._ready):
@@ -113,13 +119,15 @@ class Prometheus:
 
 
 @asynccontextmanager
-async def prometheus(workdir: Path, target: str) -> AsyncIterator[Prometheus]:
-    server = Prometheus(workdir, target)
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.stop()
+async def prometheus(target: str) -> AsyncIterator[Prometheus]:
+    """A server in a directory of its own, outside pytest's (which its user could not reach)."""
+    with tempfile.TemporaryDirectory(prefix="gateway-prometheus-") as workdir:
+        server = Prometheus(Path(workdir), target)
+        try:
+            await server.start()
+            yield server
+        finally:
+            await server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -155,14 +163,16 @@ async def settle(
         await asyncio.sleep(0.5)
 
 
-async def test_prometheus_counts_exactly_what_was_sent_and_loads_the_rules(
-    env: Stack, tmp_path: Path
-) -> None:
+async def test_prometheus_counts_exactly_what_was_sent_and_loads_the_rules(env: Stack) -> None:
     gateway = Gateway(env.config())
     await gateway.start()
     try:
         assert gateway.http is not None
-        async with prometheus(tmp_path, f"127.0.0.1:{gateway.http.port}") as server:
+        async with prometheus(f"127.0.0.1:{gateway.http.port}") as server:
+            assert server.process is not None
+            status = Path(f"/proc/{server.process.pid}/status").read_text()
+            (uids,) = [line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")]
+            assert "0" not in uids  # never root, even when the tests are
             await send_load(env)
             good = sum(DEVICES.values())
             rows = await settle(
