@@ -170,7 +170,7 @@ async def test_prometheus_counts_exactly_what_was_sent_and_loads_the_rules(env: 
         assert gateway.http is not None
         async with prometheus(f"127.0.0.1:{gateway.http.port}") as server:
             assert server.process is not None
-            status = Path(f"/proc/{server.process.pid}/status").read_text()
+            status = await asyncio.to_thread(Path(f"/proc/{server.process.pid}/status").read_text)
             (uids,) = [line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")]
             assert "0" not in uids  # never root, even when the tests are
             await send_load(env)
