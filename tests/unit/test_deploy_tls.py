@@ -92,11 +92,15 @@ def test_compose_mounts_each_ca_file_where_the_config_reads_it() -> None:
 
 
 def listeners(text: str) -> dict[str, dict[str, str]]:
-    """Each `listener` line of a mosquitto.conf -> the options that follow it (its own)."""
+    """Each `listener` line of a mosquitto.conf -> the options of the lines right below it, up
+    to the first blank line: the shipped file keeps a listener's own options together there."""
     found: dict[str, dict[str, str]] = {}
     current: dict[str, str] | None = None
     for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
+        if not line.strip():
+            current = None
+            continue
+        if line.startswith("#"):
             continue
         name, _, value = line.partition(" ")
         if name == "listener":
