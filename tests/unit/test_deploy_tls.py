@@ -190,3 +190,14 @@ def test_no_shipped_config_opts_out_of_verification() -> None:
         assert not re.search(r"^\s*sslmode\b", text, re.M), f"{path}: verify-full, the default"
     statefulset = json.dumps(manifests()[("StatefulSet", "gateway")])
     assert "allow_plaintext_password" not in statefulset
+
+
+def test_kubernetes_migration_job_can_verify_postgres_as_the_pods_do() -> None:
+    # The admin DSN is refused off loopback unless it verifies the server: the Job needs the CA.
+    ca = k8s_config().database.ca_file
+    assert ca is not None
+    spec = manifests()[("Job", "gateway-migrate")]["spec"]["template"]["spec"]
+    assert readable(PurePosixPath(str(ca)), secret_mounts(spec, "migrate"))
+    dsn = f"postgresql://postgres:x@postgres:5432/gateway?sslmode=verify-full&sslrootcert={ca}"
+    assert dsn_exposure(dsn) is None
+    assert f"sslrootcert={ca}" in (DEPLOY / "README.md").read_text(), "documented as such"
