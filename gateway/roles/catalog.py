@@ -243,16 +243,7 @@ async def read_catalog(
     scope = sorted(state.roles)
     schema_list = sorted(set(schemas))
     for row in await conn.fetch(MEMBERSHIPS, scope):
-        state.memberships.add(
-            Membership(
-                role=row["role"],
-                member=row["member"],
-                inherit=row["inherit_option"],
-                set=row["set_option"],
-                admin=row["admin_option"],
-                grantor=row["grantor"],
-            )
-        )
+        state.memberships.add(Membership.from_row(row))
     for row in await conn.fetch(TABLE_GRANTS, scope, schema_list):
         table = join_names(row["nspname"], row["relname"])
         kind = "sequence" if row["relkind"] == "S" else "table"

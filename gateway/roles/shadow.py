@@ -107,17 +107,7 @@ async def read_shadow(conn: asyncpg.Connection, schemas: Sequence[str]) -> Shado
     }
     edges = tuple(
         sorted(
-            (
-                Membership(
-                    role=row["role"],
-                    member=row["member"],
-                    inherit=row["inherit_option"],
-                    set=row["set_option"],
-                    admin=row["admin_option"],
-                    grantor=row["grantor"],
-                )
-                for row in await conn.fetch(SHADOW_MEMBERSHIPS)
-            ),
+            (Membership.from_row(row) for row in await conn.fetch(SHADOW_MEMBERSHIPS)),
             key=lambda m: (m.role, m.member, m.grantor),
         )
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
+import asyncpg
+
 from gateway.roles.declaration import (
     BATCH_WRITERS,
     CONTROL_SCHEMA,
@@ -112,6 +114,18 @@ class Membership:
     set: bool = False
     admin: bool = False
     grantor: str = field(default="", compare=False)
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Membership:
+        """From a catalog row of role, member, its three options and the grantor."""
+        return cls(
+            role=row["role"],
+            member=row["member"],
+            inherit=row["inherit_option"],
+            set=row["set_option"],
+            admin=row["admin_option"],
+            grantor=row["grantor"],
+        )
 
 
 @dataclass(frozen=True, order=True)
