@@ -17,6 +17,8 @@ import orjson
 __all__ = [
     "ANY_REASON",
     "LANDS",
+    "LOOKS_LIKE_NUL",
+    "LOOKS_LIKE_NUL_TAGS",
     "Hostile",
     "corpus",
     "documented_reasons",
@@ -30,6 +32,12 @@ LANDS = "(lands)"
 """The message is legal, however odd: all of its rows land, no reject."""
 ANY_REASON = "(any documented reason)"
 """Rejected, for a reason not decided yet: any reason of the README's table but internal_error."""
+
+
+LOOKS_LIKE_NUL = "\\u0000"
+"""A backslash and then the letters u0000: text, not a NUL, which PostgreSQL stores as sent."""
+LOOKS_LIKE_NUL_TAGS = b'{"looks_like_nul":"\\\\u0000","\\\\u0000":1}'
+"""Tags whose key and value are `LOOKS_LIKE_NUL`, escaped in JSON as `\\\\u0000`."""
 
 
 def documented_reasons() -> frozenset[str]:
@@ -144,6 +152,34 @@ def corpus(max_payload_bytes: int = 256 * 1024) -> list[Hostile]:
             "nul_escape_in_tags_key",
             _message("nul tag key", ts, tags=b'{"\\u0000":1}'),
             "invalid_text",
+        ),
+        Hostile(
+            "nul_escape_in_nested_tags",
+            _message("nul nested tag", ts, tags=b'{"a":{"b":["x","\\u0000"]}}'),
+            "invalid_text",
+        ),
+        Hostile(
+            "nul_escape_after_escaped_backslash_in_tags",
+            _message("nul after backslash", ts, tags=b'{"a":"\\\\\\u0000"}'),
+            "invalid_text",
+        ),
+        Hostile(
+            "nul_escape_in_tags_of_a_batch_reading",
+            _message(
+                "nul batch tag", ts, readings=b'[{"metric":"m","value":1,"tags":{"a":"\\u0000"}}]'
+            ),
+            "invalid_text",
+        ),
+        # An escaped backslash and then the letters u0000: no NUL, and PostgreSQL stores it.
+        Hostile(
+            "escaped_backslash_then_u0000_in_tags",
+            _message("looks like nul", ts, tags=LOOKS_LIKE_NUL_TAGS),
+            LANDS,
+        ),
+        Hostile(
+            "escaped_backslash_then_u0000_in_metric",
+            _message("looks like nul metric", ts, metric=b'"\\\\u0000"'),
+            LANDS,
         ),
         Hostile("nul_escape_in_id", _message("nul id", ts, id=b'"\\u0000"'), "invalid_text"),
         Hostile("raw_nul_in_metric", _message("raw nul", ts, metric=b'"a\x00b"'), "invalid_text"),

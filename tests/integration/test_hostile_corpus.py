@@ -12,12 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import orjson
 import pytest
 
 from gateway.app import Gateway
 from gateway.sources.mqtt.options import DEFAULT_PACKET_LIMIT
 from gateway.sources.mqtt.wire import encode_publish, encode_string
-from tests.hostile import ANY_REASON, LANDS, corpus, documented_reasons
+from tests.hostile import (
+    ANY_REASON,
+    LANDS,
+    LOOKS_LIKE_NUL,
+    LOOKS_LIKE_NUL_TAGS,
+    corpus,
+    documented_reasons,
+)
 
 from .stack import Stack, publish, reading
 
@@ -103,6 +111,13 @@ async def test_each_hostile_payload_is_one_reject_and_the_good_ones_land(
             "SELECT count(*) FROM ingest.telemetry WHERE identity = $1 AND metric <> 'good'",
             DEVICE,
         )
+        # Text that only looks like a NUL escape is no NUL: it lands in text and jsonb as sent.
+        looks_like_nul = await conn.fetch(
+            "SELECT metric, tags::text AS tags FROM ingest.telemetry WHERE identity = $1 "
+            "AND (metric = $2 OR tags ? 'looks_like_nul')",
+            DEVICE,
+            LOOKS_LIKE_NUL,
+        )
     finally:
         await conn.close()
 
@@ -123,6 +138,8 @@ async def test_each_hostile_payload_is_one_reject_and_the_good_ones_land(
 
     assert {row["value"]: row["n"] for row in good_rows} == {value: 1 for value in goods}
     assert others == legal  # the odd but legal payloads landed too, once each
+    stored = {row["metric"]: orjson.loads(row["tags"] or "null") for row in looks_like_nul}
+    assert stored == {LOOKS_LIKE_NUL: None, "temp": orjson.loads(LOOKS_LIKE_NUL_TAGS)}
     assert rejected_total(gateway) == len(hostile)
     assert_ready(gateway)
 

@@ -213,6 +213,38 @@ def test_text_that_only_looks_like_a_nul_escape_is_kept() -> None:
     assert row[2] == "\U0001f600"
 
 
+@pytest.mark.parametrize(
+    "tags",
+    [
+        b'{"a":"\\u0000"}',
+        b'{"\\u0000":1}',
+        b'{"a":{"b":["x","\\u0000"]}}',
+        b'{"a":"\\\\\\u0000"}',  # an escaped backslash, then a NUL
+        b'{"\\\\":"\\u0000"}',
+        b'{"a":"\\u005c\\u0000"}',  # a backslash spelled as an escape, then a NUL
+    ],
+)
+def test_a_nul_anywhere_in_tags_is_invalid_text(tags: bytes) -> None:
+    assert rejected(reading_with("tags", tags)) == "invalid_text"
+    batch = b'{"ts":%d,"readings":[{"metric":"t","value":1},{"metric":"t","value":2,"tags":%s}]}'
+    assert rejected(batch % (MS, tags)) == "invalid_text"
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        b'{"a":"\\\\u0000"}',  # an escaped backslash, then the text u0000
+        b'{"\\\\u0000":"\\\\\\\\u0000"}',
+        b'{"a":"\\u005cu0000"}',
+        b'{"a":"\\/u0000"}',
+    ],
+)
+def test_tags_that_only_look_like_a_nul_escape_are_kept_as_sent(tags: bytes) -> None:
+    (row,) = decode(reading_with("tags", tags), "s", NOW_US, LIMITS)
+    assert row[4] == tags.decode()
+    assert "\x00" not in str(orjson.loads(row[4]))
+
+
 def test_tag_count_and_id_length_are_bounded() -> None:
     limits = DecodeLimits(max_tags=3)
     tags = {f"k{i}": i for i in range(3)}
