@@ -355,15 +355,113 @@ class SourcesConfig(Section):
     """Kafka consumer groups (`[[sources.kafka]]`)."""
 
 
+ColumnType = Literal["timestamptz", "float8", "int8", "int4", "bool", "text", "jsonb", "uuid"]
+# Where a column's value comes from when it is not in the payload.
+MESSAGE_VALUES = ("$identity", "$stream", "$received_at")
+
+
+class ColumnConfig(Section):
+    """One column of a `table` or `state` route: where its value comes from, and its type."""
+
+    name: str = Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    """Column of the target table."""
+    path: str = Field(pattern=r"^(/.*|\$identity|\$stream|\$received_at)?$")
+    """Where the value is: a JSON pointer into the payload (`/env/temp`; `""` for the whole
+    payload, e.g. into a jsonb column), or `$identity`, `$stream`, `$received_at`."""
+    type: ColumnType
+    """PostgreSQL type the value is checked and converted to: timestamptz (RFC 3339 text or
+    epoch milliseconds, within the `limits` clock window), float8, int8, int4, bool, text, jsonb
+    (any value), uuid (text)."""
+    required: bool = True
+    """A message without this field is rejected (`missing_field`, naming the path); otherwise
+    `default` is written."""
+    default: str | int | float | bool | None = None
+    """Written when the field is missing and not required (None: NULL)."""
+
+    @model_validator(mode="after")
+    def _message_values(self) -> ColumnConfig:
+        if self.path.startswith("$") and self.default is not None:
+            raise ValueError(f"{self.path} is always there: it takes no default")
+        return self
+
+
 class RouteConfig(Section):
-    """Readings of a stream (the `{stream}` topic level) go to a table with telemetry's columns."""
+    """Messages of a stream (the `{stream}` topic level, or the Kafka source's stream) go to a
+    table. A stream may feed several routes (e.g. telemetry rows and the device's state), each
+    written by its own role in its own transaction; a message is acknowledged once all commit."""
 
     stream: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """The stream name (e.g. `telemetry`)."""
     table: str = Field(pattern=r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
-    """Target table, `schema.table`; identities whose role may INSERT there may use the route."""
+    """Target table, `schema.table`; identities whose role may write there (INSERT; for `state`
+    also UPDATE, and SELECT on `key` and `version`) may use the route."""
+    kind: Literal["telemetry", "table", "state"] = "telemetry"
+    """`telemetry`: readings `{ts, metric, value, tags}` (or a batch of them) into telemetry's
+    columns. `table`: one row per message, its `columns` taken from the payload. `state`: the
+    latest state per `key`, upserted; the newest `version` wins, so redelivered or reordered
+    messages never move it backwards."""
+    format: Literal["json", "msgpack"] = "json"
+    """Payload encoding: JSON or MessagePack, with the same limits and reject reasons."""
+    columns: list[ColumnConfig] = []
+    """`table` and `state` routes: each column, where its value comes from, and its type."""
+    key: list[str] = []
+    """`state` routes: the columns naming one state (default: the `$identity` column); the
+    table needs a unique index on them."""
+    version: str | None = None
+    """`state` routes: the column whose newer value wins (default: the first timestamptz column
+    from the payload)."""
     dedup: bool = False
-    """One row per message id even after redelivery (needs `message_id` with a unique index)."""
+    """One row per message even after redelivery: `telemetry` needs `message_id` with a unique
+    index; a `table` route needs a unique index on the columns that name a message."""
+
+    @model_validator(mode="after")
+    def _shape(self) -> RouteConfig:
+        if self.kind == "telemetry":
+            if self.columns or self.key or self.version:
+                raise ValueError(
+                    "a telemetry route has telemetry's columns: no `columns`, `key`, `version`"
+                )
+            return self
+        if not self.columns:
+            raise ValueError(f"a {self.kind} route needs `columns`")
+        names = [column.name for column in self.columns]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"columns named twice: {', '.join(repeated)}")
+        if self.kind == "table":
+            if self.key or self.version:
+                raise ValueError("`key` and `version` are for state routes")
+            return self
+        if self.dedup:
+            raise ValueError("a state route is idempotent by its version: no `dedup`")
+        by_name = {column.name: column for column in self.columns}
+        if not self.key:
+            identity = [c.name for c in self.columns if c.path == "$identity"]
+            if not identity:
+                raise ValueError("a state route needs `key`, or a column from `$identity`")
+            self.key = identity[:1]
+        unknown = [name for name in self.key if name not in by_name]
+        if unknown:
+            raise ValueError(f"`key` names no column: {', '.join(unknown)}")
+        if self.version is None:
+            stamps = [
+                c.name for c in self.columns if c.type == "timestamptz" and c.path.startswith("/")
+            ]
+            if not stamps:
+                raise ValueError(
+                    "a state route needs `version`, or a timestamptz column from the payload"
+                )
+            self.version = stamps[0]
+        version = by_name.get(self.version)
+        if version is None:
+            raise ValueError(f"`version` names no column: {self.version}")
+        if version.type not in ("timestamptz", "int8", "int4") or not version.required:
+            raise ValueError(
+                f"`version` column {self.version} must be a required timestamptz, int8 or int4"
+            )
+        if self.version in self.key:
+            raise ValueError("`version` cannot be part of `key`")
+        return self
 
 
 class BatchingConfig(Section):
@@ -558,9 +656,13 @@ class GatewayConfig(BaseSettings):
                         f"kafka source {source.name} claims identities by topic:{claimed}, but "
                         f"brokers.kafka.topic_template gives each its own {accounts.topic_template}"
                     )
-        streams = [route.stream for route in self.routes]
-        if len(set(streams)) != len(streams):
-            raise ValueError(f"each stream may have one route, got {streams}")
+        targets = [(route.stream, route.table) for route in self.routes]
+        repeated = sorted({t for t in targets if targets.count(t) > 1})
+        if repeated:
+            raise ValueError(
+                "a stream feeds a table once: "
+                + ", ".join(f"{stream} -> {table}" for stream, table in repeated)
+            )
         return self
 
 

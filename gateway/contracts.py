@@ -10,10 +10,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["Message", "Route", "Row", "Sink", "Source", "Table", "WriteOutcome"]
+__all__ = ["Decode", "Message", "Route", "Row", "Sink", "Source", "Table", "WriteOutcome"]
 
 Row = tuple[Any, ...]
 """One row for a table, its values in the order of the table's columns."""
+
+Decode = Callable[[bytes, str, str, int], list[Row]]
+"""A route's own decoding: (payload, identity, stream, received_at) -> its rows, or raise
+`gateway.decoder.Reject`. Telemetry routes have none: the engine's hot path decodes them."""
 
 
 class Message(Protocol):
@@ -112,6 +116,12 @@ class Table:
     dedup: bool = False
     # Each batch is recorded in the write log, with the source positions it came from.
     write_log: bool = True
+    # PostgreSQL types of `columns`, for a staging table (None: telemetry's and rejects' own).
+    types: tuple[str, ...] | None = None
+    # An upsert (a state route): the columns naming one row, and the column whose newer value
+    # wins; every other column is updated.
+    conflict: tuple[str, ...] = ()
+    version: str | None = None
 
     @property
     def qualified(self) -> str:
@@ -133,3 +143,7 @@ class Route:
     stream: str | None = None
     dedup: bool = False
     rejects: bool = False
+    decode: Decode | None = None
+    # Where a row holds the reading's time and its identity (the table's; None: it has none).
+    ts_column: int | None = 0
+    identity_column: int | None = 1
