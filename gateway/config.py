@@ -413,9 +413,17 @@ class RouteConfig(Section):
     dedup: bool = False
     """One row per message even after redelivery: `telemetry` needs `message_id` with a unique
     index; a `table` route needs a unique index on the columns that name a message."""
+    role: str | None = None
+    """Declared role that writes this route, for identities of the roles in `for_roles` (e.g.
+    `state_writer` keeping the state of `telemetry_ingest` devices, each write in its own role's
+    transaction). Default: each identity's own role, where the declaration lets it write."""
+    for_roles: list[str] = []
+    """With `role`: the roles whose identities feed this route."""
 
     @model_validator(mode="after")
     def _shape(self) -> RouteConfig:
+        if (self.role is None) != (not self.for_roles):
+            raise ValueError("give `role` and `for_roles` together")
         if self.kind == "telemetry":
             if self.columns or self.key or self.version:
                 raise ValueError(
@@ -424,6 +432,10 @@ class RouteConfig(Section):
             return self
         if not self.columns:
             raise ValueError(f"a {self.kind} route needs `columns`")
+        if not any(column.path == "$identity" for column in self.columns):
+            raise ValueError(
+                f"a {self.kind} route needs a column from `$identity`: every row names its sender"
+            )
         names = [column.name for column in self.columns]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
@@ -443,6 +455,9 @@ class RouteConfig(Section):
         unknown = [name for name in self.key if name not in by_name]
         if unknown:
             raise ValueError(f"`key` names no column: {', '.join(unknown)}")
+        if not any(by_name[name].path == "$identity" for name in self.key):
+            # else one identity's message could overwrite another identity's state
+            raise ValueError("`key` must include the `$identity` column")
         if self.version is None:
             stamps = [
                 c.name for c in self.columns if c.type == "timestamptz" and c.path.startswith("/")

@@ -144,6 +144,8 @@ class Route:
     dedup: bool = False
     rejects: bool = False
     decode: Decode | None = None
+    # The role whose identities' messages take this route, when not the writing role itself.
+    for_role: str | None = None
     # Where a row holds the reading's time and its identity (the table's; None: it has none).
     ts_column: int | None = 0
     identity_column: int | None = 1

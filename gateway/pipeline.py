@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from operator import itemgetter
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from gateway import pgtime
 from gateway.activity import Activity
@@ -48,7 +48,6 @@ REJECT_COLUMNS = (
     "message_key",
     "count",
 )
-_TS, _IDENTITY = itemgetter(0), itemgetter(1)  # of telemetry rows; map() runs them in C
 PAYLOAD_PREFIX = 256
 TOPIC_KEPT = 256  # of a reject's topic; the rest is the sender's to choose, not ours to store
 MAX_PENDING_PROVISION = 10_000
@@ -82,7 +81,8 @@ class Pipeline:
         provision: Provision | None = None,
     ) -> None:
         self._lookup = lookup
-        self._routes: dict[tuple[str, str], Route] = {}
+        # (role, stream) -> the routes its messages feed: one, or several (each its own table).
+        self._routes: dict[tuple[str, str], list[Route]] = {}
         by_table: dict[tuple[str, str], Route] = {}  # routes into one table share its batches
         rejects: list[Route] = []
         for route in routes:
@@ -91,7 +91,8 @@ class Pipeline:
             elif route.stream is None:
                 raise ValueError(f"the route of {route.role} to {route.table} has no stream")
             else:
-                self._routes[(route.role, route.stream)] = route
+                fed_by = route.for_role or route.role
+                self._routes.setdefault((fed_by, route.stream), []).append(route)
                 by_table[(route.role, route.table)] = route
         if len(rejects) != 1:
             raise ValueError(f"exactly one route must take reject records, not {len(rejects)}")
@@ -117,7 +118,8 @@ class Pipeline:
         self._probes: set[asyncio.Future[None]] = set()
         self._buffered = 0
         self._held_bytes = 0  # of batches cut and not yet committed
-        self._held: dict[tuple[str, str], Route] = {}  # (role, stream) of tables refusing writes
+        # (role, stream) -> its routes whose tables refuse writes, out of `_routes` meanwhile
+        self._held: dict[tuple[str, str], list[Route]] = {}
         self._held_errors: dict[tuple[str, str], str] = {}  # (role, table) -> why
         self._capacity = asyncio.Event()
         self._capacity.set()
@@ -155,7 +157,7 @@ class Pipeline:
         received_at = pgtime.now()
         count = 0
         claim, lookup, routes, limits = source.claim, self._lookup, self._routes, self._limits
-        batchers, unclaimed = self._batchers, source.unclaimed_reason
+        batchers, unclaimed, held = self._batchers, source.unclaimed_reason, self._held
         for message in messages:
             count += 1
             # One message must never stop intake: whatever a step raises that it did not
@@ -175,13 +177,22 @@ class Pipeline:
                         source, message, "retired_identity", identity, "retired", received_at
                     )
                     continue
-                route = routes.get((entry.role, stream))
-                if route is None:
+                targets = routes.get((entry.role, stream))
+                if targets is None:
                     self._unrouted(source, message, identity, entry.role, stream, received_at)
                     continue
+                if len(targets) > 1 or (held and (entry.role, stream) in held):
+                    self._fan_out(
+                        source, message, identity, entry.role, stream, targets, received_at
+                    )
+                    continue
+                route = targets[0]
                 payload = message.payload
                 try:
-                    rows = decode(payload, identity, received_at, limits, route.dedup)
+                    if route.decode is None:  # telemetry: the hot path, called directly
+                        rows = decode(payload, identity, received_at, limits, route.dedup)
+                    else:
+                        rows = route.decode(payload, identity, stream, received_at)
                 except Reject as reject:
                     self._reject(
                         source, message, reject.reason, identity, reject.detail, received_at
@@ -193,6 +204,53 @@ class Pipeline:
                 self._internal_error(source, message, exc, received_at)
         self.metrics.messages_received.labels(source.name).inc(count)
         self._check_capacity()
+
+    def _fan_out(
+        self,
+        source: Source[M],
+        message: M,
+        identity: str,
+        role: str,
+        stream: str,
+        targets: Sequence[Route],
+        at: int,
+    ) -> None:
+        """A message feeding several routes (or one of whose routes is held): each route gets
+        its rows, or a reject record saying why it has none, and the message is acknowledged
+        once all of them are committed. One route refusing the payload loses nothing of the
+        others'; only when every route refuses it is it one ordinary reject."""
+        payload = message.payload
+        parts: list[tuple[Route, list[Row]]] = []
+        refused: list[tuple[Route, Reject]] = []
+        for route in targets:
+            try:
+                if route.decode is None:
+                    rows = decode(payload, identity, at, self._limits, route.dedup)
+                else:
+                    rows = route.decode(payload, identity, stream, at)
+            except Reject as refusal:
+                refused.append((route, refusal))
+            else:
+                parts.append((route, rows))
+        unavailable = self._held.get((role, stream), [])
+        if not parts and not unavailable:
+            detail = "; ".join(f"{route.table}: {r.detail}" for route, r in refused)
+            self._reject(source, message, refused[0][1].reason, identity, detail, at)
+            return
+        # Stands in for the source of each part (it answers what batches and records ask).
+        shared = cast(
+            Source[M], Shared(source, message, len(parts) + len(refused) + len(unavailable))
+        )
+        for route, rows in parts:
+            self._batchers[(route.role, route.table)].add(rows, len(payload), shared, message)
+            self._buffered += len(rows)
+        # Each record takes the payload from the message (and empties it): give it back first.
+        for route in unavailable:
+            message.payload = payload
+            self._reject_unavailable(shared, message, identity, route, at)
+        for route, why in refused:
+            message.payload = payload
+            self._reject(shared, message, why.reason, identity, f"{route.table}: {why.detail}", at)
 
     def _check_capacity(self) -> None:
         if self._buffered >= self._max_buffered or self._held_bytes >= self._max_bytes:
@@ -215,8 +273,8 @@ class Pipeline:
         self, source: Source[M], message: M, identity: str, role: str, stream: str, at: int
     ) -> None:
         held = self._held.get((role, stream))
-        if held is not None:
-            self._reject_unavailable(source, message, identity, held, at)
+        if held:
+            self._reject_unavailable(source, message, identity, held[0], at)
         elif stream not in self._streams:
             detail = f"role {role} may not write stream {stream[:TOPIC_KEPT]!r}"
             self._reject(source, message, "unknown_stream", identity, detail, at)
@@ -455,9 +513,11 @@ class Pipeline:
             self.metrics.rows_written.labels(role, table).inc(outcome.written)
             self.metrics.batch_rows.observe(outcome.written)
             self.metrics.flush_duration.labels(role, table).observe(now - started)
-            self.activity.wrote(Counter(map(_IDENTITY, batch.rows)))
-            newest = max(map(_TS, batch.rows))
-            self.metrics.end_to_end_latency.observe(max(0.0, (pgtime.now() - newest) / 1e6))
+            if route.identity_column is not None:
+                self.activity.wrote(Counter(map(itemgetter(route.identity_column), batch.rows)))
+            if route.ts_column is not None:
+                newest = max(map(itemgetter(route.ts_column), batch.rows))
+                self.metrics.end_to_end_latency.observe(max(0.0, (pgtime.now() - newest) / 1e6))
         self._acknowledge(batch)
         self.metrics.ack_latency.observe(now - batch.started)
         self._release(batch)
@@ -486,9 +546,7 @@ class Pipeline:
         self._held_errors[key] = error
         if held:
             return  # and probed already
-        for (role, stream), other in list(self._routes.items()):
-            if other.role == route.role and other.table == route.table:
-                self._held[(role, stream)] = self._routes.pop((role, stream))
+        _move(self._routes, self._held, route)
         self.metrics.route_held.labels(route.role, route.table).set(1)
         log.error(
             "%s refuses writes as %s (%s): its messages go to rejects, whole, until it is fixed",
@@ -511,9 +569,7 @@ class Pipeline:
             if not error:
                 break
             self._held_errors[(route.role, route.table)] = error
-        for key, held in list(self._held.items()):
-            if held.role == route.role and held.table == route.table:
-                self._routes[key] = self._held.pop(key)
+        _move(self._held, self._routes, route)
         self._held_errors.pop((route.role, route.table), None)
         self.metrics.route_held.labels(route.role, route.table).set(0)
         log.warning("%s takes writes as %s again", route.table, route.role)
@@ -536,10 +592,13 @@ class Pipeline:
                 )
             return
         for row, error in bad_rows:
-            identity = row[1]
+            column = route.identity_column
+            identity = row[column] if column is not None else None
             self.metrics.messages_rejected.labels("database", "database_refused").inc()
-            self.activity.rejected(identity)
-            payload = repr(row[2:5]).encode()[:PAYLOAD_PREFIX]
+            if identity is not None:
+                self.activity.rejected(identity)
+            shown = row[2:5] if route.decode is None else row  # telemetry: metric, value, tags
+            payload = repr(shown).encode()[:PAYLOAD_PREFIX]
             record = (
                 pgtime.now(),
                 "database",
@@ -592,6 +651,56 @@ class Pipeline:
         for task in list(self._flushing):
             task.cancel()
         await asyncio.gather(*list(self._flushing), return_exceptions=True)
+
+
+class Shared:
+    """One message feeding several routes, as the source of each of its parts: the parts are
+    acknowledged one by one (a batch, a reject record), the message at its source with the last.
+
+    It stands in for the source wherever a batch or record names one, so it answers the same
+    questions (name, claim, position) by asking the source.
+    """
+
+    __slots__ = ("message", "remaining", "source")
+
+    def __init__(self, source: Source[Any], message: Any, parts: int) -> None:
+        self.source = source
+        self.message = message
+        self.remaining = parts
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def claim(self) -> Callable[[Any], tuple[str, str] | None]:
+        return self.source.claim
+
+    def position(self, message: Any) -> Any:
+        return self.source.position(message)
+
+    def ack(self, messages: Sequence[Any]) -> None:
+        self.remaining -= len(messages)
+        if self.remaining == 0:
+            self.source.ack((self.message,))
+
+
+def _move(
+    origin: dict[tuple[str, str], list[Route]],
+    target: dict[tuple[str, str], list[Route]],
+    route: Route,
+) -> None:
+    """Move every (role, stream)'s routes into `route`'s (role, table) from one map to the other."""
+    for key, routes in list(origin.items()):
+        moving = [r for r in routes if r.role == route.role and r.table == route.table]
+        if not moving:
+            continue
+        target.setdefault(key, []).extend(moving)
+        rest = [r for r in routes if r not in moving]
+        if rest:
+            origin[key] = rest
+        else:
+            del origin[key]
 
 
 def _storable(text: str) -> str:
