@@ -69,6 +69,12 @@ class PostgresSink(Sink):
     CONFLICT DO NOTHING`, so a redelivered message adds nothing. That needs only INSERT on the
     table (and TEMP, which every role has by default): no conflict target is named, so no SELECT
     is required.
+
+    A table with `conflict` (a device's state) is upserted through the same staging: the newest
+    `version` per key wins within the batch and against the table, and an older or equal one
+    changes nothing, so redelivered or reordered messages never move a state backwards. That
+    needs INSERT, UPDATE on the columns it sets, and SELECT on the conflict and version columns
+    (the ones it reads in the table); nothing else, so the role cannot read the states.
     """
 
     def __init__(
@@ -165,32 +171,34 @@ class PostgresSink(Sink):
         )
 
     async def _copy(self, rows: Sequence[Row], positions: dict[str, Any]) -> int:
-        """One transaction: the rows and their write-log entry; returns the rows inserted."""
+        """One transaction: the rows and their write-log entry; returns the rows committed (an
+        upsert's: the batch's rows, each applied or superseded by a newer version)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            inserted = await self._insert(conn, rows)
+            changed = await self._insert(conn, rows)
             if self.target.write_log:
-                await conn.execute(WRITE_LOG, *self._log_entry(rows, positions, inserted))
-        return inserted
+                await conn.execute(WRITE_LOG, *self._log_entry(rows, positions, changed))
+        return len(rows) if self.target.conflict else changed
 
     async def _insert(self, conn: Conn, rows: Sequence[Row]) -> int:
-        """COPY the rows into the table, or through staging for dedup; the rows inserted."""
+        """COPY the rows into the table, or through staging for dedup and upserts; the rows the
+        table gained or changed."""
         target = self.target
-        if not target.dedup:
+        if not target.dedup and not target.conflict:
             await _copy_records(conn, target.name, target.columns, rows, schema=target.schema)
             return len(rows)
-        # COPY into a session-private staging table, then insert what is not there yet.
-        staging = f"gateway_staging_{target.name}"
-        columns = ", ".join(f'"{column}"' for column in target.columns)
-        definition = ", ".join(f'"{c}" {STAGING_TYPES[c]}' for c in target.columns)
+        staging = _staging_name(target)
+        # COPY into a session-private staging table, then move what the table should take.
+        types = target.types or tuple(STAGING_TYPES[c] for c in target.columns)
+        definition = ", ".join(f'"{c}" {t}' for c, t in zip(target.columns, types, strict=True))
         await conn.execute(
             f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" ({definition}) ON COMMIT DELETE ROWS'
         )
         await _copy_records(conn, staging, target.columns, rows)
-        status = await conn.execute(
-            f'INSERT INTO "{target.schema}"."{target.name}" ({columns}) '
-            f'SELECT {columns} FROM "{staging}" ON CONFLICT DO NOTHING'
-        )
-        return int(status.rsplit(" ", 1)[1])
+        changed = 0
+        for statement in _move_statements(target, staging):
+            status = await conn.execute(statement)
+            changed += int(status.rsplit(" ", 1)[1])
+        return changed
 
     def _log_entry(
         self, rows: Sequence[Row], positions: dict[str, Any], inserted: int
@@ -237,6 +245,45 @@ async def _copy_records(
         raise
     except Exception as exc:
         raise _base.DataError(f"invalid input in a row: {type(exc).__name__}: {exc}") from exc
+
+
+def _staging_name(target: Table) -> str:
+    """One staging table per shape: two routes of a role may write tables of one name, or one
+    table with different columns, over the same connection."""
+    shape = orjson.dumps([target.schema, target.name, target.columns, target.types])
+    return f"gateway_staging_{target.name[:32]}_{hashlib.sha256(shape).hexdigest()[:12]}"
+
+
+def _move_statements(target: Table, staging: str) -> list[str]:
+    """From staging into the table: what is not there yet (dedup), or for an upsert the newest
+    version per key, inserted where the key is new, then set where the table's is older.
+
+    Not one `ON CONFLICT DO UPDATE SET c = EXCLUDED.c`: PostgreSQL wants SELECT on every column
+    read through EXCLUDED, so the role could read every state. Inserting first is safe against
+    another writer of the same key: the insert waits for that one's row and skips it, and the
+    update then sees it (each statement reads what was committed before it started).
+    """
+    table = f'"{target.schema}"."{target.name}"'
+    columns = ", ".join(f'"{column}"' for column in target.columns)
+    if not target.conflict:
+        return [
+            f'INSERT INTO {table} ({columns}) SELECT {columns} FROM "{staging}" '
+            "ON CONFLICT DO NOTHING"
+        ]
+    if target.version is None:
+        raise ValueError(f"an upsert into {target.qualified} needs a version column")
+    key = ", ".join(f'"{column}"' for column in target.conflict)
+    version = f'"{target.version}"'
+    newest = f'SELECT DISTINCT ON ({key}) {columns} FROM "{staging}" ORDER BY {key}, {version} DESC'
+    updates = ", ".join(
+        f'"{column}" = s."{column}"' for column in target.columns if column not in target.conflict
+    )
+    same_key = " AND ".join(f't."{column}" = s."{column}"' for column in target.conflict)
+    return [
+        f"INSERT INTO {table} ({columns}) {newest} ON CONFLICT DO NOTHING",
+        f"UPDATE {table} AS t SET {updates} FROM ({newest}) AS s "
+        f"WHERE {same_key} AND t.{version} < s.{version}",
+    ]
 
 
 def _bytes_as_hex(value: Any) -> str:
