@@ -36,6 +36,7 @@ from gateway.roles.declaration import load_declaration
 from gateway.roles.guards import ALLOW_DROP_FLAG
 from gateway.roles.plan import PlanError
 from gateway.roles.state import desired_state
+from gateway.route_checks import check_routes
 from gateway.trail import default_actor
 from gateway.trail_verify import verify
 
@@ -94,8 +95,15 @@ async def run_migrate(args: argparse.Namespace) -> int:
 
 async def run_plan(args: argparse.Namespace) -> int:
     doc = load_declaration(args.roles)
+    config = load_config(args.config) if args.config is not None else None
     conn = await connect(resolve_dsn(args))
     try:
+        # Routes the tables or the declared roles cannot take would only fail once running.
+        problems = await check_routes(conn, config, doc) if config is not None else []
+        if problems:
+            for path, problem in problems:
+                print(f"gateway: {args.config}: {path}: {problem}", file=sys.stderr)
+            return 1
         plan = await plan_roles(conn, doc)
     finally:
         await conn.close()
@@ -295,6 +303,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     plan = roles.add_parser("plan", help="show what apply would change (exit 2 if anything)")
     add_roles_options(plan)
+    plan.add_argument(
+        "--config",
+        type=Path,
+        help="gateway configuration: first refuse (exit 1) if a table or state route does not "
+        "fit its table or no declared role may write it",
+    )
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.set_defaults(handler=run_plan)
 
