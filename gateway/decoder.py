@@ -27,7 +27,15 @@ from gateway.config import LimitsConfig
 from gateway.contracts import Row
 from gateway.errors import GatewayError
 
-__all__ = ["COLUMNS", "DEDUP_COLUMNS", "DecodeLimits", "Reject", "decode"]
+__all__ = [
+    "COLUMNS",
+    "DEDUP_COLUMNS",
+    "DecodeLimits",
+    "Reject",
+    "decode",
+    "has_nul_escape",
+    "undecodable",
+]
 
 COLUMNS = ("ts", "identity", "metric", "value", "tags", "received_at")
 DEDUP_COLUMNS = (*COLUMNS, "message_id")
@@ -137,7 +145,7 @@ def decode(
     arrays = 91 in payload
     if not arrays and len(payload) > SMALL_PAYLOAD and payload.count(b"{") > limits.max_depth:
         _check_depth(payload, limits.max_depth)
-    if 92 in payload and _has_nul_escape(payload):  # 92 is a backslash: one memchr
+    if 92 in payload and has_nul_escape(payload):  # 92 is a backslash: one memchr
         raise Reject("invalid_text", "text contains NUL (\\u0000), which PostgreSQL cannot store")
     try:
         body = _parse(payload)
@@ -147,7 +155,7 @@ def decode(
         reason = "non_finite_value" if str(exc).startswith("Number out of range") else None
         raise Reject(reason or "invalid_reading", str(exc)) from None
     except msgspec.DecodeError as exc:
-        raise _undecodable(payload, exc) from None
+        raise undecodable(payload, exc) from None
     earliest, latest = received_at - limits.max_age_us, received_at + limits.max_ahead_us
     readings = body.readings
     if readings is None:
@@ -190,7 +198,7 @@ def _message_id(given: Any, row: Row, index: int | None) -> str:
     return f"{pgtime.to_datetime(row[0]).isoformat()}|{row[2]}"
 
 
-def _undecodable(payload: bytes, exc: msgspec.DecodeError) -> Reject:
+def undecodable(payload: bytes, exc: msgspec.DecodeError) -> Reject:
     """The precise reason a payload is not JSON we can store (error path only)."""
     text = str(exc)
     # JSON has no NaN or infinity; devices that send them anyway get the precise reason.
@@ -252,7 +260,7 @@ def _structure(payload: bytes) -> bytes:
     return marks if 34 not in marks else b"".join(marks.split(b'"')[::2])  # 34 is `"`
 
 
-def _has_nul_escape(payload: bytes) -> bool:
+def has_nul_escape(payload: bytes) -> bool:
     """A `\\u0000` escape that is not itself an escaped backslash followed by `u0000`."""
     return _NUL_ESCAPE.search(payload) is not None
 
