@@ -157,6 +157,9 @@ def _column(index: int, column: ColumnConfig, fmt: str, limits: DecodeLimits) ->
     except ValueError as exc:
         raise ConfigError("route", [(f"{where}.path", str(exc))]) from None
     get = _getter(tokens, label)
+    # Members by name are followed inline (no call): a miss, or a token that may be an array
+    # index, takes `get`, which also checks the keys of the map where the miss was.
+    keys = tuple(key for key, index in tokens) if all(i is None for _, i in tokens) else None
     convert = _jsonb_converter(fmt) if kind == "jsonb" else _CONVERTERS[kind]
     fallback = _default(column, convert, f"{where}.default")
     required, missing = column.required, f"{label}: required {kind}"
@@ -164,7 +167,11 @@ def _column(index: int, column: ColumnConfig, fmt: str, limits: DecodeLimits) ->
         max_age, max_ahead = limits.max_age_us, limits.max_ahead_us
 
         def stamp(document: Any, identity: str, stream: str, received_at: int) -> Any:
-            found = get(document)
+            found = document
+            for key in keys or ():
+                found = found.get(key, _MISSING) if type(found) is dict else _MISSING
+            if keys is None or found is _MISSING:
+                found = get(document)
             if found is None or found is _MISSING:
                 if required:
                     raise Reject("missing_field", missing)
@@ -177,7 +184,11 @@ def _column(index: int, column: ColumnConfig, fmt: str, limits: DecodeLimits) ->
         return stamp
 
     def value(document: Any, identity: str, stream: str, received_at: int) -> Any:
-        found = get(document)
+        found = document
+        for key in keys or ():
+            found = found.get(key, _MISSING) if type(found) is dict else _MISSING
+        if keys is None or found is _MISSING:
+            found = get(document)
         if found is None or found is _MISSING:
             if required:
                 raise Reject("missing_field", missing)
