@@ -595,3 +595,33 @@ def test_any_msgpack_telemetry_gives_json_or_a_reason(value: Any) -> None:
         decode(text, "sensor-1", NOW_US, LIMITS)
     except Reject as exc:
         assert exc.reason in TELEMETRY_REASONS, exc
+
+
+def test_keys_that_are_not_text_are_named_where_the_pointer_misses() -> None:
+    nested = msgspec.msgpack.encode({"a": {1: "x"}, "l": [{2: "y"}]})
+    for path in ("/a/b", "/l/0/b"):
+        shaped = decoder(column("v", path, "text", required=False), fmt="msgpack")
+        reject = refused(shaped, nested)
+        assert (reject.reason, reject.detail) == ("wrong_type", f"{path}: map keys must be text")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_state_route_decodes_alike(fmt: str) -> None:
+    route = RouteConfig.model_validate(
+        {
+            "stream": "state",
+            "table": "app.device_state",
+            "kind": "state",
+            "format": fmt,
+            "columns": [
+                column("device", "$identity", "text"),
+                column("seen", "/ts", "timestamptz"),
+                column("state", "", "jsonb"),
+            ],
+        }
+    )
+    state = shape_decoder(route, LIMITS)
+    message = {"ts": MS, "mode": "eco"}
+    assert state(encode(message, fmt), "sensor-1", "state", NOW_US) == [
+        ("sensor-1", NOW_US, f'{{"ts":{MS},"mode":"eco"}}')
+    ]
