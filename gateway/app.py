@@ -34,6 +34,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.pools import RolePools
 from gateway.roles.declaration import load_declaration
+from gateway.route_checks import check_routes
 from gateway.routes import build_routes, writer_roles
 from gateway.sinks.postgres import PostgresSink
 from gateway.sources.kafka import KafkaSource
@@ -87,6 +88,12 @@ class Gateway:
             config.database, doc, [control], row_writers=[*writers, rejects]
         )
         await pools.open()
+        if any(route.kind != "telemetry" for route in config.routes):
+            # Shapes are checked against the live tables before any message is taken.
+            async with pools[control].acquire() as conn:
+                problems = await check_routes(conn, config, doc)
+            if problems:
+                raise ConfigError("gateway configuration", problems)
 
         self._cache = IdentityCache(
             lambda: pools.connect(control), on_entries=self.metrics.identity_cache_entries.set

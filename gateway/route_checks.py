@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import asyncpg
-
 from gateway.config import GatewayConfig, RouteConfig
+from gateway.db import Conn
 from gateway.decoder import COLUMNS, DEDUP_COLUMNS
 from gateway.roles.declaration import Declaration, Privilege
 
@@ -146,7 +145,7 @@ GROUP BY i.indexrelid
 
 
 async def check_routes(
-    conn: asyncpg.Connection, config: GatewayConfig, doc: Declaration
+    conn: Conn, config: GatewayConfig, doc: Declaration
 ) -> list[tuple[str, str]]:
     """(path, problem) for every table or state route the database or the declaration cannot
     take. Reads the catalog only, which any login may."""
@@ -164,7 +163,7 @@ async def check_routes(
     return problems
 
 
-async def _table_problems(conn: asyncpg.Connection, route: RouteConfig) -> list[tuple[str, str]]:
+async def _table_problems(conn: Conn, route: RouteConfig) -> list[tuple[str, str]]:
     """Paths under the route, and what the live table lacks for it."""
     schema, name = route.table.split(".")
     live = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -119,14 +119,24 @@ async def test_rejects_writer_only_inserts_rejects(login: Login) -> None:
 
 async def test_state_writer_upserts_state_only(login: Login) -> None:
     conn = await login("state_writer")
-    upsert = (
-        "INSERT INTO ingest.device_state (identity, state) VALUES ($1, $2::jsonb) "
-        "ON CONFLICT (identity) DO UPDATE SET state = excluded.state, updated_at = now()"
+    # A state route's two statements: new keys, then newer versions of the others.
+    insert = (
+        "INSERT INTO ingest.device_state (identity, state, updated_at) "
+        "VALUES ($1, $2::jsonb, $3) ON CONFLICT DO NOTHING"
     )
-    await conn.execute(upsert, "sensor-9", '{"on": true}')
-    await conn.execute(upsert, "sensor-9", '{"on": false}')
+    update = (
+        "UPDATE ingest.device_state SET state = $2::jsonb, updated_at = $3 "
+        "WHERE identity = $1 AND updated_at < $3"
+    )
+    now = datetime.now(UTC)
+    await conn.execute(insert, "sensor-9", '{"on": true}', now)
+    assert await conn.execute(update, "sensor-9", '{"on": false}', now + timedelta(seconds=1)) == (
+        "UPDATE 1"
+    )
+    assert await conn.fetchval("SELECT max(updated_at) FROM ingest.device_state") is not None
     for statement in (
-        "SELECT updated_at FROM ingest.device_state",
+        "SELECT state FROM ingest.device_state",  # what it writes, it never reads
+        "SELECT * FROM ingest.device_state",
         "DELETE FROM ingest.device_state",
         "SELECT * FROM ingest.telemetry",
         "INSERT INTO ingest.telemetry (ts, identity, metric) VALUES (now(), 'a', 'b')",

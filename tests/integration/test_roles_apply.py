@@ -207,7 +207,7 @@ async def test_roles_show_lists_declared_live_and_identities(
     (role,) = orjson.loads(shown.stdout)
     assert role["id"] == "r-telemetry-ingest"
     assert role["live"]["exists"] and role["live"]["connection_limit"] == 8
-    assert role["live"]["grants"] == ["INSERT ingest.telemetry"]
+    assert role["live"]["grants"] == ["INSERT ingest.environment", "INSERT ingest.telemetry"]
     assert role["identities"] == {"active": 1, "retired": 0}
 
 
