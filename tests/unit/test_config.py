@@ -12,6 +12,7 @@ from gateway.config import (
     DatabaseConfig,
     KafkaSourceConfig,
     MqttSourceConfig,
+    RouteConfig,
     Secret,
     load_config,
 )
@@ -219,3 +220,46 @@ async def test_an_unreadable_dsn_is_one_line_without_its_text() -> None:
     with pytest.raises(DatabaseError) as refused:
         await connect("postgresql://postgres:s3cret@127.0.0.1:notaport/gateway")
     assert "s3cret" not in str(refused.value) and "not valid" in str(refused.value)
+
+
+STATE_COLUMNS = [
+    {"name": "identity", "path": "$identity", "type": "text"},
+    {"name": "site", "path": "/site", "type": "text"},
+    {"name": "state", "path": "", "type": "jsonb"},
+    {"name": "updated_at", "path": "/ts", "type": "timestamptz"},
+]
+
+
+def state_route(**settings: object) -> RouteConfig:
+    return RouteConfig.model_validate(
+        {"stream": "s", "table": "ingest.device_state", "kind": "state"}
+        | {"columns": STATE_COLUMNS}
+        | settings
+    )
+
+
+def test_a_state_route_keys_by_its_sender_and_a_newer_version() -> None:
+    route = state_route()
+    assert (route.key, route.version) == (["identity"], "updated_at")
+    assert state_route(key=["identity", "site"]).key == ["identity", "site"]
+    # A key without the sender would let one identity overwrite another's state.
+    with pytest.raises(ValidationError, match="must include the `\\$identity` column"):
+        state_route(key=["site"])
+    with pytest.raises(ValidationError, match="`version` names no column"):
+        state_route(version="seen")
+    with pytest.raises(ValidationError, match="must be a required timestamptz, int8 or int4"):
+        state_route(version="site")
+
+
+def test_every_shaped_row_names_its_sender() -> None:
+    with pytest.raises(ValidationError, match="needs a column from `\\$identity`"):
+        RouteConfig.model_validate(
+            {
+                "stream": "s",
+                "table": "ingest.environment",
+                "kind": "table",
+                "columns": [{"name": "ts", "path": "/ts", "type": "timestamptz"}],
+            }
+        )
+    with pytest.raises(ValidationError, match="give `role` and `for_roles` together"):
+        state_route(role="state_writer")
