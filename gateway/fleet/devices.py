@@ -48,8 +48,9 @@ class _Device(asyncio.Protocol):
         self.part = part
         self.index = index
         self.name = options.name(index)
-        self.header = encode_string(options.topic(self.name))
-        self.spoof_header = encode_string(options.topic(options.victim(index)))
+        self.packed = options.packs(index)
+        self.header = encode_string(options.topic(self.name, self.packed))
+        self.spoof_header = encode_string(options.topic(options.victim(index), self.packed))
         quota = device_quota(options.count, options.devices, index)
         self.quota = UNLIMITED if quota is None else quota
         self.credit = 0
@@ -207,7 +208,7 @@ class _Device(asyncio.Protocol):
         kind_of = part.mix.next
         build = part.payloads.build
         sent = part.sent
-        index, first = self.index, self.seq
+        index, first, packed = self.index, self.seq, self.packed
         header, spoof_header, properties = self.header, self.spoof_header, self.properties
         ts = time.time_ns() // 1_000_000
         packets = []
@@ -215,7 +216,7 @@ class _Device(asyncio.Protocol):
             packet_id = self.next_id
             for seq in range(first, first + n):
                 kind = kind_of()
-                payload = build(index, seq, ts, kind == MALFORMED)
+                payload = build(index, seq, ts, kind == MALFORMED, packed)
                 while packet_id in inflight:
                     packet_id = packet_id % MAX_PACKET_ID + 1
                 inflight[packet_id] = kind
@@ -230,7 +231,7 @@ class _Device(asyncio.Protocol):
         else:
             for seq in range(first, first + n):
                 kind = kind_of()
-                payload = build(index, seq, ts, kind == MALFORMED)
+                payload = build(index, seq, ts, kind == MALFORMED, packed)
                 packets.append(
                     encode_publish(
                         spoof_header if kind == SPOOFED else header, payload, None, properties
@@ -287,7 +288,7 @@ class Part:
         self.run_id = run_id
         self.loop = asyncio.get_running_loop()
         self.mix = Mix(options.malformed, options.spoofed)
-        self.payloads = Payloads(run_id, options.readings)
+        self.payloads = Payloads(run_id, options.readings, options.shape)
         self.sent = [0, 0, 0]  # per kind
         self.acked = [0, 0, 0]
         self.refused = [0, 0, 0]

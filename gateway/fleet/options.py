@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from gateway.fleet.common import FleetError, KafkaFleetError, device_name
+from gateway.fleet.payloads import SHAPES, Shape
 from gateway.sources.mqtt.wire import MAX_PACKET_ID
 from gateway.topics import TopicTemplate
 
@@ -39,6 +40,9 @@ class FleetOptions:
     `count` (total messages) or `duration` (seconds) ends the run; with neither, it runs until
     `Fleet.stop()`. `rate` is messages/s for the whole fleet, 0 for as fast as possible.
     `window` caps unacked QoS 1 publishes per connection (the broker's receive maximum too).
+    `shape` is what the bodies carry; with `packed_stream`, every other device (the odd
+    indices) sends MessagePack on that stream instead of JSON on `stream`, as a fleet does
+    whose firmware differs.
     """
 
     host: str = "127.0.0.1"
@@ -53,6 +57,8 @@ class FleetOptions:
     readings: int = 1
     topic_template: str = "devices/{identity}/{stream}"
     stream: str = "telemetry"
+    shape: Shape = "telemetry"
+    packed_stream: str | None = None
     malformed: float = 0.0
     spoofed: float = 0.0
     qos: int = 1
@@ -79,8 +85,11 @@ class FleetOptions:
             problems.append(f"protocol must be one of {', '.join(PROTOCOLS)}")
         if not 1 <= self.window <= MAX_PACKET_ID:
             problems.append(f"window must be between 1 and {MAX_PACKET_ID}")
-        if not self.stream or any(c in self.stream for c in "/+#"):
-            problems.append("stream must be one topic level, without wildcards")
+        for stream in (self.stream, self.packed_stream):
+            if stream is not None and (not stream or any(c in stream for c in "/+#")):
+                problems.append("a stream must be one topic level, without wildcards")
+        if self.shape not in SHAPES:
+            problems.append(f"shape must be one of {', '.join(SHAPES)}")
         if self.password is None and self.credentials is None:
             problems.append("give a password or credentials")
         elif self.credentials is not None:
@@ -105,8 +114,13 @@ class FleetOptions:
         assert self.password is not None
         return self.password
 
-    def topic(self, name: str) -> str:
-        return self.topic_template.replace("{identity}", name).replace("{stream}", self.stream)
+    def packs(self, index: int) -> bool:
+        """Whether device `index` sends MessagePack (on `packed_stream`)."""
+        return self.packed_stream is not None and index % 2 == 1
+
+    def topic(self, name: str, packed: bool = False) -> str:
+        stream = self.packed_stream if packed and self.packed_stream is not None else self.stream
+        return self.topic_template.replace("{identity}", name).replace("{stream}", stream)
 
     def victim(self, index: int) -> str:
         """Whose topic device `index` spoofs: the next device (another name when alone)."""

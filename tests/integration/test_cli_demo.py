@@ -1,5 +1,7 @@
-"""`make demo` runs the whole product on embedded services and reports what happened; `--hold`
-keeps them up for commands that run as printed, and nothing outlives the demo however it ends."""
+"""`make demo` runs the whole product on embedded services and reports what happened, route by
+route (sensors' telemetry and state, environment sensors' wide rows from JSON and MessagePack);
+`--hold` keeps them up for commands that run as printed, and nothing outlives the demo however
+it ends."""
 
 from __future__ import annotations
 
@@ -41,10 +43,19 @@ def test_demo_runs_the_gateway_end_to_end(broker: str) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    written = re.search(r"written\s+([\d,]+) rows as telemetry_ingest", out)
+    written = {
+        table: number(rows)
+        for rows, table in re.findall(
+            r"written\s+([\d,]+) rows as telemetry_ingest into (\S+)", out
+        )
+    }
     expected = re.search(r"expected\s+([\d,]+) rows", out)
-    assert written and expected, out
-    assert written[1] == expected[1]  # every accepted message landed
+    assert expected and set(written) == {"ingest.telemetry", "ingest.environment"}, out
+    assert sum(written.values()) == number(expected[1])  # every accepted message landed
+    assert re.search(
+        r"upserted\s+[1-9][\d,]* states as state_writer into ingest.device_state", out
+    ), out
+    assert_routes(out, written, sensors=10)
     assert re.search(rf"{broker}\s+127\.0\.0\.1:\d+", out), out
     if broker == "mosquitto":
         spoofing = re.search(r"spoofing\s+([\d,]+) attempts, ([\d,]+) refused by the broker", out)
@@ -57,6 +68,29 @@ def test_demo_runs_the_gateway_end_to_end(broker: str) -> None:
     assert "latency      p50" in out
     assert re.search(r"rows\s+[\d,]+ \(\s*[\d,]+/s\)\s+rejects\s+[\d,]+\s+buffered", out), out
     assert "demo --hold" in out
+
+
+def assert_routes(out: str, written: dict[str, int], sensors: int) -> None:
+    """The per-route section: the rows of each route, one state per sensor, a sample state."""
+    routes = out.partition("\nRoutes\n")[2]
+    telemetry = re.search(
+        r"telemetry\s+stream telemetry -> ingest.telemetry: ([\d,]+) rows", routes
+    )
+    table = re.search(
+        r"table\s+streams env, envpack \(msgpack\) -> ingest.environment: ([\d,]+) rows "
+        r"\(([\d,]+) from MessagePack\)",
+        routes,
+    )
+    state = re.search(
+        r"state\s+stream telemetry -> ingest.device_state: ([\d,]+) rows, one per device, "
+        r"each its newest reading",
+        routes,
+    )
+    assert telemetry and table and state, out
+    assert number(telemetry[1]) == written["ingest.telemetry"] > 0
+    assert number(table[1]) == written["ingest.environment"] > number(table[2]) > 0
+    assert number(state[1]) == sensors  # one row per sensor, none for the environment sensors
+    assert re.search(r"sample\s+sensor-\d{4}'s state as of \S+: \{.*\"metric\"", routes), out
 
 
 def test_the_last_progress_line_agrees_with_the_summary() -> None:
@@ -195,6 +229,7 @@ def test_what_a_held_demo_prints_runs_as_printed(scratch: Path) -> None:
         assert "No changes: the database matches the declaration." in shell.stdout
         assert re.search(r"sensor-0000\s+device\s+telemetry_ingest\s+active", shell.stdout)
         assert re.search(r"count\s*\n-+\s*\n\s*\d+", shell.stdout), shell.stdout
+        assert re.search(r"identity\s*\|\s*state\s*\|\s*updated_at", shell.stdout)
         url = curl.split()[2]
         with urllib.request.urlopen(url, timeout=10) as response:
             assert b"gateway_messages_received_total" in response.read()

@@ -1,4 +1,5 @@
-"""`gateway demo`'s options and the commands it prints, which must run as printed."""
+"""`gateway demo`'s options, its fleet and routes, and the commands it prints, which must run
+as printed."""
 
 from __future__ import annotations
 
@@ -9,8 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli.demo import DemoOptions, gateway_command, hold_commands
+from gateway.cli.demo import (
+    PACKED_STREAM,
+    DemoOptions,
+    demo_fleets,
+    demo_names,
+    demo_routes,
+    environment_devices,
+    gateway_command,
+    hold_commands,
+)
 from gateway.cli.main import parser
+from gateway.config import load_config
+from gateway.services.amqtt import Amqtt
 
 REPOSITORY = Path(__file__).parents[2]
 
@@ -54,3 +66,33 @@ def test_held_services_are_queried_by_commands_that_name_everything(
     assert any(line.endswith(" roles plan") for line in lines)
     psql = next(shlex.split(line)[0] for line in lines if "psql" in line)
     assert Path(psql).name == "psql" and (REPOSITORY / psql).exists()  # the wheel's own client
+
+
+def test_the_demo_runs_the_example_routes_and_one_more_for_messagepack() -> None:
+    example = load_config(REPOSITORY / "config/gateway.toml").routes
+    routes = demo_routes()
+    assert routes[:-1] == example
+    assert {route.kind for route in routes} == {"telemetry", "table", "state"}
+    (packed,) = (route for route in routes if route.format == "msgpack")
+    (env,) = (route for route in example if route.stream == "env")
+    assert (packed.stream, packed.columns) == (PACKED_STREAM, env.columns)
+
+
+@pytest.mark.parametrize(("sensors", "environment"), [(1, 3), (10, 3), (20, 5), (50, 11)])
+def test_environment_sensors_beside_the_sensors(sensors: int, environment: int) -> None:
+    assert environment_devices(sensors) == environment
+    names = demo_names(DemoOptions(devices=sensors))
+    assert len(set(names)) == len(names) == sensors + environment
+    assert names[sensors:] == [f"env-{i:04d}" for i in range(environment)]
+
+
+def test_every_demo_device_publishes_on_a_routed_stream() -> None:
+    options = DemoOptions(devices=10)
+    fleets = demo_fleets(options, Amqtt(), dict.fromkeys(demo_names(options), "p"))
+    routed = {route.stream for route in demo_routes()}
+    for fleet in fleets.fleets.values():
+        fleet_options = fleet.options
+        for index, name in enumerate(fleet_options.names()):
+            stream = fleet_options.topic(name, fleet_options.packs(index)).split("/")[2]
+            assert stream in routed, name
+    assert [f.options.shape for f in fleets.fleets.values()] == ["telemetry", "environment"]

@@ -28,6 +28,17 @@ def test_names_topics_and_victims() -> None:
     assert FleetOptions(devices=12_345, password="p").name(7) == "sensor-00007"
 
 
+def test_a_mixed_firmware_fleet_packs_every_other_device_on_its_own_stream() -> None:
+    options = FleetOptions(devices=3, prefix="env-", password="p", stream="env")
+    assert not any(options.packs(i) for i in range(3))
+    options = FleetOptions(
+        devices=3, prefix="env-", password="p", stream="env", packed_stream="envpack"
+    )
+    assert [options.packs(i) for i in range(3)] == [False, True, False]
+    assert options.topic("env-0001", packed=True) == "devices/env-0001/envpack"
+    assert options.topic("env-0000") == "devices/env-0000/env"
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -38,7 +49,9 @@ def test_names_topics_and_victims() -> None:
         ({"qos": 2}, "qos must be 0 or 1"),
         ({"window": 70_000}, "window must be between"),
         ({"readings": 0}, "readings must be at least 1"),
-        ({"stream": "a/b"}, "stream must be one topic level"),
+        ({"stream": "a/b"}, "a stream must be one topic level"),
+        ({"packed_stream": "a/+"}, "a stream must be one topic level"),
+        ({"shape": "wide"}, "shape must be one of telemetry, environment"),
         ({"password": None}, "give a password or credentials"),
         ({"password": None, "credentials": {"sensor-0000": "x"}}, "for 9: sensor-0001"),
     ],

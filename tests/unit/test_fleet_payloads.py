@@ -1,15 +1,22 @@
-"""The fleets' message bodies and their mix: decoder shapes, unique ids, exact kind shares."""
+"""The fleets' message bodies and their mix: decoder shapes (telemetry, and the environment
+sensors' wide rows in JSON and MessagePack), unique ids, exact kind shares."""
 
 from __future__ import annotations
 
 import itertools
 
+import msgspec
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway import pgtime
+from gateway.cli.demo import PACKED_STREAM, demo_routes
+from gateway.contracts import Decode
 from gateway.decoder import DecodeLimits, Reject, decode
 from gateway.fleet.payloads import KINDS, Mix, Payloads
+from gateway.shapes import shape_decoder
 
 NOW_MS = 1_732_500_000_000
 
@@ -43,6 +50,52 @@ def test_the_gateway_decodes_valid_bodies_and_rejects_malformed_ones(readings: i
     with pytest.raises(Reject) as rejected:
         decode(payloads.build(1, 2, NOW_MS, malformed=True), "d", received, DecodeLimits())
     assert rejected.value.reason == "malformed_json"
+
+
+def environment_decoders() -> dict[bool, Decode]:
+    """The demo's environment routes' decoders: JSON (False) and MessagePack (True)."""
+    routes = {r.stream: r for r in demo_routes() if r.table == "ingest.environment"}
+    return {
+        False: shape_decoder(routes["env"], DecodeLimits()),
+        True: shape_decoder(routes[PACKED_STREAM], DecodeLimits()),
+    }
+
+
+DECODERS = environment_decoders()
+
+
+@given(
+    index=st.integers(0, 999),
+    seq=st.integers(0, 10**6),
+    packed=st.booleans(),
+    malformed=st.booleans(),
+)
+def test_environment_bodies_fill_the_wide_row_or_are_rejected_whole(
+    index: int, seq: int, packed: bool, malformed: bool
+) -> None:
+    body = Payloads("r", 1, "environment").build(index, seq, NOW_MS, malformed, packed)
+    decode_env = DECODERS[packed]
+    received = pgtime.from_epoch_ms(NOW_MS)
+    if malformed:
+        with pytest.raises(Reject) as rejected:
+            decode_env(body, "env-0001", "env", received)
+        assert rejected.value.reason == ("malformed_msgpack" if packed else "malformed_json")
+        return
+    ((ts, identity, _, temperature, humidity, battery, uptime, firmware, door),) = decode_env(
+        body, "env-0001", "env", received
+    )
+    assert (ts, identity, uptime) == (received, "env-0001", seq)
+    assert 18 <= temperature <= 26 and 2700 < battery <= 3300 and firmware
+    assert humidity is None if seq % 10 == 0 else 35 <= humidity <= 65
+    assert door is (seq % 2 == 0 if index % 3 == 0 else False)  # absent: the route's default
+
+
+def test_environment_bodies_are_json_or_messagepack_of_one_shape() -> None:
+    payloads = Payloads("run1", 1, "environment")
+    as_json = orjson.loads(payloads.build(4, 7, NOW_MS, malformed=False))
+    as_msgpack = msgspec.msgpack.decode(payloads.build(4, 7, NOW_MS, False, packed=True))
+    assert set(as_json) == set(as_msgpack) == {"id", "ts", "env", "battery", "uptime", "fw"}
+    assert as_msgpack["id"] == "run1-4-7" and set(as_msgpack["env"]) == {"temp", "hum"}
 
 
 def test_malformed_bodies_keep_their_id_but_are_not_json() -> None:
