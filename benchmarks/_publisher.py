@@ -18,7 +18,7 @@ import mqtt5
 
 from gateway.sources.mqtt.wire import DISCONNECT, MAX_PACKET_ID, encode_publish, encode_string
 
-__all__ = ["Outcome", "Publisher", "publish_for"]
+__all__ = ["Outcome", "Publisher", "publish_count", "publish_for"]
 
 
 @dataclass
@@ -39,20 +39,29 @@ class Outcome:
 
 
 class Publisher(asyncio.Protocol):
-    """One device connection: publishes `payload(seq)` to `topic` while `window` is not full."""
+    """One device connection: publishes `payload(seq)` to `topic` while `window` is not full,
+    until stopped or (with `count`) once `count` messages are sent."""
 
     def __init__(
-        self, username: str, password: str, topic: str, payload: Callable[[int], bytes], window: int
+        self,
+        username: str,
+        password: str,
+        topic: str,
+        payload: Callable[[int], bytes],
+        window: int,
+        count: int | None = None,
     ) -> None:
         self.username = username
         self.password = password
         self.header = encode_string(topic)
         self.payload = payload
         self.window = window
+        self.count = count
         self.outcome = Outcome()
         self.inflight: set[int] = set()
         self.next_id = 1
         self.sending = False
+        self.started = False  # drained means nothing before it
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
         self.connack: asyncio.Future[int] = loop.create_future()
@@ -100,7 +109,7 @@ class Publisher(asyncio.Protocol):
             elif isinstance(packet, mqtt5.DisconnectPacket):
                 self.outcome.disconnect = f"broker DISCONNECT {packet.reason_code.name.lower()}"
         self._rest = data[offset:]
-        if not self.sending and not self.inflight and not self.drained.done():
+        if self.started and not self.sending and not self.inflight and not self.drained.done():
             self.drained.set_result(None)
         self.pump()
 
@@ -117,7 +126,11 @@ class Publisher(asyncio.Protocol):
         if not self.sending or not self._writable or transport is None or transport.is_closing():
             return
         packets = []
+        limit = self.count
         while len(self.inflight) < self.window and len(packets) < 64:
+            if limit is not None and self.outcome.sent >= limit:
+                self.sending = False
+                break
             packet_id = self.next_id
             while packet_id in self.inflight:
                 packet_id = packet_id % MAX_PACKET_ID + 1
@@ -129,7 +142,7 @@ class Publisher(asyncio.Protocol):
             transport.write(b"".join(packets))
 
     def start(self) -> None:
-        self.sending = True
+        self.started = self.sending = True
         self.pump()
 
     def stop(self) -> None:
@@ -146,6 +159,22 @@ async def connect(host: str, port: int, publisher: Publisher) -> Publisher:
     if code != 0:
         raise RuntimeError(f"{publisher.username}: CONNACK {code} ({publisher.outcome.disconnect})")
     return publisher
+
+
+async def publish_count(host: str, port: int, publishers: list[Publisher]) -> Outcome:
+    """Connect all, publish each one's `count`, return once every answer is in."""
+    for publisher in publishers:
+        await connect(host, port, publisher)
+    for publisher in publishers:
+        publisher.start()
+    await asyncio.gather(*(asyncio.shield(p.drained) for p in publishers))
+    total = Outcome()
+    for publisher in publishers:
+        if publisher.transport is not None and not publisher.transport.is_closing():
+            publisher.transport.write(DISCONNECT)
+            publisher.transport.close()
+        total.merge(publisher.outcome)
+    return total
 
 
 async def publish_for(

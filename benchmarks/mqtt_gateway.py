@@ -78,6 +78,8 @@ from _harness import (
     phase,
     prepare_database,
 )
+from _publisher import Publisher, publish_count
+from _shaped import OUT_OF_ORDER, STATE_TABLE, VARIANTS, Variant, newest_ts
 
 from gateway.config import (
     BatchingConfig,
@@ -85,6 +87,7 @@ from gateway.config import (
     GatewayConfig,
     HttpConfig,
     MqttSourceConfig,
+    RouteConfig,
     Secret,
     SourcesConfig,
 )
@@ -123,6 +126,7 @@ class Settings:
     quiet: float
     quiet_limit: float
     scrape_interval: float | None = None  # drain: see `--scrape-interval`
+    shaped_messages: int = 100_000  # messages in each drain of a shaped variant
 
 
 @dataclass(frozen=True)
@@ -134,14 +138,16 @@ class BrokerAddress:
     username: str
     password: str = field(repr=False)
 
-    def options(self, client_id: str, receive_maximum: int = 10_000) -> MqttOptions:
+    def options(
+        self, client_id: str, receive_maximum: int = 10_000, subscription: str = SUBSCRIPTION
+    ) -> MqttOptions:
         return MqttOptions(
             client_id=client_id,
             host=self.host,
             port=self.port,
             username=self.username,
             password=self.password,
-            subscriptions=[(SUBSCRIPTION, 1)],
+            subscriptions=[(subscription, 1)],
             session_expiry_interval=3600,
             receive_maximum=receive_maximum,
         )
@@ -192,9 +198,12 @@ class Bench:
             )
         )
 
-    def gateway_config(self, client_id: str) -> GatewayConfig:
+    def gateway_config(
+        self, client_id: str, routes: list[RouteConfig] | None = None
+    ) -> GatewayConfig:
         os.environ[MQTT_PASSWORD_ENV] = self.broker.gateway.password
         return GatewayConfig(
+            **({"routes": routes} if routes else {}),
             database=DatabaseConfig(
                 host=self.postgres.address.host,
                 port=self.postgres.address.port,
@@ -227,7 +236,9 @@ class Bench:
             await conn.close()
 
     async def truncate(self) -> None:
-        await self.sql("TRUNCATE ingest.telemetry, ingest.rejects")
+        await self.sql(
+            "TRUNCATE ingest.telemetry, ingest.rejects, ingest.environment, ingest.device_state"
+        )
 
     async def forget_session(self, client_id: str) -> None:
         """End a persistent session, or the broker keeps queueing every message for it."""
@@ -243,9 +254,10 @@ class Bench:
         async with MqttClient(options):
             pass
 
-    async def make_session(self, client_id: str) -> None:
+    async def make_session(self, client_id: str, subscription: str = SUBSCRIPTION) -> None:
         """A persistent session with the gateway's subscription, as a consumer leaves it."""
-        async with MqttClient(self.address.options(client_id, self.settings.receive_maximum)):
+        maximum = self.settings.receive_maximum
+        async with MqttClient(self.address.options(client_id, maximum, subscription)):
             pass
 
     async def publish(self, readings: int, count: int) -> FleetReport:
@@ -323,6 +335,9 @@ class GatewayProcess:
         while await self.counter("gateway_rows_written_total") < expected:
             if self.process is not None and self.process.returncode is not None:
                 raise RuntimeError(f"the gateway exited:\n{log_tail(self.log_path)}")
+            if rejected := await self.counter("gateway_messages_rejected_total"):
+                # a drain expects every row: no point waiting out the timeout
+                raise RuntimeError(f"{rejected:.0f} messages rejected:\n{log_tail(self.log_path)}")
             if time.monotonic() > deadline:
                 written = await self.counter("gateway_rows_written_total")
                 raise RuntimeError(f"{written:.0f} of {expected} rows after {timeout:.0f}s")
@@ -347,8 +362,11 @@ class GatewayProcess:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(bench: Bench, client_id: str) -> AsyncIterator[GatewayProcess]:
-    gateway = GatewayProcess(bench.gateway_config(client_id), bench.workdir / "gateway.log")
+async def running_gateway(
+    bench: Bench, client_id: str, routes: list[RouteConfig] | None = None
+) -> AsyncIterator[GatewayProcess]:
+    config = bench.gateway_config(client_id, routes)
+    gateway = GatewayProcess(config, bench.workdir / "gateway.log")
     await gateway.start()
     try:
         yield gateway
@@ -581,11 +599,14 @@ def bare_subscriber(
     count: int | None,
     run_for: float,
     ready: str,
+    subscription: str = SUBSCRIPTION,
 ) -> dict[str, Any]:
     """In a child: receive and ack at once, until `count` messages or `run_for` seconds after
     the first; returns the receipt timeline `[(wall time, messages so far), ...]` and the CPU
     seconds spent from the first message on."""
-    return uvloop.run(_bare(address, client_id, receive_maximum, count, run_for, Path(ready)))
+    return uvloop.run(
+        _bare(address, client_id, receive_maximum, count, run_for, Path(ready), subscription)
+    )
 
 
 async def _bare(
@@ -595,8 +616,9 @@ async def _bare(
     count: int | None,
     run_for: float,
     ready: Path,
+    subscription: str,
 ) -> dict[str, Any]:
-    client = MqttClient(address.options(client_id, receive_maximum))
+    client = MqttClient(address.options(client_id, receive_maximum, subscription))
     await client.start()
     await asyncio.to_thread(ready.touch)
     received = 0
@@ -620,7 +642,13 @@ async def _bare(
     return {"received": received, "timeline": timeline, "cpu_s": round(cpu, 2)}
 
 
-async def run_bare(bench: Bench, client_id: str, count: int | None, run_for: float) -> Any:
+async def run_bare(
+    bench: Bench,
+    client_id: str,
+    count: int | None,
+    run_for: float,
+    subscription: str = SUBSCRIPTION,
+) -> Any:
     """Start the bare subscriber in its own process; returns (a task) once it is connected."""
     ready = bench.workdir / f"{client_id}.ready"
     task = asyncio.ensure_future(
@@ -632,6 +660,7 @@ async def run_bare(bench: Bench, client_id: str, count: int | None, run_for: flo
             count,
             run_for,
             str(ready),
+            subscription,
         )
     )
     while not ready.exists():
@@ -905,6 +934,207 @@ async def profile_phase(bench: Bench, readings: int, top: int) -> dict[str, Any]
     return {**info, **result}
 
 
+# -- routes with declared shapes, beside telemetry ----------------------------------------------
+
+
+async def publish_shaped(bench: Bench, variant: Variant, per_device: int) -> None:
+    """Queue `per_device` messages of the variant's stream from every device."""
+    names = [f"sensor-{n:04d}" for n in range(bench.settings.devices)]
+    publishers = [
+        Publisher(
+            name,
+            bench.device_password,
+            f"devices/{name}/{variant.stream}",
+            variant.payload,
+            window=100,
+            count=per_device,
+        )
+        for name in names
+    ]
+    outcome = await publish_count(bench.broker.host, bench.broker.port, publishers)
+    if outcome.acked != per_device * len(names) or outcome.refused:
+        raise RuntimeError(f"{variant.name}: publishing went wrong: {outcome}")
+
+
+async def first_receipt(gateway: GatewayProcess, timeout: float = 60) -> float:
+    """Wall time the gateway was first seen holding a message (polled every 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while await gateway.counter("gateway_messages_received_total") == 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the gateway received nothing")
+        await asyncio.sleep(0.02)
+    return time.time()
+
+
+async def state_changes(bench: Bench) -> int:
+    """Rows inserted or updated in the state table so far (the statistics a backend sends as it
+    exits: asked until two answers agree)."""
+    query = (
+        "SELECT coalesce(n_tup_ins + n_tup_upd, 0) FROM pg_stat_user_tables "
+        "WHERE relid = $1::regclass"
+    )
+    last = -1
+    for _ in range(10):
+        (row,) = await bench.sql(query, STATE_TABLE)
+        if row[0] == last:
+            break
+        last = row[0]
+        await asyncio.sleep(0.3)
+    return int(last)
+
+
+async def shaped_gateway_drain(bench: Bench, variant: Variant) -> dict[str, Any]:
+    per_device = bench.settings.shaped_messages // bench.settings.devices
+    count = per_device * bench.settings.devices
+    writes = count * variant.writes_per_message
+    client_id = f"bench-gw-{variant.name}-{secrets.token_hex(2)}"
+    async with bench.phase(f"gateway drain, {variant.name}") as info:
+        await bench.truncate()
+        async with running_gateway(bench, client_id, variant.routes) as gateway:
+            await gateway.stop()  # the session exists now, and stays
+        changed_before = await state_changes(bench)
+        await publish_shaped(bench, variant, per_device)
+        async with running_gateway(bench, client_id, variant.routes) as gateway:
+            meter = bench.cpu_meter(gateway=gateway.pid)
+            first = await first_receipt(gateway)
+            await gateway.wait_rows(writes, timeout=300)
+            cpu = meter.stop()
+            memory = await gateway.stop()
+        last = max(
+            [
+                (await bench.sql(f"SELECT max(pg_xact_commit_timestamp(xmin)) FROM {t}"))[0][0]
+                for t in variant.tables
+            ]
+        )
+        changed = await state_changes(bench) - changed_before
+        (rows,) = await bench.sql(
+            "SELECT (SELECT count(*) FROM ingest.telemetry) AS telemetry, "
+            "(SELECT count(*) FROM ingest.environment) AS environment, "
+            "(SELECT count(*) FROM ingest.device_state) AS states, "
+            "(SELECT count(*) FROM ingest.device_state "
+            " WHERE (extract(epoch FROM updated_at) * 1000)::int8 = $1) AS newest",
+            newest_ts(per_device),
+        )
+        await bench.forget_session(client_id)
+    seconds = last.timestamp() - first
+    result: dict[str, Any] = {
+        **info,
+        "messages": count,
+        "seconds": round(seconds, 3),
+        "msgs_per_s": round(count / seconds),
+        "rows": {k: rows[k] for k in ("telemetry", "environment", "states")},
+        "rejected": memory["rejected"],
+        "cpu_s": cpu,
+        "cpu_us_per_msg": per_message(cpu, count),
+        "gateway_peak_rss_mb": memory["peak_rss_mb"],
+    }
+    if variant.keeps_state:
+        result["state"] = {
+            "upserts_per_s": round(count / seconds),
+            "rows_changed": changed,
+            "out_of_order_sent": count // OUT_OF_ORDER,
+            "devices_at_newest": rows["newest"],
+        }
+        if rows["newest"] != bench.settings.devices:
+            raise RuntimeError(f"{variant.name}: {rows['newest']} devices hold the newest state")
+    if "ingest.environment" in variant.tables:
+        result["rows_per_s"] = round(rows["environment"] / seconds)
+    return result
+
+
+async def shaped_bare_drain(bench: Bench, variant: Variant) -> dict[str, Any]:
+    per_device = bench.settings.shaped_messages // bench.settings.devices
+    count = per_device * bench.settings.devices
+    client_id = f"bench-bare-{variant.name}-{secrets.token_hex(2)}"
+    subscription = f"devices/+/{variant.stream}"
+    async with bench.phase(f"bare subscriber drain, {variant.name}") as info:
+        await bench.make_session(client_id, subscription)
+        await publish_shaped(bench, variant, per_device)
+        consumer = await run_bare(bench, client_id, count, 600, subscription)
+        meter = bench.cpu_meter()
+        result = await consumer
+        cpu = {"subscriber": result["cpu_s"], **meter.stop()}
+        await bench.forget_session(client_id)
+    timeline = result["timeline"]
+    seconds = timeline[-1][0] - timeline[0][0]
+    return {
+        **info,
+        "messages": count,
+        "payload_bytes": len(variant.payload(0)),
+        "seconds": round(seconds, 3),
+        "msgs_per_s": round(count / seconds),
+        "cpu_s": cpu,
+        "cpu_us_per_msg": per_message(cpu, count),
+    }
+
+
+def shaped_order(names: list[str], rounds: int) -> list[str]:
+    """ABBA: every other round backwards, so drift of the machine falls on all alike."""
+    return [n for r in range(rounds) for n in (names if r % 2 == 0 else names[::-1])]
+
+
+async def shaped_runs(bench: Bench, names: list[str], rounds: int) -> dict[str, Any]:
+    runs = []
+    for name in shaped_order(names, rounds):
+        variant = VARIANTS[name]
+        bare = await shaped_bare_drain(bench, variant)
+        gateway = await shaped_gateway_drain(bench, variant)
+        runs.append({"variant": name, "bare": bare, "gateway": gateway})
+        say(
+            f"{name:10} gateway {gateway['msgs_per_s']:>8,} msg/s "
+            f"{gateway['cpu_us_per_msg']['gateway']:>5} us/msg "
+            f"(postgres {gateway['cpu_us_per_msg']['postgres']}); "
+            f"bare {bare['msgs_per_s']:>8,} msg/s"
+        )
+    return {"order": [r["variant"] for r in runs], "runs": runs, "summary": shaped_summary(runs)}
+
+
+def shaped_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant, the means of its drains; rates as shares of the bare subscriber's (drained
+    just before each), CPU also against the telemetry variant's of this run."""
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    found: dict[str, Any] = {}
+    for name in dict.fromkeys(r["variant"] for r in runs):
+        mine = [r for r in runs if r["variant"] == name]
+        gateway = [r["gateway"] for r in mine]
+        entry: dict[str, Any] = {
+            "drains": len(mine),
+            "msgs_per_s": round(mean([g["msgs_per_s"] for g in gateway])),
+            "gateway_to_bare_rate": round(
+                mean([r["gateway"]["msgs_per_s"] / r["bare"]["msgs_per_s"] for r in mine]), 3
+            ),
+            "gateway_cpu_us_per_msg": round(
+                mean([g["cpu_s"]["gateway"] / g["messages"] * 1e6 for g in gateway]), 2
+            ),
+            "postgres_cpu_us_per_msg": round(
+                mean([g["cpu_s"]["postgres"] / g["messages"] * 1e6 for g in gateway]), 2
+            ),
+            "bare_cpu_us_per_msg": round(
+                mean(
+                    [r["bare"]["cpu_s"]["subscriber"] / r["bare"]["messages"] * 1e6 for r in mine]
+                ),
+                2,
+            ),
+        }
+        if "rows_per_s" in gateway[0]:
+            entry["rows_per_s"] = round(mean([g["rows_per_s"] for g in gateway]))
+        if "state" in gateway[0]:
+            entry["upserts_per_s"] = round(mean([g["state"]["upserts_per_s"] for g in gateway]))
+            entry["state_rows_changed"] = [g["state"]["rows_changed"] for g in gateway]
+        found[name] = entry
+    if "telemetry" in found:
+        reference = found["telemetry"]
+        for entry in found.values():
+            for key in ("gateway_cpu_us_per_msg", "postgres_cpu_us_per_msg"):
+                entry[f"{key}_vs_telemetry"] = (
+                    round(entry[key] / reference[key], 2) if reference[key] else None
+                )
+    return found
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -975,7 +1205,11 @@ async def run_profiles(settings: Settings, shapes: list[int], top: int) -> dict[
 
 
 async def run(
-    settings: Settings, shapes: list[int], modes: list[str], extras: bool
+    settings: Settings,
+    shapes: list[int],
+    modes: list[str],
+    extras: bool,
+    shaped: tuple[list[str], int] | None = None,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {
         "benchmark": "mqtt_gateway",
@@ -984,6 +1218,7 @@ async def run(
         "loadavg_at_start": loadavg(),
         "settings": {
             "messages_per_drain": {str(k): v for k, v in settings.messages.items()},
+            "messages_per_shaped_drain": settings.shaped_messages,
             "devices": settings.devices,
             "fleet_processes": settings.processes,
             "warmup_s": settings.warmup,
@@ -997,7 +1232,7 @@ async def run(
     }
     started = time.monotonic()
     async with services(settings) as bench:
-        for readings in shapes:
+        for readings in shapes if {"drain", "live"} & set(modes) else []:
             shape = f"readings_{readings}"
             say(f"-- {readings} reading(s) per message")
             bare: dict[str, Any] = {}
@@ -1026,6 +1261,9 @@ async def run(
                 )
             results["bare_subscriber"][shape] = bare
             results["gateway"][shape] = gateway
+        if shaped is not None:
+            say("-- routes with declared shapes, drains")
+            results["shaped"] = await shaped_runs(bench, *shaped)
         if extras:
             results["copy_ceiling"] = {}
             for connections in (1, 2):
@@ -1059,8 +1297,16 @@ def main() -> None:
         "--modes",
         nargs="+",
         default=["drain", "live"],
-        choices=["drain", "live"],
-        help="live includes the latency phase at half the live rate",
+        choices=["drain", "live", "shaped"],
+        help="live includes the latency phase at half the live rate; shaped drains the "
+        "--variants (telemetry, a wide table, device state, telemetry + state)",
+    )
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="shaped"
+    )
+    parser.add_argument("--shaped-messages", type=int, default=100_000, help="shaped: per drain")
+    parser.add_argument(
+        "--shaped-rounds", type=int, default=2, help="shaped: rounds, every other one backwards"
     )
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--fleet-processes", type=int, default=2)
@@ -1106,11 +1352,13 @@ def main() -> None:
         quiet=args.quiet,
         quiet_limit=args.quiet_limit,
         scrape_interval=args.scrape_interval,
+        shaped_messages=args.shaped_messages,
     )
     if args.profile:
         results = asyncio.run(run_profiles(settings, args.readings, args.profile))
     else:
-        results = asyncio.run(run(settings, args.readings, args.modes, not args.no_extras))
+        shaped = (args.variants, args.shaped_rounds) if "shaped" in args.modes else None
+        results = asyncio.run(run(settings, args.readings, args.modes, not args.no_extras, shaped))
         summarise(results)
     json.dump(results, sys.stdout, default=str)
     sys.stdout.write("\n")
