@@ -49,6 +49,10 @@ class _Device(asyncio.Protocol):
         self.index = index
         self.name = options.name(index)
         self.packed = options.packs(index)
+        # Each device its own mix, their phases spread evenly: every device sends its share of
+        # malformed and spoofed messages (one mix for all would give them to the devices whose
+        # turn it happens to be), and equal quotas still add up to the exact totals.
+        self.mix = Mix(options.malformed, options.spoofed, (index + 0.5) / options.devices)
         self.header = encode_string(options.topic(self.name, self.packed))
         self.spoof_header = encode_string(options.topic(options.victim(index), self.packed))
         quota = device_quota(options.count, options.devices, index)
@@ -205,7 +209,7 @@ class _Device(asyncio.Protocol):
         self.quota -= n
         self.credit -= n
         part = self.part
-        kind_of = part.mix.next
+        kind_of = self.mix.next
         build = part.payloads.build
         sent = part.sent
         index, first, packed = self.index, self.seq, self.packed
@@ -287,7 +291,6 @@ class Part:
         self.options = options
         self.run_id = run_id
         self.loop = asyncio.get_running_loop()
-        self.mix = Mix(options.malformed, options.spoofed)
         self.payloads = Payloads(run_id, options.readings, options.shape)
         self.sent = [0, 0, 0]  # per kind
         self.acked = [0, 0, 0]

@@ -36,16 +36,17 @@ class Mix:
     """Chooses each next message's kind so the shares hold exactly (rounded) and evenly spread.
 
     Error diffusion on integers rather than random draws: a test then knows the counts, and
-    a share of 0.01 gives one message in a hundred, not a cluster or none.
+    a share of 0.01 gives one message in a hundred, not a cluster or none. `phase` (0 to 1) is
+    where the diffusion starts: half-way rounds the totals to nearest; mixes of n senders with
+    phases (i + 0.5) / n send, for equal counts, the rounded total between them.
     """
 
     __slots__ = ("_malformed", "_malformed_step", "_spoofed", "_spoofed_step")
 
-    def __init__(self, malformed: float, spoofed: float) -> None:
+    def __init__(self, malformed: float, spoofed: float, phase: float = 0.5) -> None:
         self._malformed_step = round(malformed * _SHARE_SCALE)
         self._spoofed_step = round(spoofed * _SHARE_SCALE)
-        # Starting half-way makes the totals round to nearest instead of down.
-        self._malformed = self._spoofed = _SHARE_SCALE // 2
+        self._malformed = self._spoofed = int(phase * _SHARE_SCALE)
 
     def next(self) -> int:
         self._malformed += self._malformed_step

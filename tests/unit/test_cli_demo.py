@@ -78,7 +78,7 @@ def test_the_demo_runs_the_example_routes_and_one_more_for_messagepack() -> None
     assert (packed.stream, packed.columns) == (PACKED_STREAM, env.columns)
 
 
-@pytest.mark.parametrize(("sensors", "environment"), [(1, 3), (10, 3), (20, 5), (50, 11)])
+@pytest.mark.parametrize(("sensors", "environment"), [(1, 2), (10, 2), (20, 4), (50, 10)])
 def test_environment_sensors_beside_the_sensors(sensors: int, environment: int) -> None:
     assert environment_devices(sensors) == environment
     names = demo_names(DemoOptions(devices=sensors))

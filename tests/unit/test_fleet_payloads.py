@@ -132,3 +132,17 @@ def test_mix_counts_round_to_nearest(
     mix = Mix(malformed, spoofed)
     kinds = [mix.next() for _ in range(total)]
     assert tuple(kinds.count(k) for k in range(3)) == expected
+
+
+@pytest.mark.parametrize("senders", [1, 2, 10, 11, 50])
+@pytest.mark.parametrize("share", [0.01, 0.02, 0.05, 0.333])
+@pytest.mark.parametrize("each", [1, 49, 50, 400])
+def test_senders_with_spread_phases_each_send_their_share_and_the_rounded_total(
+    senders: int, share: float, each: int
+) -> None:
+    counts = []
+    for i in range(senders):
+        mix = Mix(malformed=share, spoofed=0.0, phase=(i + 0.5) / senders)
+        counts.append(sum(mix.next() == KINDS.index("malformed") for _ in range(each)))
+    assert sum(counts) == int(senders * each * share + 0.5)  # half up, as one mix rounds
+    assert max(counts) - min(counts) <= 1  # no sender takes another's share
