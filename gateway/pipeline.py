@@ -513,8 +513,12 @@ class Pipeline:
             self.metrics.rows_written.labels(role, table).inc(outcome.written)
             self.metrics.batch_rows.observe(outcome.written)
             self.metrics.flush_duration.labels(role, table).observe(now - started)
-            if route.identity_column is not None:
-                self.activity.wrote(Counter(map(itemgetter(route.identity_column), batch.rows)))
+            column = route.identity_column
+            if column is not None:
+                written = Counter(map(itemgetter(column), batch.rows))
+                if outcome.bad_rows:  # refused rows count as their identity's rejects instead
+                    written.subtract(row[column] for row, _ in outcome.bad_rows)
+                self.activity.wrote(+written)
             if route.ts_column is not None:
                 newest = max(map(itemgetter(route.ts_column), batch.rows))
                 self.metrics.end_to_end_latency.observe(max(0.0, (pgtime.now() - newest) / 1e6))

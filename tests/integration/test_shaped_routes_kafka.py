@@ -427,10 +427,6 @@ async def test_a_refused_row_is_bisected_out_of_a_wide_batch(env: KafkaStack) ->
     assert (await activity(env, name))[1] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine counts every row of a batch as written for activity, the refused too",
-)
 async def test_activity_counts_only_the_rows_that_landed(env: KafkaStack) -> None:
     name = "kcount"
     await refuse_one_of_ten(env, name)
