@@ -28,6 +28,13 @@ goes even when the wall-clock figures are disturbed. Prints one JSON object on s
 summary on stderr. `--profile TOP` instead runs the gateway in-process under cProfile during a
 drain and reports its time by stage and its TOP functions.
 
+`--modes shaped` drains routes with declared shapes beside telemetry (benchmarks/_shaped.py):
+a wide `table` route, a `state` route written by `state_writer` (each device's `ts` increasing,
+one message in ten older), and telemetry that also updates state; each drain after a bare
+subscriber's drain of the same payloads, variants in ABBA order over `--shaped-rounds`. Reported
+per variant: messages/s (rows/s, upserts/s), the state rows the upserts changed, gateway and
+PostgreSQL CPU per message, the ratio to the bare subscriber's rate and, for CPU, to telemetry's.
+
 A drain polls the gateway's /metrics five times a second to see its progress. With
 `--scrape-interval S` it counts the rows in the database instead, and scrapes /metrics every S
 seconds meanwhile, as Prometheus would (0: never), reporting the scrapes and the CPU of the
@@ -35,7 +42,8 @@ gateway's main thread (the data plane) apart from its other threads (the HTTP se
 
     .venv/bin/python benchmarks/mqtt_gateway.py [--messages 300000] [--messages-10 100000]
         [--modes drain live] [--readings 1 10] [--no-extras] [--profile 30]
-        [--scrape-interval 1.0]
+        [--scrape-interval 1.0] [--modes shaped --variants telemetry wide state fanout
+        --shaped-messages 100000 --shaped-rounds 2]
 """
 
 from __future__ import annotations
