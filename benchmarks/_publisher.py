@@ -125,7 +125,7 @@ class Publisher(asyncio.Protocol):
         transport = self.transport
         if not self.sending or not self._writable or transport is None or transport.is_closing():
             return
-        packets = []
+        packets: list[bytes] = []
         limit = self.count
         while len(self.inflight) < self.window and len(packets) < 64:
             if limit is not None and self.outcome.sent >= limit:

@@ -210,8 +210,9 @@ class Bench:
         self, client_id: str, routes: list[RouteConfig] | None = None
     ) -> GatewayConfig:
         os.environ[MQTT_PASSWORD_ENV] = self.broker.gateway.password
+        shipped: list[RouteConfig] = GatewayConfig.model_fields["routes"].default
         return GatewayConfig(
-            **({"routes": routes} if routes else {}),
+            routes=routes or shipped,
             database=DatabaseConfig(
                 host=self.postgres.address.host,
                 port=self.postgres.address.port,
