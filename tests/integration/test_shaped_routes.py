@@ -19,7 +19,7 @@ from gateway.validation import ConfigError
 from .stack import Stack, publish
 
 PROTOCOLS = {"5": "v5", "3.1.1": "v311"}
-TESTS = ["fanout", "wide", "bad"]
+TESTS = ["fanout", "wide", "bad", "packstate"]
 WAIT = 60
 
 ENVIRONMENT = [
@@ -59,6 +59,15 @@ ROUTES = [
         columns=ENVIRONMENT,
     ),
     RouteConfig(stream="tpack", table="ingest.telemetry", format="msgpack"),
+    RouteConfig(
+        stream="statepack",
+        table="ingest.device_state",
+        kind="state",
+        format="msgpack",
+        role="state_writer",
+        for_roles=["telemetry_ingest"],
+        columns=STATE,
+    ),
 ]
 
 
@@ -135,6 +144,42 @@ async def test_one_message_feeds_telemetry_and_the_newest_state(env: Stack, prot
             await admin.close()
     finally:
         await gateway.stop()
+
+
+async def test_a_msgpack_state_keeps_the_newest(env: Stack, protocol: str) -> None:
+    name = f"packstate-{PROTOCOLS[protocol]}"
+    now = datetime.now(UTC)
+    stamps = [now - timedelta(seconds=s) for s in (2, 5, 3)]  # newest first, then older
+    payloads = [
+        msgspec.msgpack.encode({"ts": ms(at), "mode": f"m{n}", "load": [n, 0.5]})
+        for n, at in enumerate(stamps)
+    ]
+    payloads.append(payloads[0])  # the newest again: a redelivery
+    gateway = Gateway(config(env, protocol))
+    await gateway.start()
+    try:
+        await send(env, name, "statepack", payloads)
+        admin = await env.admin()
+        try:
+
+            async def settled() -> bool:
+                # every message of the stream committed: its state part, applied or not
+                written = gateway.metrics.registry.get_sample_value(
+                    "gateway_rows_written_total",
+                    {"role": "state_writer", "table": "ingest.device_state"},
+                )
+                return (written or 0) >= 4
+
+            await env.wait_for(settled, WAIT, "four state messages committed")
+            row = await admin.fetchrow(
+                "SELECT state, updated_at FROM ingest.device_state WHERE identity = $1", name
+            )
+        finally:
+            await admin.close()
+    finally:
+        await gateway.stop()
+    assert orjson.loads(row["state"]) == {"ts": ms(stamps[0]), "mode": "m0", "load": [0, 0.5]}
+    assert abs(row["updated_at"] - stamps[0]) < timedelta(milliseconds=1)
 
 
 async def test_wide_rows_from_json_and_msgpack(env: Stack, protocol: str) -> None:

@@ -27,9 +27,9 @@ from .stack import Stack
 from .test_shaped_routes import ROUTES
 
 WAIT = 60
-STREAMS = ("telemetry", "env", "envpack", "tpack")
+STREAMS = ("telemetry", "env", "envpack", "tpack", "statepack")
 PASSWORDS = {user: secrets.token_urlsafe(12) for user in ("gateway", "bridge")}
-DEVICES = ["kfan", "kwide", "kbad", "kheld", "klocked", "kbisect", "kcount"]
+DEVICES = ["kfan", "kwide", "kbad", "kheld", "klocked", "kbisect", "kcount", "kpack"]
 PASSWORD_ENV = "TEST_SHAPED_KAFKA_GATEWAY"
 
 
@@ -207,6 +207,34 @@ async def test_one_record_feeds_telemetry_and_the_newest_state(env: KafkaStack) 
     assert [r["rows"] for r in logged] == [1, 4]
     assert written(gateway, "telemetry_ingest", "ingest.telemetry") == 4
     assert written(gateway, "state_writer", "ingest.device_state") == 4
+
+
+async def test_a_msgpack_state_keeps_the_newest(env: KafkaStack) -> None:
+    name = "kpack"
+    now = datetime.now(UTC)
+    stamps = [now - timedelta(seconds=s) for s in (2, 5, 3)]  # newest first, then older
+    payloads = [
+        msgspec.msgpack.encode({"ts": ms(at), "mode": f"m{n}"}) for n, at in enumerate(stamps)
+    ]
+    payloads.append(payloads[0])  # the newest again: a redelivery
+    gateway = Gateway(env.config())
+    await gateway.start()
+    try:
+        await env.produce("statepack", name, payloads)
+        end = await env.end("statepack")
+
+        async def committed() -> bool:
+            return await env.committed("statepack") >= end
+
+        await env.stack.wait_for(committed, WAIT, "offsets past every record")
+    finally:
+        await gateway.stop()
+    (row,) = await env.fetch(
+        "SELECT state->>'mode' AS mode, updated_at FROM ingest.device_state WHERE identity = $1",
+        name,
+    )
+    assert row["mode"] == "m0"
+    assert abs(row["updated_at"] - stamps[0]) < timedelta(milliseconds=1)
 
 
 async def test_wide_rows_from_json_and_msgpack(env: KafkaStack) -> None:
