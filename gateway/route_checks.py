@@ -191,14 +191,24 @@ async def _table_problems(conn: Conn, route: RouteConfig) -> list[tuple[str, str
     for column_name, column in live.items():
         if column.required and column_name not in written:
             problems.append((".columns", f"misses NOT NULL column {column_name}"))
-    if route.kind == "state":
+    keys: list[set[str]] = []
+    if route.kind == "state" or route.dedup:
         keys = [set(record["columns"]) for record in await conn.fetch(UNIQUE_KEYS, schema, name)]
-        if set(route.key) not in keys:
-            problems.append(
-                (
-                    ".key",
-                    f"{route.table} has no unique index or primary key on exactly "
-                    f"({', '.join(route.key)}): an upsert needs one",
-                )
+    if route.dedup and not any(key <= written for key in keys):
+        # Without one, ON CONFLICT DO NOTHING has nothing to conflict on: duplicates land.
+        problems.append(
+            (
+                ".dedup",
+                f"{route.table} has no unique index on columns the route writes: a redelivered "
+                "message would land twice",
             )
+        )
+    if route.kind == "state" and set(route.key) not in keys:
+        problems.append(
+            (
+                ".key",
+                f"{route.table} has no unique index or primary key on exactly "
+                f"({', '.join(route.key)}): an upsert needs one",
+            )
+        )
     return problems

@@ -154,6 +154,32 @@ async def test_each_problem_is_named_with_its_path(admin: Conn, tmp_path: Path) 
     ]
 
 
+async def test_a_deduplicated_route_needs_a_unique_index_on_what_it_writes(
+    admin: Conn, tmp_path: Path
+) -> None:
+    dedup = WIDE_ROUTE.replace('kind = "table"', 'kind = "table"\ndedup = true')
+    routes = config(tmp_path, TELEMETRY_ROUTE + dedup)
+    assert await check_routes(admin, routes, declaration()) == [
+        (
+            "routes[1].dedup",
+            "ingest.wide has no unique index on columns the route writes: a redelivered "
+            "message would land twice",
+        )
+    ]
+    await admin.execute("CREATE UNIQUE INDEX wide_id ON ingest.wide (device, id)")
+    try:
+        assert await check_routes(admin, routes, declaration()) == []
+        # an index on a column the route never writes cannot tell its messages apart
+        await admin.execute("DROP INDEX ingest.wide_id")
+        await admin.execute("CREATE UNIQUE INDEX wide_serial ON ingest.wide (serial)")
+        assert [path for path, _ in await check_routes(admin, routes, declaration())] == [
+            "routes[1].dedup"
+        ]
+    finally:
+        await admin.execute("DROP INDEX IF EXISTS ingest.wide_id")
+        await admin.execute("DROP INDEX IF EXISTS ingest.wide_serial")
+
+
 async def gateway(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """The command line as a user runs it; it has its own event loop, so in a thread."""
     code = await asyncio.to_thread(cli.main, list(argv))
