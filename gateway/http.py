@@ -63,7 +63,6 @@ class HttpServer:
         self._max_connections = max_connections
         self._timeout = timeout
         self._on_refused = on_refused
-        self._open = 0  # touched only on the server's own thread
         self._data_loop: asyncio.AbstractEventLoop | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -111,14 +110,12 @@ class HttpServer:
         connections: set[asyncio.Task[None]] = set()
 
         def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if self._open >= self._max_connections:
+            if len(connections) >= self._max_connections:
                 self._on_refused()
                 writer.transport.abort()
                 return
-            self._open += 1
             task = asyncio.create_task(self._handle(reader, writer))
             connections.add(task)
-            task.add_done_callback(self._closed)
             task.add_done_callback(connections.discard)
 
         server = await asyncio.start_server(accepted, self._host, self._port, limit=HEAD_LIMIT)
@@ -131,9 +128,6 @@ class HttpServer:
                 task.cancel()
             await asyncio.gather(*connections, return_exceptions=True)
             await server.wait_closed()
-
-    def _closed(self, _: asyncio.Task[None]) -> None:
-        self._open -= 1
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
