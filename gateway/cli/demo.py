@@ -162,7 +162,7 @@ async def demo(options: DemoOptions) -> int:
         try:
             reports, outcome = await run_with_progress(fleets, postgres.dsn, gateway)
             say("\nSummary")
-            for line in summary(reports, outcome, demo_routes()):
+            for line in summary(reports, outcome, gateway.config.routes):
                 say(line)
             say("\nWhere to look next")
             say("  README.md: running, roles and identities, routes, delivery guarantees, rejects")
