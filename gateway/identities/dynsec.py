@@ -36,7 +36,9 @@ __all__ = [
     "DynsecAccount",
     "DynsecError",
     "NewAccount",
+    "RoleAcls",
     "account_from",
+    "role_acls_from",
 ]
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ RESPONSE_TOPIC = f"{COMMAND_TOPIC}/response"
 
 _PAGE = 1000
 _SECRET_KEYS = frozenset({"password"})
+
+RoleAcls = tuple[tuple[str, str, bool], ...]
+"""A role's ACLs as (acltype, topic, allow)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,12 @@ def account_from(data: Mapping[str, Any]) -> DynsecAccount:
         groups=tuple(g["groupname"] for g in data.get("groups", ())),
         text_name=data.get("textname") or None,
     )
+
+
+def role_acls_from(data: Mapping[str, Any]) -> RoleAcls:
+    """A role's ACLs as the plugin describes them, in its replies and in its file alike."""
+    acls = data.get("acls", ())
+    return tuple((acl["acltype"], acl["topic"], bool(acl.get("allow", False))) for acl in acls)
 
 
 class Dynsec(Lifecycle):
@@ -306,10 +317,6 @@ class Dynsec(Lifecycle):
             ]
         )
 
-    async def delete_roles(self, names: Sequence[str]) -> None:
-        """Delete roles (the clients holding one lose it)."""
-        await self._checked([_Command(command="deleteRole", rolename=name) for name in names])
-
     async def set_disabled(self, usernames: Sequence[str], disabled: bool) -> None:
         """Disable (the plugin kicks a connected client at once) or enable accounts."""
         name = "disableClient" if disabled else "enableClient"
@@ -344,26 +351,49 @@ class Dynsec(Lifecycle):
 
     async def ensure_role(self, role: str, acls: Sequence[tuple[str, str]]) -> None:
         """The role exists with exactly these allow ACLs (acltype, topic), nothing else."""
-        wanted = {(acltype, topic, True) for acltype, topic in acls}
-        have = (await self.role_acls()).get(role)
-        if have is None:
-            await self.create_roles([(role, acls)])
-            return
-        current = set(have)
-        commands = [
-            _Command(command="removeRoleACL", rolename=role, acltype=acltype, topic=topic)
-            for acltype, topic, allow in sorted(current - wanted)
-        ]
-        commands += [
-            _Command(command="addRoleACL", rolename=role, acltype=acltype, topic=topic, allow=True)
-            for acltype, topic, _ in sorted(wanted - current)
-        ]
+        await self.ensure_roles([(role, acls)])
+
+    async def ensure_roles(self, roles: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> None:
+        """Each role exists with exactly its allow ACLs (acltype, topic), nothing else; only
+        these roles are read, not every device's."""
+        have = await self.roles([role for role, _ in roles])
+        missing = [(role, acls) for role, acls in roles if role not in have]
+        if missing:
+            await self.create_roles(missing)
+        commands = []
+        for role, acls in roles:
+            if role not in have:
+                continue
+            wanted = {(acltype, topic, True) for acltype, topic in acls}
+            current = set(have[role])
+            commands += [
+                _Command(command="removeRoleACL", rolename=role, acltype=acltype, topic=topic)
+                for acltype, topic, _ in sorted(current - wanted)
+            ]
+            commands += [
+                _Command(
+                    command="addRoleACL", rolename=role, acltype=acltype, topic=topic, allow=True
+                )
+                for acltype, topic, _ in sorted(wanted - current)
+            ]
         if commands:
             await self._checked(commands)
 
-    async def role_acls(self) -> dict[str, tuple[tuple[str, str, bool], ...]]:
+    async def roles(self, names: Sequence[str]) -> dict[str, RoleAcls]:
+        """Only these roles' ACLs (those that exist), as `role_acls` gives every role's."""
+        responses = await self.execute(
+            [_Command(command="getRole", rolename=name) for name in sorted(set(names))]
+        )
+        found = {}
+        for response in responses:
+            role = (response.get("data") or {}).get("role")
+            if role is not None:
+                found[role["rolename"]] = role_acls_from(role)
+        return found
+
+    async def role_acls(self) -> dict[str, RoleAcls]:
         """Every role's ACLs as (acltype, topic, allow)."""
-        found: dict[str, tuple[tuple[str, str, bool], ...]] = {}
+        found: dict[str, RoleAcls] = {}
         offset = 0
         while True:
             (response,) = await self._checked(
@@ -371,10 +401,7 @@ class Dynsec(Lifecycle):
             )
             roles = response.get("data", {}).get("roles", [])
             for data in roles:
-                found[data["rolename"]] = tuple(
-                    (acl["acltype"], acl["topic"], bool(acl.get("allow", False)))
-                    for acl in data.get("acls", ())
-                )
+                found[data["rolename"]] = role_acls_from(data)
             offset += len(roles)
             if len(roles) < _PAGE:
                 return found

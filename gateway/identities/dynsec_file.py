@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.identities.dynsec import DynsecAccount, NewAccount, account_from
+from gateway.identities.dynsec import (
+    DynsecAccount,
+    NewAccount,
+    RoleAcls,
+    account_from,
+    role_acls_from,
+)
 
 __all__ = [
     "ADMIN_ROLE",
@@ -140,7 +146,7 @@ class FileState:
     """What the file holds, in the shapes the live plugin reports them."""
 
     accounts: dict[str, DynsecAccount]
-    role_acls: dict[str, tuple[tuple[str, str, bool], ...]]
+    role_acls: dict[str, RoleAcls]
     default_access: dict[str, bool]
 
 
@@ -150,13 +156,7 @@ def read_state(path: Path) -> FileState:
     accounts = [account_from(client) for client in document.get("clients", [])]
     return FileState(
         accounts={account.username: account for account in accounts},
-        role_acls={
-            role["rolename"]: tuple(
-                (acl["acltype"], acl["topic"], bool(acl.get("allow", False)))
-                for acl in role.get("acls", ())
-            )
-            for role in document.get("roles", [])
-        },
+        role_acls={role["rolename"]: role_acls_from(role) for role in document.get("roles", [])},
         default_access={k: bool(v) for k, v in document.get("defaultACLAccess", {}).items()},
     )
 

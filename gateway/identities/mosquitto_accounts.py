@@ -26,11 +26,9 @@ from gateway.identities.accounts import (
 
 if TYPE_CHECKING:
     from gateway.config import MosquittoAccountsConfig
-    from gateway.identities.dynsec import Dynsec, DynsecAccount, NewAccount
+    from gateway.identities.dynsec import Dynsec, DynsecAccount, NewAccount, RoleAcls
 
 __all__ = ["apply_mosquitto", "apply_mosquitto_file", "plan_mosquitto", "reserved_names"]
-
-RoleAcls = Mapping[str, tuple[tuple[str, str, bool], ...]]
 
 
 def reserved_names(config: MosquittoAccountsConfig) -> set[str]:
@@ -48,7 +46,7 @@ def plan_mosquitto(
     config: MosquittoAccountsConfig,
     *,
     names: Collection[str] | None = None,
-    role_acls: RoleAcls | None = None,
+    role_acls: Mapping[str, RoleAcls] | None = None,
     default_access: Mapping[str, bool] | None = None,
     fresh: Collection[str] = (),
 ) -> list[AccountChange]:
@@ -160,18 +158,21 @@ def _wanted_roles(name: str, config: MosquittoAccountsConfig) -> list[str]:
     return [config.gateway_role] if name in config.gateway_clients else [device_role(name)]
 
 
-def _new_accounts(
+def _accounts(
     changes: Sequence[AccountChange],
+    action: str,
     config: MosquittoAccountsConfig,
     identities: IdentityStates,
     credentials: Mapping[str, Credential],
 ) -> list[NewAccount]:
-    """The accounts to create: devices with their credentials, pods with the gateway's."""
+    """The accounts to write whole for `action`: devices with their credentials, pods with the
+    gateway's. A reset is such a write in the file (a disabled account is reset only on its way
+    to being enabled)."""
     from gateway.identities.dynsec import NewAccount
 
     new = []
     for c in changes:
-        if c.action != "create":
+        if c.action != action:
             continue
         if c.name in config.gateway_clients:
             if config.gateway_password is None:
@@ -186,6 +187,17 @@ def _new_accounts(
         roles = tuple(_wanted_roles(c.name, config))
         new.append(NewAccount(c.name, password, c.name, roles, f"role {role}"))
     return new
+
+
+def _gateway_role(
+    changes: Sequence[AccountChange], config: MosquittoAccountsConfig, new: Sequence[NewAccount]
+) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """The gateway role to make right: when its ACLs differ, or a pod's account is created."""
+    if any(c.action == "role_acls" for c in changes) or any(
+        a.username in config.gateway_clients for a in new
+    ):
+        return [(config.gateway_role, gateway_role_acls(config))]
+    return []
 
 
 def _roles(
@@ -215,13 +227,9 @@ async def apply_mosquitto(
         await dynsec.set_disabled(disabling, True)
     if defaults := _defaults(changes):
         await dynsec.set_default_access(defaults)
-    new = _new_accounts(changes, config, identities, credentials)
-    if any(c.action == "role_acls" for c in changes) or any(
-        a.username in config.gateway_clients for a in new
-    ):
-        await dynsec.ensure_role(config.gateway_role, gateway_role_acls(config))
-    for role, acls in _roles(changes, config, "device_acls"):
-        await dynsec.ensure_role(role, acls)
+    new = _accounts(changes, "create", config, identities, credentials)
+    if wrong := _gateway_role(changes, config, new) + _roles(changes, config, "device_acls"):
+        await dynsec.ensure_roles(wrong)
     if missing := _roles(changes, config, "device_role"):
         await dynsec.create_roles(missing)
     if new:
@@ -249,15 +257,12 @@ def apply_mosquitto_file(
     way to load a fleet, since the running plugin rewrites its whole file after every command."""
     from gateway.identities.dynsec_file import update_clients, write_accounts, write_roles
 
-    new = _new_accounts(changes, config, identities, credentials)
+    new = _accounts(changes, "create", config, identities, credentials)
     roles = _roles(changes, config, "device_role") + _roles(changes, config, "device_acls")
-    if any(c.action == "role_acls" for c in changes) or any(
-        a.username in config.gateway_clients for a in new
-    ):
-        roles.append((config.gateway_role, gateway_role_acls(config)))
+    roles += _gateway_role(changes, config, new)
     if roles:
         write_roles(path, roles)
-    resets = _reset_accounts(changes, config, identities, credentials)
+    resets = _accounts(changes, "reset", config, identities, credentials)
     if new or resets:
         write_accounts(path, [*new, *resets])
     fields: dict[str, dict[str, Any]] = {}
@@ -275,26 +280,3 @@ def apply_mosquitto_file(
     defaults = _defaults(changes)
     if fields or defaults:
         update_clients(path, fields, default_access=defaults)
-
-
-def _reset_accounts(
-    changes: Sequence[AccountChange],
-    config: MosquittoAccountsConfig,
-    identities: IdentityStates,
-    credentials: Mapping[str, Credential],
-) -> list[NewAccount]:
-    """In the file, a reset is the account written again, whole, with the new password (a
-    disabled account is reset only on its way to being enabled)."""
-    from gateway.identities.dynsec import NewAccount
-
-    return [
-        NewAccount(
-            c.name,
-            credentials[c.name].password,
-            c.name,
-            tuple(_wanted_roles(c.name, config)),
-            f"role {identities[c.name][1]}",
-        )
-        for c in changes
-        if c.action == "reset"
-    ]

@@ -123,7 +123,7 @@ class BrokerAccounts(Lifecycle):
                     await self.dynsec.named(list(names)),
                     mosquitto,
                     names=names,
-                    role_acls=await self._device_roles(names),
+                    role_acls=await self.dynsec.roles([device_role(n) for n in names]),
                     fresh=fresh,
                 )
         if self.kafka is not None and self.config.kafka is not None:
@@ -136,27 +136,6 @@ class BrokerAccounts(Lifecycle):
                 fresh=fresh,
             )
         return AccountPlan(tuple(changes))
-
-    async def _device_roles(
-        self, names: Collection[str]
-    ) -> dict[str, tuple[tuple[str, str, bool], ...]]:
-        """The named devices' own roles as the plugin holds them (absent when missing)."""
-        assert self.dynsec is not None
-        roles = sorted(device_role(name) for name in names)
-        responses = await self.dynsec.execute(
-            [{"command": "getRole", "rolename": role} for role in roles]
-        )
-        found = {}
-        for response in responses:
-            role = (response.get("data") or {}).get("role")
-            if role is not None:
-                found[role["rolename"]] = tuple(
-                    sorted(
-                        (acl["acltype"], acl["topic"], bool(acl.get("allow", False)))
-                        for acl in role.get("acls", ())
-                    )
-                )
-        return found
 
     async def apply(
         self,
