@@ -22,9 +22,9 @@ from gateway.roles.guards import (
     refuse_takeovers,
 )
 from gateway.roles.plan import Plan, PlanError, make_plan
-from gateway.roles.state import desired_state
+from gateway.roles.state import State, desired_state
 
-__all__ = ["apply_roles", "plan_roles"]
+__all__ = ["apply_roles", "plan_roles", "plan_with_live"]
 
 RELOADS_CACHES = frozenset({"rename_role", "register_role", "retire_role"})
 
@@ -42,6 +42,13 @@ def read_passwords(doc: Declaration) -> dict[str, str | None]:
 
 async def plan_roles(conn: asyncpg.Connection, doc: Declaration) -> Plan:
     """The plan that would make the database match `doc`, without changing anything."""
+    plan, _ = await plan_with_live(conn, doc)
+    return plan
+
+
+async def plan_with_live(conn: asyncpg.Connection, doc: Declaration) -> tuple[Plan, State]:
+    """The plan and the catalog reading it was made from, for whoever judges the same reading
+    (the audit's shadow access): two readings could disagree on what the plan leaves open."""
     try:
         live = await read_catalog(conn, desired_state(doc).roles, managed_schemas(doc))
     except asyncpg.UndefinedTableError as exc:
@@ -52,7 +59,7 @@ async def plan_roles(conn: asyncpg.Connection, doc: Declaration) -> Plan:
     refuse_self_demotion(doc, live)
     refuse_missing_tables(doc, live)
     plan = make_plan(doc, live, passwords=read_passwords(doc))
-    return replace(plan, blocked=await blocked_drops(conn, plan, live))
+    return replace(plan, blocked=await blocked_drops(conn, plan, live)), live
 
 
 async def apply_roles(

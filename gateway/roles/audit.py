@@ -17,7 +17,7 @@ import asyncpg
 
 from gateway.config import KafkaSourceConfig
 from gateway.identities.accounts import AccountPlan
-from gateway.roles.apply import managed_schemas, plan_roles
+from gateway.roles.apply import plan_with_live
 from gateway.roles.declaration import Declaration, Tier
 from gateway.roles.plan import Change
 from gateway.roles.shadow import (
@@ -25,10 +25,10 @@ from gateway.roles.shadow import (
     SHADOW_CHANGES,
     parents,
     reaches,
-    read_shadow,
     undeclared_superusers,
 )
 from gateway.roles.shadow import membership_paths as _membership_paths
+from gateway.roles.state import Shadow
 
 __all__ = [
     "Finding",
@@ -167,7 +167,7 @@ async def run_audit(
 ) -> list[Finding]:
     """Every finding; `stale` is a page of stale identities already read (the first page with
     `stale_after_days` for write tiers and the privileged default otherwise when None)."""
-    plan = await plan_roles(conn, doc)
+    plan, live = await plan_with_live(conn, doc)
     # What plan does to undo shadow access is reported by `shadow_access`, with its path.
     findings = [drift_finding(c) for c in plan.changes if c.kind not in SHADOW_CHANGES]
     findings += await _identities_on_missing_roles(conn, doc)
@@ -175,7 +175,7 @@ async def run_audit(
         stale = await stale_identities(conn, stale_thresholds(stale_after_days))
     findings += stale.findings()
     findings += await _unlimited_logins(conn)
-    findings += await shadow_access(conn, doc)
+    findings += shadow_access(live.shadow, doc)
     return sorted(findings, key=lambda f: (-f.severity, f.check, f.subject))
 
 
@@ -338,10 +338,9 @@ PREDEFINED_REACH: dict[str, tuple[Severity, str]] = {
 READ_PRIVILEGES = frozenset({"SELECT", "USAGE", "REFERENCES", "EXECUTE"})
 
 
-async def shadow_access(conn: asyncpg.Connection, doc: Declaration) -> list[Finding]:
+def shadow_access(shadow: Shadow, doc: Declaration) -> list[Finding]:
     """Roles outside the declaration that reach managed data, each with the membership path it
     takes; `roles plan` undoes each of them (see `gateway.roles.shadow`)."""
-    shadow = await read_shadow(conn, managed_schemas(doc))
     roles = shadow.roles
     up = parents(shadow)
 
