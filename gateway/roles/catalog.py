@@ -14,7 +14,6 @@ import asyncpg
 from gateway.roles.shadow import read_shadow
 from gateway.roles.state import (
     Grant,
-    Membership,
     RegistryRow,
     RoleState,
     State,
@@ -36,16 +35,6 @@ SELECT r.rolname, r.rolcanlogin, r.rolcreaterole, r.rolconnlimit, r.rolsuper, r.
                  WHERE s.setrole = r.oid), '{}') AS database_settings
 FROM pg_roles r
 WHERE r.rolname = ANY($1::text[]) OR shobj_description(r.oid, 'pg_authid') LIKE $2
-"""
-
-MEMBERSHIPS = """
-SELECT g.rolname AS role, m.rolname AS member, a.inherit_option, a.set_option,
-       a.admin_option, gr.rolname AS grantor
-FROM pg_auth_members a
-JOIN pg_roles g ON g.oid = a.roleid
-JOIN pg_roles m ON m.oid = a.member
-JOIN pg_roles gr ON gr.oid = a.grantor
-WHERE g.rolname = ANY($1::text[]) OR m.rolname = ANY($1::text[])
 """
 
 # Objects in temporary schemas live and die with one session: no plan can own them.
@@ -242,8 +231,12 @@ async def read_catalog(
         )
     scope = sorted(state.roles)
     schema_list = sorted(set(schemas))
-    for row in await conn.fetch(MEMBERSHIPS, scope):
-        state.memberships.add(Membership.from_row(row))
+    # The shadow reads every membership of the cluster: those touching a role in scope are
+    # the ones the plan compares with the declaration.
+    state.shadow = await read_shadow(conn, schema_list)
+    state.memberships = {
+        m for m in state.shadow.edges if m.role in state.roles or m.member in state.roles
+    }
     for row in await conn.fetch(TABLE_GRANTS, scope, schema_list):
         table = join_names(row["nspname"], row["relname"])
         kind = "sequence" if row["relkind"] == "S" else "table"
@@ -270,7 +263,6 @@ async def read_catalog(
         )
     for row in await conn.fetch(RELATIONS, schema_list):
         state.relations[join_names(row["nspname"], row["relname"])] = frozenset(row["columns"])
-    state.shadow = await read_shadow(conn, schema_list)
     state.verifiers = await _verifiers(conn, [n for n, r in state.roles.items() if r.login])
     return state
 
