@@ -85,6 +85,9 @@ def plan_kafka(
     scope = set(identities) if names is None else {n for n in names if n in identities}
     allowed = [b for b in bindings if b.permission == "allow"]
     held = set(allowed)
+    by_principal: dict[str, list[AclBinding]] = {}
+    for binding in allowed:
+        by_principal.setdefault(binding.principal, []).append(binding)
 
     def change(
         action: str,
@@ -115,8 +118,8 @@ def plan_kafka(
         for mechanism in sorted(mechanisms - ({config.mechanism} if status == "active" else set())):
             why = "identity is retired" if status != "active" else "a second mechanism"
             change("delete", name, f"{why}: its {mechanism} credential logs in", None, mechanism)
-        for binding in allowed:
-            if binding.principal == principal and binding != wanted:
+        for binding in by_principal.get(principal, ()):
+            if binding != wanted:
                 why = "identity is retired" if status != "active" else "wider than its own topic"
                 change("revoke", name, f"{why}: {binding}", binding)
 
