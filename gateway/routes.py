@@ -37,24 +37,18 @@ OpenSink = Callable[[str, Table], Sink]
 """A sink writing rows into a table as a role: `open_sink(role, table)`."""
 
 
-def may_write(doc: Declaration, role: str, route: RouteConfig) -> bool:
-    if route.kind == "telemetry":
-        return doc.may_insert(role, route.table)
-    return not route_problems(doc, role, route)
-
-
-def writers(doc: Declaration, route: RouteConfig) -> list[tuple[str, str | None]]:
+def _writers(doc: Declaration, route: RouteConfig) -> list[tuple[str, str | None]]:
     """(writing role, role whose identities feed it, None when the same) for one route."""
     if route.role is not None:
         return [(route.role, fed_by) for fed_by in route.for_roles]
-    return [(role, None) for role in doc.roles if may_write(doc, role, route)]
+    return [(role, None) for role in doc.roles if not route_problems(doc, role, route)]
 
 
 def writer_roles(doc: Declaration, config: GatewayConfig) -> dict[str, list[str]]:
     """For each declared role, the route tables it writes (roles with none are left out)."""
     found: dict[str, list[str]] = {}
     for route in config.routes:
-        for role, _ in writers(doc, route):
+        for role, _ in _writers(doc, route):
             tables = found.setdefault(role, [])
             if route.table not in tables:
                 tables.append(route.table)
@@ -81,10 +75,7 @@ def build_routes(
         unknown = [r for r in [route.role, *route.for_roles] if r not in doc.roles]
         if unknown:
             problems.append((where, f"roles not in the declaration: {', '.join(unknown)}"))
-        elif not may_write(doc, route.role, route):
-            missing = route_problems(doc, route.role, route) or [
-                f"role {route.role} may not INSERT into {route.table}"
-            ]
+        elif missing := route_problems(doc, route.role, route):
             problems.append((f"{where}.role", "; ".join(missing)))
     if problems:
         raise ConfigError("gateway configuration", problems)
@@ -92,7 +83,7 @@ def build_routes(
     sinks: dict[tuple[str, str, bool], Sink] = {}  # streams into one table share its sink
     for index, route in enumerate(config.routes):
         table, decoder = _shape(route, limits, f"routes[{index}]")
-        for role, fed_by in writers(doc, route):
+        for role, fed_by in _writers(doc, route):
             sink = sinks.get((role, route.table, route.dedup))
             if sink is None:
                 sink = sinks[(role, route.table, route.dedup)] = open_sink(role, table)

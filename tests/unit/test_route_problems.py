@@ -3,14 +3,20 @@ for any route, and for an upsert UPDATE on what it sets and SELECT on its key an
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.config import RouteConfig
+from gateway.config import RouteConfig, load_config
+from gateway.decoder import COLUMNS
 from gateway.roles.declaration import Declaration, parse_declaration
 from gateway.route_checks import route_problems
+from gateway.routes import build_routes
+from gateway.sinks.memory import MemorySink
+from gateway.validation import ConfigError
 
+EXAMPLE_CONFIG = Path(__file__).parents[2] / "config" / "gateway.toml"
 STATE_COLUMNS = [
     {"name": "identity", "path": "$identity", "type": "text"},
     {"name": "state", "path": "", "type": "jsonb"},
@@ -160,3 +166,34 @@ def test_a_telemetry_route_needs_insert_on_telemetry_and_an_undeclared_role_noth
         "role writer lacks INSERT on ingest.device_state: the route adds rows"
     )
     assert route_problems(doc, "nobody", telemetry) == ["role nobody is not declared"]
+
+
+def built(doc: Declaration, route: RouteConfig) -> list[tuple[str, str | None]]:
+    """(writing role, role feeding it) of each route `build_routes` makes of `route`."""
+    config = load_config(EXAMPLE_CONFIG).model_copy(update={"routes": [route]})
+    *routes, _ = build_routes(config, doc, lambda role, table: MemorySink())
+    return [(r.role, r.for_role) for r in routes]
+
+
+def test_routes_are_built_for_exactly_the_roles_the_checks_let_write_them() -> None:
+    """One rule decides both: INSERT on the whole table or on every column a route writes."""
+    telemetry = RouteConfig(stream="telemetry", table="ingest.telemetry")
+    every = ", ".join(f'"{c}"' for c in COLUMNS)
+    columns = declaration(
+        f'{{ table = "ingest.telemetry", privileges = ["INSERT"], columns = [{every}] }}',
+        tier="ingest",
+    )
+    assert built(columns, telemetry) == [("writer", None)]
+    explicit = telemetry.model_copy(update={"role": "writer", "for_roles": ["writer"]})
+    assert built(columns, explicit) == [("writer", "writer")]
+    partly = declaration(
+        '{ table = "ingest.telemetry", privileges = ["INSERT"], columns = ["ts", "identity"] }',
+        tier="ingest",
+    )
+    assert built(partly, telemetry) == []
+    with pytest.raises(ConfigError) as refused:
+        built(partly, explicit)
+    ((path, problem),) = refused.value.problems
+    assert path == "routes[0].role"
+    assert problem == route_problems(partly, "writer", telemetry)[0]
+    assert "(metric, value, tags, received_at)" in problem
