@@ -19,7 +19,10 @@ from gateway.pipeline import Pipeline
 from gateway.sinks.memory import MemorySink
 from gateway.sources.memory import MemorySource
 
-IDENTITIES = {"sensor-1": CachedIdentity("telemetry_ingest", "telemetry_ingest_login", "active")}
+IDENTITIES = {
+    "sensor-1": CachedIdentity("telemetry_ingest", "telemetry_ingest_login", "active"),
+    "intruder": CachedIdentity("other_ingest", "other_ingest_login", "active"),
+}
 TOPIC = "devices/sensor-1/telemetry"
 
 
@@ -39,7 +42,7 @@ def state_of(payload: bytes, identity: str, stream: str, at: int) -> list[Row]:
     return [(identity, body["mode"], at)]
 
 
-def build(telemetry: MemorySink, state: MemorySink, rejects: MemorySink) -> Pipeline:
+def build(telemetry: MemorySink, state: MemorySink, rejects: MemorySink, *more: Route) -> Pipeline:
     return Pipeline(
         lookup=IDENTITIES.get,
         routes=[
@@ -55,6 +58,7 @@ def build(telemetry: MemorySink, state: MemorySink, rejects: MemorySink) -> Pipe
                 identity_column=0,
             ),
             Route("rejects_writer", "ingest.rejects", rejects, rejects=True),
+            *more,
         ],
         metrics=Metrics(),
         activity=Activity(),
@@ -133,3 +137,19 @@ async def test_a_held_route_sends_its_part_to_rejects_whole_and_the_rest_lands()
     assert [r[2] for r in rejects.rows] == ["route_unavailable"] * 2
     assert len(source.acked) == 2
     await pipeline.close()
+
+
+async def test_a_route_fed_for_one_role_takes_nothing_from_another_roles_devices() -> None:
+    """A device of another role, on the same stream and with a payload the state route would
+    take, reaches only its own role's route: never the state kept for telemetry_ingest."""
+    telemetry, other, state, rejects = MemorySink(), MemorySink(), MemorySink(), MemorySink()
+    pipeline = build(
+        telemetry, state, rejects, Route("other_ingest", "other.telemetry", other, "telemetry")
+    )
+    source = MemorySource()
+    source.put([("devices/intruder/telemetry", reading(1.0, mode="pwned"))])
+    pipeline.submit(source, await source.receive())
+    await pipeline.flush()
+    assert [(row[1], row[3]) for row in other.rows] == [("intruder", 1.0)]
+    assert telemetry.rows == [] and state.rows == [] and rejects.rows == []
+    assert len(source.acked) == 1

@@ -140,6 +140,20 @@ def test_every_type_lands_in_column_order(fmt: str) -> None:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_a_payload_cannot_name_its_sender_or_stream(fmt: str) -> None:
+    """The sender and stream come from the authenticated claim, never from fields a device
+    writes; a payload naming another device (as the column or under `$identity`) changes nothing."""
+    spoof = {
+        **WIDE_MESSAGE,
+        "device": "sensor-2",
+        "stream": "other",
+        "$identity": "sensor-2",
+        "received": MS - 86_400_000,
+    }
+    assert one(decoder(*WIDE, fmt=fmt), encode(spoof, fmt))[1:4] == ("sensor-1", "s", NOW_US)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_timestamps_epoch_ms_rfc3339_and_window(fmt: str) -> None:
     stamps = decoder(column("ts", "/ts", "timestamptz"), fmt=fmt)
     assert one(stamps, encode({"ts": MS}, fmt)) == (NOW_US,)
