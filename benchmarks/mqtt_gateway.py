@@ -65,7 +65,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -679,30 +679,48 @@ async def run_bare(
     return task
 
 
-async def bare_drain(bench: Bench, readings: int) -> dict[str, Any]:
-    count = bench.settings.messages[readings]
-    client_id = f"bench-bare-drain-{readings}-{secrets.token_hex(2)}"
-    async with bench.phase(f"bare subscriber drain, {readings} reading(s)") as info:
-        await bench.make_session(client_id)
-        await bench.publish(readings, count)
-        consumer = await run_bare(bench, client_id, count, 600)
+async def drain_bare(
+    bench: Bench,
+    label: str,
+    client_id: str,
+    count: int,
+    publish: Callable[[], Awaitable[object]],
+    subscription: str = SUBSCRIPTION,
+) -> dict[str, Any]:
+    """The bare subscriber's drain of the `count` messages `publish` queues for its session:
+    from its first receipt to its last, and the CPU it and the broker spent."""
+    async with bench.phase(f"bare subscriber drain, {label}") as info:
+        await bench.make_session(client_id, subscription)
+        await publish()
+        consumer = await run_bare(bench, client_id, count, 600, subscription)
         meter = bench.cpu_meter()
         result = await consumer
         cpu = {"subscriber": result["cpu_s"], **meter.stop()}
         await bench.forget_session(client_id)
+    if result["received"] != count:
+        raise RuntimeError(f"bare drain, {label}: {result['received']} of {count} messages")
     timeline = result["timeline"]
     seconds = timeline[-1][0] - timeline[0][0]
-    if result["received"] != count:
-        raise RuntimeError(f"bare drain: {result['received']} of {count} messages")
     return {
         **info,
         "messages": count,
         "seconds": round(seconds, 3),
         "msgs_per_s": round(count / seconds),
-        "rows_per_s_equivalent": round(count * readings / seconds),
         "cpu_s": cpu,
         "cpu_us_per_msg": per_message(cpu, count),
     }
+
+
+async def bare_drain(bench: Bench, readings: int) -> dict[str, Any]:
+    count = bench.settings.messages[readings]
+    found = await drain_bare(
+        bench,
+        f"{readings} reading(s)",
+        f"bench-bare-drain-{readings}-{secrets.token_hex(2)}",
+        count,
+        lambda: bench.publish(readings, count),
+    )
+    return {**found, "rows_per_s_equivalent": round(found["msgs_per_s"] * readings)}
 
 
 async def bare_live(bench: Bench, readings: int) -> dict[str, Any]:
@@ -1053,28 +1071,15 @@ async def shaped_gateway_drain(bench: Bench, variant: Variant) -> dict[str, Any]
 
 async def shaped_bare_drain(bench: Bench, variant: Variant) -> dict[str, Any]:
     per_device = bench.settings.shaped_messages // bench.settings.devices
-    count = per_device * bench.settings.devices
-    client_id = f"bench-bare-{variant.name}-{secrets.token_hex(2)}"
-    subscription = f"devices/+/{variant.stream}"
-    async with bench.phase(f"bare subscriber drain, {variant.name}") as info:
-        await bench.make_session(client_id, subscription)
-        await publish_shaped(bench, variant, per_device)
-        consumer = await run_bare(bench, client_id, count, 600, subscription)
-        meter = bench.cpu_meter()
-        result = await consumer
-        cpu = {"subscriber": result["cpu_s"], **meter.stop()}
-        await bench.forget_session(client_id)
-    timeline = result["timeline"]
-    seconds = timeline[-1][0] - timeline[0][0]
-    return {
-        **info,
-        "messages": count,
-        "payload_bytes": len(variant.payload(0)),
-        "seconds": round(seconds, 3),
-        "msgs_per_s": round(count / seconds),
-        "cpu_s": cpu,
-        "cpu_us_per_msg": per_message(cpu, count),
-    }
+    found = await drain_bare(
+        bench,
+        variant.name,
+        f"bench-bare-{variant.name}-{secrets.token_hex(2)}",
+        per_device * bench.settings.devices,
+        lambda: publish_shaped(bench, variant, per_device),
+        f"devices/+/{variant.stream}",
+    )
+    return {**found, "payload_bytes": len(variant.payload(0))}
 
 
 def shaped_order(names: list[str], rounds: int) -> list[str]:
