@@ -163,34 +163,35 @@ async def connect(host: str, port: int, publisher: Publisher) -> Publisher:
 
 async def publish_count(host: str, port: int, publishers: list[Publisher]) -> Outcome:
     """Connect all, publish each one's `count`, return once every answer is in."""
-    for publisher in publishers:
-        await connect(host, port, publisher)
-    for publisher in publishers:
-        publisher.start()
+    await _start(host, port, publishers)
     await asyncio.gather(*(asyncio.shield(p.drained) for p in publishers))
-    total = Outcome()
-    for publisher in publishers:
-        if publisher.transport is not None and not publisher.transport.is_closing():
-            publisher.transport.write(DISCONNECT)
-            publisher.transport.close()
-        total.merge(publisher.outcome)
-    return total
+    return _end(publishers)
 
 
 async def publish_for(
     host: str, port: int, publishers: list[Publisher], seconds: float, drain: float = 30.0
 ) -> Outcome:
     """Connect all, publish for `seconds`, wait (at most `drain` s) for the answers in flight."""
+    await _start(host, port, publishers)
+    await asyncio.sleep(seconds)
+    for publisher in publishers:
+        publisher.stop()
+    with_timeout = [asyncio.wait_for(asyncio.shield(p.drained), drain) for p in publishers]
+    await asyncio.gather(*with_timeout, return_exceptions=True)
+    return _end(publishers)
+
+
+async def _start(host: str, port: int, publishers: list[Publisher]) -> None:
+    """Every publisher connected before any publishes, so they start together."""
     for publisher in publishers:
         await connect(host, port, publisher)
     for publisher in publishers:
         publisher.start()
-    await asyncio.sleep(seconds)
-    for publisher in publishers:
-        publisher.stop()
+
+
+def _end(publishers: list[Publisher]) -> Outcome:
+    """Disconnect each, and add up their outcomes (what is still in flight as unanswered)."""
     total = Outcome()
-    with_timeout = [asyncio.wait_for(asyncio.shield(p.drained), drain) for p in publishers]
-    await asyncio.gather(*with_timeout, return_exceptions=True)
     for publisher in publishers:
         if publisher.transport is not None and not publisher.transport.is_closing():
             publisher.transport.write(DISCONNECT)
