@@ -17,7 +17,12 @@ import asyncpg
 import orjson
 
 from gateway import trail
-from gateway.cli.brokers import add_broker_options, brokers_config, read_credentials
+from gateway.cli.brokers import (
+    EXIT_CHANGES_PENDING,
+    add_broker_options,
+    brokers_config,
+    read_credentials,
+)
 from gateway.cli.database import add_dsn_options, resolve_dsn
 from gateway.config import BrokersConfig
 from gateway.db import connect
@@ -36,8 +41,6 @@ from gateway.identities.registry import IdentityDetails, Registry
 from gateway.trail import default_actor
 
 __all__ = ["ProgressLine", "parse_attributes", "register"]
-
-EXIT_CHANGES_PENDING = 2
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -188,17 +191,29 @@ def _refuse_reserved(config: BrokersConfig | None, names: Sequence[str]) -> None
         )
 
 
+def _supplied_password(args: argparse.Namespace, name: str) -> str | None:
+    """The password `--credentials-in` gives `name`; None when one is to be generated, which
+    needs `--credentials-out` to be handed over."""
+    supplied = read_credentials(args.credentials_in).get(name)
+    if supplied is None and args.credentials_out is None:
+        raise InvalidIdentityError(
+            f"--credentials-in has no password for {name}, and there is no "
+            "--credentials-out for a generated one"
+        )
+    return supplied
+
+
 async def _follow(
     args: argparse.Namespace,
     registry: Registry,
     config: BrokersConfig | None,
     names: list[str],
     *,
-    added: bool = False,
+    fresh: Sequence[str] = (),
 ) -> None:
-    """Make the identities' broker accounts follow what the registry now says; identities just
-    `added` get new passwords even where an account of their name was already there."""
-    if config is None:
+    """Make the identities' broker accounts follow what the registry now says; those `fresh`
+    (just added) get new passwords even where an account of their name was already there."""
+    if config is None or not names:
         return
     conn = registry.connection
     plan = await sync_accounts(
@@ -208,7 +223,7 @@ async def _follow(
         names=names,
         supplied=read_credentials(args.credentials_in),
         credentials_out=args.credentials_out,
-        fresh=names if added else (),
+        fresh=fresh,
     )
     done = plan.actions
     if len(done) <= 10:
@@ -225,17 +240,13 @@ async def _add(args: argparse.Namespace) -> int:
 
     brokers = _brokers(args, creates=True)
     _refuse_reserved(brokers, [args.name])
-    supplied = read_credentials(args.credentials_in)
-    if brokers is not None and args.credentials_out is None and args.name not in supplied:
-        raise InvalidIdentityError(
-            f"--credentials-in has no password for {args.name}, and there is no "
-            "--credentials-out for a generated one"
-        )
+    if brokers is not None:
+        _supplied_password(args, args.name)
 
     async def work(registry: Registry, conn: asyncpg.Connection) -> int:
         identity = await registry.add(args.name, args.role, args.kind, attributes)
         print(f"added {identity.name} ({identity.kind}) with role {identity.role}")
-        await _follow(args, registry, brokers, [identity.name], added=True)
+        await _follow(args, registry, brokers, [identity.name], fresh=[identity.name])
         return 0
 
     return await _with_registry(args, work)
@@ -258,7 +269,8 @@ async def _import(args: argparse.Namespace) -> int:
             progress.finish()
         skipped = f" ({result.skipped} already registered, skipped)" if result.skipped else ""
         print(f"imported {result.imported} identities from {args.file}{skipped}")
-        await _follow(args, registry, brokers, list(result.names), added=True)
+        names = list(result.names)
+        await _follow(args, registry, brokers, names, fresh=names)
         return 0
 
     return await _with_registry(args, work)
@@ -355,12 +367,7 @@ async def _rotate(args: argparse.Namespace) -> int:
         identity = await registry.get(args.name)
         if identity.status != "active":
             raise IdentityRetiredError(f"identity {identity.name!r} is retired")
-        supplied = read_credentials(args.credentials_in).get(identity.name)
-        if supplied is None and args.credentials_out is None:
-            raise InvalidIdentityError(
-                f"--credentials-in has no password for {identity.name}, and there is no "
-                "--credentials-out for a generated one"
-            )
+        supplied = _supplied_password(args, identity.name)
         credential = Credential(identity.name, supplied or secrets.token_urlsafe(24))
         _refuse_reserved(brokers, [identity.name])
         async with BrokerAccounts(brokers) as accounts:
@@ -400,11 +407,8 @@ async def _inventory_apply(args: argparse.Namespace) -> int:
             progress.finish()
         _print_inventory(plan, args.json)
         provisioned = [c.name for c in plan.changes if c.action == "provision"]
-        others = [c.name for c in plan.changes if c.action != "provision"]
-        if provisioned:
-            await _follow(args, registry, brokers, provisioned, added=True)
-        if others:
-            await _follow(args, registry, brokers, others)
+        names = [c.name for c in plan.changes]
+        await _follow(args, registry, brokers, names, fresh=provisioned)
         return 0
 
     return await _with_registry(args, work)

@@ -400,3 +400,39 @@ async def test_retiring_again_still_reaches_the_brokers(
     assert code == 0, err
     assert "already retired" in text and "disable" in text
     assert await mqtt_refused(env, name, passwords(out)[name])
+
+
+async def test_an_inventory_reaches_the_brokers_in_one_plan(
+    env: Stack, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kept, dropped = f"inv-{secrets.token_hex(3)}", f"inv-{secrets.token_hex(3)}"
+    scope = f"scope-{secrets.token_hex(3)}"
+    # Someone with broker admin access made one account first, with a password they know.
+    async with Dynsec(env.broker.accounts_config(client_id="hand")) as dynsec:
+        await dynsec.create([NewAccount(kept, "planted", kept)])
+    first = tmp_path / "v1.csv"
+    first.write_text(f"name,role\n{kept},{ROLE}\n{dropped},{ROLE}\n")
+    out = tmp_path / "credentials.csv"
+    code, _, err = await gateway(
+        capsys, "identities", "apply", "--inventory", str(first), "--scope", scope,
+        "--config", str(config_file), "--credentials-out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    issued = passwords(out)
+    assert issued.keys() == {kept, dropped}
+    assert await mqtt_refused(env, kept, "planted")
+    async with mqtt(env.broker, kept, issued[kept]), mqtt(env.broker, dropped, issued[dropped]):
+        pass
+
+    # Retired by absence from the next inventory: its account is disabled in the same apply.
+    second = tmp_path / "v2.csv"
+    second.write_text(f"name,role\n{kept},{ROLE}\n")
+    code, text, err = await gateway(
+        capsys, "identities", "apply", "--inventory", str(second), "--scope", scope,
+        "--config", str(config_file), "--credentials-out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"disable {dropped}" in text
+    assert await mqtt_refused(env, dropped, issued[dropped])
+    async with mqtt(env.broker, kept, issued[kept]):
+        pass
