@@ -212,21 +212,6 @@ def write_credentials(path: Path, credentials: Mapping[str, Credential]) -> None
             writer.writerow([credential.name, credential.password])
 
 
-def check_delivery(
-    plan: AccountPlan, config: BrokersConfig, supplied: Mapping[str, str], out: Path | None
-) -> None:
-    """Refuse, before changing anything, to make passwords no one will be able to read."""
-    if out is not None:
-        return
-    gateways = set(config.mosquitto.gateway_clients) if config.mosquitto else set()
-    missing = sorted(set(new_credentials(plan, gateways=gateways)) - supplied.keys())
-    if missing:
-        raise AccountsError(
-            f"{len(missing)} new broker account(s) need a password (e.g. {missing[0]}): pass "
-            "--credentials-out FILE for generated ones, or --credentials-in FILE"
-        )
-
-
 def configured(config: BrokersConfig) -> bool:
     """Whether any broker's accounts follow the registry."""
     return config.mosquitto is not None or config.kafka is not None

@@ -21,7 +21,6 @@ from gateway.identities.accounts import (
     AccountsError,
     Credential,
     IdentityStates,
-    check_delivery,
     device_role,
     new_credentials,
     write_credentials,
@@ -201,12 +200,17 @@ async def sync_accounts(
         if not apply or not plan.actions:
             return plan
         plan = await _still_active(plan, registry)
-        check_delivery(plan, config, supplied, credentials_out)
         gateways = config.mosquitto.gateway_clients if config.mosquitto else ()
         credentials = new_credentials(plan, supplied, gateways)
-        generated = {n: c for n, c in credentials.items() if n not in supplied}
+        generated = sorted(n for n in credentials if n not in supplied)
+        if generated and credentials_out is None:
+            # Refused before changing anything: no password nobody will be able to read.
+            raise AccountsError(
+                f"{len(generated)} new broker account(s) need a password (e.g. {generated[0]}): "
+                "pass --credentials-out FILE for generated ones, or --credentials-in FILE"
+            )
         if generated and credentials_out is not None:
-            write_credentials(credentials_out, generated)
+            write_credentials(credentials_out, {n: credentials[n] for n in generated})
         await brokers.apply(plan, identities, credentials)
     await trail.record(
         conn,

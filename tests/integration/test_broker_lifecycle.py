@@ -436,3 +436,16 @@ async def test_an_inventory_reaches_the_brokers_in_one_plan(
     assert await mqtt_refused(env, dropped, issued[dropped])
     async with mqtt(env.broker, kept, issued[kept]):
         pass
+
+
+async def test_apply_makes_no_account_whose_password_no_one_could_read(
+    env: Stack, config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = f"unread-{secrets.token_hex(3)}"
+    # Registered without brokers, so its accounts are made by the next apply.
+    code, _, err = await gateway(capsys, "identities", "add", name, "--role", ROLE)
+    assert code == 0, err
+    code, _, err = await gateway(capsys, "brokers", "apply", "--config", str(config_file))
+    assert code == 1 and "need a password" in err and "--credentials-out" in err, err
+    async with Dynsec(env.broker.accounts_config(client_id="hand")) as dynsec:
+        assert name not in await dynsec.named([name])
