@@ -559,7 +559,11 @@ class MosquittoAccountsConfig(MqttConnection):
     unmanaged: list[str] = []
     """Accounts that are not identities and are left alone (operators, a bridge, monitoring);
     any other account of no active identity is disabled by `gateway brokers apply`."""
-    device_topic: str = Field(default="devices/{identity}/+", pattern=r"^[^+#{}]*\{identity\}/\+$")
+    # `{identity}` a whole level: with `devices/x{identity}/+`, device `abc` would publish where
+    # a reader by level sees `xabc`; and the gateway's role reads the levels before it.
+    device_topic: str = Field(
+        default="devices/{identity}/+", pattern=r"^(?:[^+#{}/]*/)*\{identity\}/\+$"
+    )
     """The one topic filter a device may publish to: its own role's one ACL, one level under
     its name. The gateway's role reads everything under the part before `{identity}`."""
 

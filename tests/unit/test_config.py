@@ -11,12 +11,14 @@ from gateway.app import Gateway
 from gateway.config import (
     DatabaseConfig,
     KafkaSourceConfig,
+    MosquittoAccountsConfig,
     MqttSourceConfig,
     RouteConfig,
     Secret,
     load_config,
 )
 from gateway.db import ALLOW_UNVERIFIED_ENV, DatabaseError, connect, dsn_exposure
+from gateway.identities.accounts import device_role_acls, gateway_role_acls
 from gateway.roles.declaration import RoleSpec
 from gateway.tls import postgres_sslmode
 from gateway.validation import ConfigError
@@ -172,6 +174,34 @@ def test_an_mqtt_password_crosses_the_network_only_over_tls() -> None:
         mqtt(host="broker")
     with pytest.raises(ValidationError, match="`server_name` needs TLS"):
         mqtt(server_name="broker.example")
+
+
+@pytest.mark.parametrize(
+    "topic", ["devices/{identity}/+", "{identity}/+", "site/a/{identity}/+", "/{identity}/+"]
+)
+def test_a_device_topic_with_its_name_as_a_whole_level_is_taken(topic: str) -> None:
+    config = MosquittoAccountsConfig(device_topic=topic)
+    assert device_role_acls(config, "abc") == (
+        ("publishClientSend", topic.replace("{identity}", "abc")),
+    )
+    assert gateway_role_acls(config)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "devices/x{identity}/+",  # device `abc` would publish where a reader sees `xabc`
+        "devices/{identity}x/+",
+        "devices/{identity}/#",  # `#` also matches `devices/<name>`, and any depth
+        "devices/{identity}/+/+",
+        "devices/+/{identity}/+",  # any device's name in the level before
+        "devices/{identity}/{identity}/+",
+        "devices/{identity}/telemetry",  # one level under its name, whatever the stream
+    ],
+)
+def test_a_device_topic_that_could_spell_another_name_is_refused(topic: str) -> None:
+    with pytest.raises(ValidationError, match="device_topic"):
+        MosquittoAccountsConfig(device_topic=topic)
 
 
 def test_sasl_plain_without_tls_is_refused_unless_allowed() -> None:
