@@ -250,7 +250,8 @@ class Pipeline:
             self._reject_unavailable(shared, message, identity, route, at)
         for route, why in refused:
             message.payload = payload
-            self._reject(shared, message, why.reason, identity, f"{route.table}: {why.detail}", at)
+            detail = f"{route.table}: {why.detail}"
+            self._reject(shared, message, why.reason, identity, detail, at, part=route.table)
 
     def _check_capacity(self) -> None:
         if self._buffered >= self._max_buffered or self._held_bytes >= self._max_bytes:
@@ -368,9 +369,11 @@ class Pipeline:
         detail: str,
         at: int,
         registered: bool = True,
+        part: str = "",
     ) -> None:
         """Count the reject; store its record while the sender is within its budget, else
-        count it into the minute's summary and acknowledge it at once."""
+        count it into the minute's summary and acknowledge it at once. `part`: the table of
+        one route of several the message feeds, each of whose records is kept."""
         self.metrics.messages_rejected.labels(source.name, reason).inc()
         if identity is not None and registered:
             self.activity.rejected(identity)
@@ -388,7 +391,7 @@ class Pipeline:
                     MINUTE_US / 1e6 - (at % MINUTE_US) / 1e6 + 0.05, self._end_minute
                 )
             return
-        self._record(source, message, reason, identity, detail[:1000], at, PAYLOAD_PREFIX)
+        self._record(source, message, reason, identity, detail[:1000], at, PAYLOAD_PREFIX, part)
 
     def _reject_unavailable(
         self, source: Source[M], message: M, identity: str | None, route: Route, at: int
@@ -399,7 +402,7 @@ class Pipeline:
         self.metrics.messages_rejected.labels(source.name, reason).inc()
         error = self._held_errors.get((route.role, route.table), "")
         detail = f"{route.table} refuses writes as {route.role}: {error}"
-        self._record(source, message, reason, identity, detail[:1000], at, None)
+        self._record(source, message, reason, identity, detail[:1000], at, None, route.table)
 
     def _record(
         self,
@@ -410,13 +413,14 @@ class Pipeline:
         detail: str,
         at: int,
         prefix: int | None,
+        part: str = "",
     ) -> None:
         """Buffer a message's reject record; from here on the record is all that is kept."""
         payload = message.payload
         kept = bytes(payload if prefix is None else payload[:prefix])
         topic = message.topic
         key = hashlib.blake2b(
-            f"{source.name}\0{source.position(message)}\0{topic}\0".encode(
+            f"{source.name}\0{source.position(message)}\0{topic}\0{part}".encode(
                 "utf-8", "surrogatepass"
             ),
             digest_size=16,

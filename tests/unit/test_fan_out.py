@@ -153,3 +153,25 @@ async def test_a_route_fed_for_one_role_takes_nothing_from_another_roles_devices
     assert [(row[1], row[3]) for row in other.rows] == [("intruder", 1.0)]
     assert telemetry.rows == [] and state.rows == [] and rejects.rows == []
     assert len(source.acked) == 1
+
+
+async def test_each_record_of_one_message_has_its_own_key() -> None:
+    """The rejects table keeps one record per message key (a redelivery adds none): a message
+    refused by one route while another's table is held has two records, and both are kept."""
+    telemetry, state, rejects = MemorySink(), MemorySink(), MemorySink()
+    state.held = "42501 permission denied for table device_state"
+    pipeline = build(telemetry, state, rejects)
+    source = MemorySource()
+    source.put([(TOPIC, reading(1.0, mode="eco"))])
+    pipeline.submit(source, await source.receive())
+    await pipeline.flush()  # the state route is held from here on
+    payload = orjson.dumps({"mode": "off"})  # no reading: telemetry refuses it
+    source.put([(TOPIC, payload)])
+    pipeline.submit(source, await source.receive())
+    await pipeline.flush()
+    _, *records = rejects.rows
+    assert sorted(r[2] for r in records) == ["invalid_reading", "route_unavailable"]
+    assert all(r[5] for r in records)  # each keeps the payload
+    assert len({r[7] for r in rejects.rows}) == 3
+    assert len(source.acked) == 2
+    await pipeline.close()
