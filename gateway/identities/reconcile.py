@@ -211,19 +211,26 @@ async def sync_accounts(
             )
         if generated and credentials_out is not None:
             write_credentials(credentials_out, {n: credentials[n] for n in generated})
-        await brokers.apply(plan, identities, credentials)
-    await trail.record(
-        conn,
-        actor,
-        "brokers.apply",
-        "brokers",
-        None,
-        {
-            "changes": [c.as_json() for c in plan.actions[:RECORDED_CHANGES]],
-            "total": len(plan.actions),
-        },
-    )
+        try:
+            await brokers.apply(plan, identities, credentials)
+        except Exception as exc:
+            # Some of it may be done: the trail sees what was attempted, and why it stopped.
+            await _record(conn, actor, plan, failed=str(exc))
+            raise
+    await _record(conn, actor, plan)
     return plan
+
+
+async def _record(
+    conn: asyncpg.Connection, actor: str, plan: AccountPlan, *, failed: str | None = None
+) -> None:
+    after: dict[str, object] = {
+        "changes": [c.as_json() for c in plan.actions[:RECORDED_CHANGES]],
+        "total": len(plan.actions),
+    }
+    if failed is not None:
+        after["failed"] = failed
+    await trail.record(conn, actor, "brokers.apply", "brokers", None, after)
 
 
 GRANTING = frozenset({"create", "reset", "enable", "grant", "device_role", "bind", "roles"})
