@@ -25,10 +25,11 @@ ROW_TABLES = ("ingest.telemetry", "ingest.environment")  # appended to: one row 
 STATE_TABLE = "ingest.device_state"  # upserted: one row per device
 
 # Two snapshot counts in one round trip: what the progress line and `settle` poll.
-_COUNTS = """
-SELECT (SELECT count(*) FROM ingest.telemetry) + (SELECT count(*) FROM ingest.environment),
-       (SELECT count(*) FROM ingest.rejects)
-"""
+_COUNTS = (
+    "SELECT "
+    + " + ".join(f"(SELECT count(*) FROM {table})" for table in ROW_TABLES)
+    + ", (SELECT count(*) FROM ingest.rejects)"
+)
 # A state changed by a batch counts once in the write log, however many of the batch's
 # readings it took to get there.
 _UPSERTS = "SELECT coalesce(sum(rows), 0) FROM gateway.write_log WHERE target = $1"
