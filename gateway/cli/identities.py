@@ -374,14 +374,24 @@ async def _rotate(args: argparse.Namespace) -> int:
             # Written first: a failure half-way must not leave a password nobody has.
             if args.credentials_out is not None and supplied is None:
                 write_credentials(args.credentials_out, {identity.name: credential})
-            await accounts.rotate(identity.name, credential.password)
-        await trail.record(
-            conn, registry.actor, "identity.rotate", identity.name, None, {"password": "rotated"}
-        )
+            try:
+                await accounts.rotate(identity.name, credential.password)
+            except Exception as exc:
+                # One broker may have the new password already: the trail sees the attempt.
+                failed = {"password": "rotation failed", "failed": str(exc)}
+                await _record_rotation(conn, registry.actor, identity.name, failed)
+                raise
+        await _record_rotation(conn, registry.actor, identity.name, {"password": "rotated"})
         print(f"rotated the broker password of {identity.name}")
         return 0
 
     return await _with_registry(args, work)
+
+
+async def _record_rotation(
+    conn: asyncpg.Connection, actor: str, name: str, outcome: dict[str, str]
+) -> None:
+    await trail.record(conn, actor, "identity.rotate", name, None, outcome)
 
 
 async def _inventory_plan(args: argparse.Namespace) -> int:
