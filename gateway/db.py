@@ -84,6 +84,9 @@ def dsn_exposure(dsn: str) -> str | None:
         hosts = [parts.hostname] if parts.hostname else query.get("host", [])
     except ValueError:
         return None
+    if not hosts and "service" in query:
+        # The driver takes the host from a service file: not known here to be this machine.
+        hosts = [f"the host of service {query['service'][-1]}"]
     mode = (query.get("sslmode") or ["prefer"])[-1]
     for host in hosts or [os.environ.get("PGHOST", "localhost")]:
         exposure = password_exposure(host, mode)

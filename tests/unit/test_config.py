@@ -229,6 +229,10 @@ def test_sasl_plain_without_tls_is_refused_unless_allowed() -> None:
         ("postgresql://postgres:pw@db.internal/gateway?sslmode=verify-full", False),
         ("postgresql://postgres@/gateway?host=/run/postgresql", False),
         ("postgresql://postgres:pw@/gateway?host=db.internal&sslmode=verify-ca", False),
+        # a service file may name any host (and the driver reads it): not taken as local
+        ("postgresql://postgres:pw@/gateway?service=central", True),
+        ("postgresql://postgres:pw@/gateway?service=central&sslmode=verify-full", False),
+        ("postgresql://postgres:pw@localhost/gateway?service=central", False),
     ],
 )
 def test_an_admin_dsn_exposing_its_password_is_named(dsn: str, exposed: bool) -> None:
