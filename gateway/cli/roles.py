@@ -187,7 +187,7 @@ async def run_show(args: argparse.Namespace) -> int:
                         for g in live.grants
                         if g.grantee == name and g.kind != "schema"
                     ),
-                    "member_of": sorted(m.role for m in live.memberships if m.member == name),
+                    "member_of": sorted({m.role for m in live.memberships if m.member == name}),
                 },
                 "identities": {"active": active, "retired": retired},
             }

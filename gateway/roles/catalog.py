@@ -234,9 +234,9 @@ async def read_catalog(
     # The shadow reads every membership of the cluster: those touching a role in scope are
     # the ones the plan compares with the declaration.
     state.shadow = await read_shadow(conn, schema_list)
-    state.memberships = {
+    state.memberships = [
         m for m in state.shadow.edges if m.role in state.roles or m.member in state.roles
-    }
+    ]
     for row in await conn.fetch(TABLE_GRANTS, scope, schema_list):
         table = join_names(row["nspname"], row["relname"])
         kind = "sequence" if row["relkind"] == "S" else "table"

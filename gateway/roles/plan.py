@@ -7,7 +7,7 @@ operator apply exactly the plan they reviewed (`gateway roles apply --expect DIG
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,6 +26,7 @@ from gateway.roles.sql import (
     known,
     literal,
     membership_options,
+    revoke_membership_sql,
     role_options,
     setting_sql,
     table_sql,
@@ -279,11 +280,7 @@ def _shadow(doc: Declaration, live: State) -> list[Change]:
                 cut.member,
                 f"revoke membership of {cut.member} in {cut.role}: the last edge into "
                 f"{cut.role} on the way in of {sources}, the fewest revokes that cut it",
-                tuple(
-                    f"REVOKE {ident(m.role)} FROM {ident(m.member)} GRANTED BY "
-                    f"{ident(m.grantor)}" + (" CASCADE" if m.admin else "")
-                    for m in cut.grants
-                ),
+                tuple(revoke_membership_sql(m) for m in cut.grants),
             )
         )
     return changes
@@ -422,11 +419,13 @@ _Held = TypeVar("_Held", Membership, Grant)
 
 
 def _reconcile(
-    want: set[_Held], have: set[_Held], change: Callable[[_Held, str], Change]
+    want: Collection[_Held], have: Collection[_Held], change: Callable[[_Held, str], Change]
 ) -> list[Change]:
-    """REVOKE what is held but undeclared, then GRANT what is declared but missing."""
-    revokes = [change(held, "REVOKE") for held in sorted(have - want)]
-    return revokes + [change(wanted, "GRANT") for wanted in sorted(want - have)]
+    """REVOKE what is held but undeclared, then GRANT what is declared but missing. A membership
+    granted by several grantors is in `have` once for each, and each grant is revoked."""
+    wanted, held = set(want), set(have)
+    revokes = [change(h, "REVOKE") for h in sorted(have) if h not in wanted]
+    return revokes + [change(w, "GRANT") for w in sorted(wanted - held)]
 
 
 def _membership_change(m: Membership, verb: str) -> Change:
@@ -435,7 +434,7 @@ def _membership_change(m: Membership, verb: str) -> Change:
             "revoke_membership",
             m.member,
             f"revoke membership of {m.member} in {m.role} {membership_options(m)} (undeclared)",
-            (f"REVOKE {ident(m.role)} FROM {ident(m.member)} GRANTED BY {ident(m.grantor)}",),
+            (revoke_membership_sql(m),),
         )
     return Change(
         "grant_membership",

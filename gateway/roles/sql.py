@@ -15,6 +15,7 @@ __all__ = [
     "known",
     "literal",
     "membership_options",
+    "revoke_membership_sql",
     "role_options",
     "setting_sql",
     "table_sql",
@@ -129,3 +130,11 @@ def membership_options(m: Membership) -> str:
         f"WITH INHERIT {str(m.inherit).upper()}, SET {str(m.set).upper()}, "
         f"ADMIN {str(m.admin).upper()}"
     )
+
+
+def revoke_membership_sql(m: Membership) -> str:
+    """Revoke one grantor's grant of a membership. An admin option revoked takes with it the
+    grants the member made with it (CASCADE): those are undeclared too, and PostgreSQL refuses
+    the REVOKE while they exist."""
+    cascade = " CASCADE" if m.admin else ""
+    return f"REVOKE {ident(m.role)} FROM {ident(m.member)} GRANTED BY {ident(m.grantor)}{cascade}"

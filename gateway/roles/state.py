@@ -188,7 +188,8 @@ class Shadow:
 @dataclass
 class State:
     roles: dict[str, RoleState] = field(default_factory=dict)
-    memberships: set[Membership] = field(default_factory=set)
+    # one per grantor: a membership granted twice is held until each grant is revoked
+    memberships: list[Membership] = field(default_factory=list)
     grants: set[Grant] = field(default_factory=set)
     registry: dict[str, RegistryRow] = field(default_factory=dict)
     # the database whose per-database role settings `RoleState.database_settings` holds
@@ -213,9 +214,9 @@ class State:
         def swap(name: str) -> str:
             return new if name == old else name
 
-        self.memberships = {
+        self.memberships = [
             replace(m, role=swap(m.role), member=swap(m.member)) for m in self.memberships
-        }
+        ]
         self.grants = {replace(g, grantee=swap(g.grantee)) for g in self.grants}
         if old in self.verifiers:
             self.verifiers[new] = self.verifiers.pop(old)
@@ -234,8 +235,8 @@ def desired_state(doc: Declaration) -> State:
             comment=marker(spec.id, "login"),
             settings=frozenset({("statement_timeout", str(spec.statement_timeout_ms))}),
         )
-        state.memberships.add(Membership(role=name, member=login))
-        state.memberships.update(Membership(role=parent, member=name) for parent in spec.inherits)
+        state.memberships.append(Membership(role=name, member=login))
+        state.memberships.extend(Membership(role=parent, member=name) for parent in spec.inherits)
         if spec.tier in BATCH_WRITERS:
             # to call `gateway.append_write_log`, which checks the caller itself
             state.grants.add(Grant(name, "schema", CONTROL_SCHEMA, "USAGE"))
