@@ -274,7 +274,9 @@ class Pipeline:
         self, source: Source[M], message: M, identity: str, role: str, stream: str, at: int
     ) -> None:
         held = self._held.get((role, stream))
-        if held:
+        if len(held or ()) > 1:  # each held route's part gets its record
+            self._fan_out(source, message, identity, role, stream, (), at)
+        elif held:
             self._reject_unavailable(source, message, identity, held[0], at)
         elif stream not in self._streams:
             detail = f"role {role} may not write stream {stream[:TOPIC_KEPT]!r}"

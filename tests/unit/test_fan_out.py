@@ -175,3 +175,25 @@ async def test_each_record_of_one_message_has_its_own_key() -> None:
     assert len({r[7] for r in rejects.rows}) == 3
     assert len(source.acked) == 2
     await pipeline.close()
+
+
+async def test_when_every_route_of_a_message_is_held_each_has_its_record() -> None:
+    telemetry, state, rejects = MemorySink(), MemorySink(), MemorySink()
+    telemetry.held = state.held = "42501 permission denied"
+    pipeline = build(telemetry, state, rejects)
+    source = MemorySource()
+    source.put([(TOPIC, reading(1.0, mode="eco"))])
+    pipeline.submit(source, await source.receive())
+    await pipeline.flush()  # both tables are held from here on
+    payload = reading(2.0, mode="off")
+    source.put([(TOPIC, payload)])
+    pipeline.submit(source, await source.receive())
+    await pipeline.flush()
+    records = [r for r in rejects.rows if r[5] == payload]
+    assert sorted(r[6].split(" ")[0] for r in records) == [
+        "ingest.device_state",
+        "ingest.telemetry",
+    ]
+    assert len({r[7] for r in rejects.rows}) == len(rejects.rows) == 4
+    assert telemetry.rows == [] and state.rows == [] and len(source.acked) == 2
+    await pipeline.close()
