@@ -18,7 +18,7 @@ from gateway.db import connect
 from gateway.identities.accounts import configured
 from gateway.identities.reconcile import sync_accounts
 from gateway.migrate import migrate
-from gateway.roles.apply import apply_roles, plan_roles
+from gateway.roles.apply import apply_roles, managed_schemas, plan_roles
 from gateway.roles.audit import (
     PRIVILEGED_STALE_DAYS,
     STALE_PAGE,
@@ -147,7 +147,7 @@ async def run_show(args: argparse.Namespace) -> int:
     want = desired_state(doc)
     conn = await connect(resolve_dsn(args))
     try:
-        live = await read_catalog(conn, want.roles, ["gateway", "ingest"])
+        live = await read_catalog(conn, want.roles, managed_schemas(doc))
         counts = {
             row["role_id"]: (row["active"], row["retired"])
             for row in await conn.fetch(
