@@ -45,7 +45,9 @@ PLANTED = {
 
 @pytest.mark.parametrize("case", PLANTED)
 async def test_undeclared_memberships_go_in_one_apply(conn: asyncpg.Connection, case: str) -> None:
-    await conn.execute("CREATE ROLE zz_holder LOGIN CONNECTION LIMIT 1; CREATE ROLE zz_deputy NOLOGIN")
+    await conn.execute(
+        "CREATE ROLE zz_holder LOGIN CONNECTION LIMIT 1; CREATE ROLE zz_deputy NOLOGIN"
+    )
     try:
         await conn.execute(PLANTED[case])
         await apply_roles(conn, example(), actor="tests")
