@@ -58,6 +58,7 @@ class Gateway:
         self._pools: RolePools | None = None
         self._cache: IdentityCache | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._activity_flush: asyncio.Future[None] | None = None
         self._pumps: list[asyncio.Task[None]] = []
         self._draining = False
         self.failure: BaseException | None = None
@@ -198,7 +199,11 @@ class Gateway:
         pool = self._pools[self.config.database.control_role]
         while True:
             await asyncio.sleep(self.config.activity_interval)
-            await self._flush_activity(pool)
+            # Shielded: cancelled while its COMMIT is on the wire, a flush could not tell
+            # whether the counts landed, and putting them back would count them twice. `stop`
+            # waits for it instead.
+            self._activity_flush = asyncio.ensure_future(self._flush_activity(pool))
+            await asyncio.shield(self._activity_flush)
 
     async def _flush_activity(self, pool: asyncpg.Pool) -> None:
         try:
@@ -315,6 +320,8 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._activity_flush is not None:
+            await self._activity_flush  # never raises: failures are kept for the next round
         if self._pools is not None:
             with contextlib.suppress(KeyError):
                 await self._flush_activity(self._pools[self.config.database.control_role])
