@@ -174,26 +174,6 @@ class Declaration(Strict):
     def by_id(self) -> dict[str, str]:
         return {spec.id: name for name, spec in self.roles.items()}
 
-    def may_insert(self, role: str, table: str) -> bool:
-        """Whether the role, or a role it inherits, is granted INSERT on the whole table."""
-        seen: set[str] = set()
-        todo = [role]
-        while todo:
-            name = todo.pop()
-            if name in seen or name not in self.roles:
-                continue
-            seen.add(name)
-            spec = self.roles[name]
-            if any(
-                grant.table == table
-                and grant.columns is None
-                and Privilege.INSERT in grant.privileges
-                for grant in spec.grants
-            ):
-                return True
-            todo.extend(spec.inherits)
-        return False
-
 
 @cache
 def shipped_tables() -> frozenset[str]:

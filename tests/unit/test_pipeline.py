@@ -18,6 +18,7 @@ from gateway.identities.cache import CachedIdentity
 from gateway.metrics import Metrics
 from gateway.pipeline import REJECT_COLUMNS, Pipeline
 from gateway.roles.declaration import load_declaration
+from gateway.route_checks import route_problems
 from gateway.routes import build_routes
 from gateway.sinks.memory import MemorySink
 from gateway.sources.memory import MemorySource
@@ -180,8 +181,10 @@ def test_routes_follow_the_declaration_and_end_with_the_rejects_route() -> None:
     assert rejects.rejects and rejects.stream is None
     assert (rejects.role, rejects.table) == (config.database.rejects_role, "ingest.rejects")
     assert readings and not any(route.rejects for route in readings)
+    declared = {(r.stream, r.table): r for r in config.routes}
     for route in readings:
-        assert doc.may_insert(route.role, route.table) and route.stream is not None
+        assert route.stream is not None
+        assert route_problems(doc, route.role, declared[(route.stream, route.table)]) == []
     assert [(role, table.qualified) for role, table in opened] == [
         (route.role, route.table) for route in routes
     ]
